@@ -1,0 +1,525 @@
+"""ROUGE on Korean morphemes, with guards against the silent-zero bug, and bootstrap statistics.
+
+Why this module exists
+----------------------
+``rouge_score``'s default tokenizer lowercases the text and deletes every character outside
+``[a-z0-9]``, so Korean text tokenises to (almost) nothing and scores 0 without any warning.
+Here every text is tokenised into Kiwi morphemes, and any scoring path refuses to run when
+Hangul would be lost (:class:`TokenizationError`).
+
+Tokenisation choices (:class:`KiwiMorphemeTokenizer`)
+-----------------------------------------------------
+* Tokens are Kiwi morpheme *forms* (``kiwipiepy`` with its default ``cong`` model, allomorphs
+  integrated, default dictionaries), lowercased.  Tags are not part of the token, so
+  ``사과/NNG`` and a homograph with another tag match; this follows the usual competition
+  practice of scoring surface morphemes.
+* Dropped: every symbol tag, i.e. tags starting with ``S`` except ``SL`` (foreign/Latin words),
+  ``SN`` (numbers) and ``SH`` (hanja), which are content; in kiwipiepy 0.24 these are
+  SF SP SS SSO SSC SE SO SW SB.  Emoji (``W_EMOJI``) are dropped too, as symbols.  Jamo-only
+  interjections such as ``ㅋㅋ`` are tagged SW by Kiwi and are therefore dropped as well.
+* Kept: all other tags, including ``UN`` (unanalysable), ``W_URL``, ``W_EMAIL``,
+  ``W_HASHTAG``, ``W_MENTION``, ``W_SERIAL`` and ``Z_CODA``/``Z_SIOT``.
+* Kiwi leaves sentence-final periods attached to Latin words (``Jimmy.``, ``memo.``,
+  ``U.S.``); trailing periods are stripped from ``SL`` tokens so that ``Jimmy.`` and
+  ``Jimmy를`` share the token ``jimmy`` (``U.S.`` becomes ``u.s``).
+* Speaker/PII masks matching ``#[A-Za-z]+\\d*#`` (``#Person1#``, ``#PhoneNumber#``) are one
+  token each.  Without protection Kiwi splits ``#Person2#는`` into the hashtags ``#Person2``
+  and ``#는``; we register the pattern with ``Kiwi.add_re_word`` (tag NNP) so the mask is a
+  single morpheme and the particle after it is analysed normally.  Masks are lowercased like
+  every token (``#person1#``).
+
+Scoring
+-------
+:func:`rouge_scores` gives per-item ROUGE-1/2/L F1 aggregated over each item's references by
+mean (the competition's rule) or max.  It is bit-for-bit identical to calling
+``rouge_score.rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=tok)
+.score(ref, pred)`` for every pair and aggregating with ``sum(xs) / len(xs)`` (or ``max``),
+but tokenises each distinct text once, in one multi-threaded Kiwi batch, counts each text's
+n-grams once, and computes the LCS with a bit-parallel algorithm (Hyyrö 2004) on Python
+integers instead of rouge_score's O(n*m) Python table.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from rouge_score import scoring as _rs_scoring
+from rouge_score import tokenizers as _rs_tokenizers
+
+__all__ = [
+    "MASK_PATTERN",
+    "ROUGE_KEYS",
+    "TokenizationError",
+    "KiwiMorphemeTokenizer",
+    "Tokenizer",
+    "bootstrap_ci",
+    "check_tokenizer",
+    "corpus_summary",
+    "foreign_script_share",
+    "has_foreign_script",
+    "has_hangul",
+    "lcs_length",
+    "paired_bootstrap",
+    "prediction_length",
+    "resolve_tokenizer",
+    "rouge_scores",
+    "tokenizer_name",
+]
+
+ROUGE_KEYS: tuple[str, str, str] = ("rouge1", "rouge2", "rougeL")
+
+#: Speaker and PII masks of the DialogSum / competition data: ``#Person1#``, ``#PhoneNumber#``.
+MASK_PATTERN = r"#[A-Za-z]+\d*#"
+_MASK_RE = re.compile(MASK_PATTERN)
+
+# Hangul syllables: a text with any of these must produce Hangul tokens.
+_HANGUL_SYLLABLE_RE = re.compile(r"[\uac00-\ud7a3]")
+# Any Hangul: syllables, conjoining jamo (Kiwi emits e.g. "ᆸ니다"), compatibility jamo.
+_HANGUL_ANY_RE = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\ud7b0-\ud7ff]")
+
+_KEEP_S_TAGS = frozenset({"SL", "SN", "SH"})
+_DROP_TAGS = frozenset({"W_EMOJI"})
+
+
+class TokenizationError(ValueError):
+    """A text with Hangul lost its Hangul in tokenisation: scoring it would silently give 0."""
+
+
+class Tokenizer(Protocol):
+    """What ``rouge_score.RougeScorer(tokenizer=...)`` needs."""
+
+    def tokenize(self, text: str) -> list[str]: ...
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+_KIWI_LOCK = threading.Lock()
+_KIWI_INSTANCES: dict[int, Any] = {}
+
+
+def _get_kiwi(num_workers: int) -> Any:
+    """The process-wide Kiwi instance for ``num_workers`` (loading the model takes ~1 s)."""
+    with _KIWI_LOCK:
+        kiwi = _KIWI_INSTANCES.get(num_workers)
+        if kiwi is None:
+            from kiwipiepy import Kiwi  # imported lazily: only Korean scoring needs it
+
+            kiwi = Kiwi(num_workers=num_workers)
+            # Masks become one NNP morpheme; see module docstring.
+            kiwi.add_re_word(MASK_PATTERN, "NNP")
+            _KIWI_INSTANCES[num_workers] = kiwi
+        return kiwi
+
+
+def _keep_tag(tag: str) -> bool:
+    if tag in _DROP_TAGS:
+        return False
+    if tag.startswith("S"):
+        return tag in _KEEP_S_TAGS
+    return True
+
+
+def _forms(tokens: Iterable[Any]) -> list[str]:
+    out: list[str] = []
+    for tok in tokens:
+        tag = tok.tag
+        if not _keep_tag(tag):
+            continue
+        form = tok.form.lower()
+        if tag == "SL":
+            form = form.rstrip(".") or form
+        out.append(form)
+    return out
+
+
+class KiwiMorphemeTokenizer:
+    """Kiwi morpheme tokenizer usable by ``rouge_score.RougeScorer`` and in batches.
+
+    Args:
+        num_workers: Kiwi worker threads for batch tokenisation; ``-1`` (default) = all cores.
+            Results do not depend on it.
+    """
+
+    def __init__(self, num_workers: int = -1) -> None:
+        if num_workers == 0:
+            num_workers = 1  # kiwipiepy warns on 0; one thread is what 0 means anyway
+        self.num_workers = num_workers
+
+    @property
+    def kiwi(self) -> Any:
+        return _get_kiwi(self.num_workers)
+
+    @property
+    def name(self) -> str:
+        import kiwipiepy
+
+        return f"kiwi {kiwipiepy.__version__} morphemes"
+
+    def tokenize(self, text: str) -> list[str]:
+        """Morpheme forms of one text (the ``RougeScorer`` interface)."""
+        if not isinstance(text, str):
+            raise TypeError(f"expected str, got {type(text).__name__}: {text!r}")
+        return _forms(self.kiwi.tokenize(text))
+
+    def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
+        """Morpheme forms of many texts, using Kiwi's multi-threaded list input."""
+        texts = list(texts)
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"expected str, got {type(t).__name__}: {t!r}")
+        if not texts:
+            return []
+        return [_forms(toks) for toks in self.kiwi.tokenize(texts)]
+
+    def __repr__(self) -> str:
+        return f"KiwiMorphemeTokenizer(num_workers={self.num_workers})"
+
+
+_DEFAULT_KIWI = KiwiMorphemeTokenizer()
+
+
+def resolve_tokenizer(tokenizer: Any = None) -> Tokenizer:
+    """``None``/``"kiwi"`` -> Kiwi morphemes; ``"rouge-score-default"`` -> rouge_score's own."""
+    if tokenizer is None or tokenizer == "kiwi":
+        return _DEFAULT_KIWI
+    if tokenizer == "rouge-score-default":
+        return _rs_tokenizers.DefaultTokenizer(use_stemmer=False)
+    if isinstance(tokenizer, str):
+        raise ValueError(f"unknown tokenizer {tokenizer!r}: use 'kiwi' or 'rouge-score-default'")
+    if not callable(getattr(tokenizer, "tokenize", None)):
+        raise TypeError(f"tokenizer {tokenizer!r} has no tokenize(text) method")
+    return tokenizer
+
+
+def tokenizer_name(tokenizer: Any = None) -> str:
+    tok = resolve_tokenizer(tokenizer)
+    name = getattr(tok, "name", None)
+    return name if isinstance(name, str) else type(tok).__name__
+
+
+def _tokenize_many(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[str]]:
+    batch: Callable[[Sequence[str]], list[list[str]]] | None = getattr(tokenizer, "tokenize_many", None)
+    if batch is not None:
+        return list(batch(texts))
+    return [tokenizer.tokenize(t) for t in texts]
+
+
+# --------------------------------------------------------------------------- guards
+
+
+def has_hangul(text: str) -> bool:
+    """True if ``text`` contains a Hangul syllable (가-힣)."""
+    return _HANGUL_SYLLABLE_RE.search(text) is not None
+
+
+def _is_rouge_default(tokenizer: Any) -> bool:
+    return isinstance(tokenizer, _rs_tokenizers.DefaultTokenizer)
+
+
+def _guard_tokens(text: str, tokens: Sequence[str]) -> None:
+    """Refuse a tokenisation that lost all Hangul of a Hangul text (empty list included)."""
+    if has_hangul(text) and not any(_HANGUL_ANY_RE.search(t) for t in tokens):
+        what = "an empty token list" if not tokens else f"tokens without Hangul {list(tokens)[:8]}"
+        raise TokenizationError(
+            f"text with Hangul tokenised to {what}; it would score 0 silently. "
+            f"Use KiwiMorphemeTokenizer. Text: {text[:80]!r}"
+        )
+
+
+def check_tokenizer(tokenizer: Any, sample_text: str) -> list[str]:
+    """Refuse tokenizers that would silently score Korean text 0; return the sample's tokens.
+
+    Raises :class:`TokenizationError` if ``tokenizer`` is rouge-score's default tokenizer and
+    ``sample_text`` has Hangul, or if ``sample_text`` has Hangul but its tokens have none.
+    """
+    tok = resolve_tokenizer(tokenizer)
+    if _is_rouge_default(tok) and has_hangul(sample_text):
+        raise TokenizationError(
+            "rouge-score's default tokenizer deletes everything outside [a-z0-9], so Korean text "
+            f"scores 0; use KiwiMorphemeTokenizer. Text: {sample_text[:80]!r}"
+        )
+    tokens = tok.tokenize(sample_text)
+    _guard_tokens(sample_text, tokens)
+    return tokens
+
+
+# --------------------------------------------------------------------------- ROUGE core
+
+
+def lcs_length(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Length of the longest common subsequence of ``a`` and ``b`` (bit-parallel, Hyyrö 2004).
+
+    Bit i of ``v`` tracks column i of the DP table over ``a``; each element of ``b`` updates
+    all columns at once with a few big-integer operations, so the cost is O(len(b)) Python
+    operations instead of O(len(a) * len(b)).
+    """
+    if not a or not b:
+        return 0
+    masks: dict[Any, int] = {}
+    for i, x in enumerate(a):
+        masks[x] = masks.get(x, 0) | (1 << i)
+    return _lcs_with_masks(masks, len(a), b)
+
+
+def _lcs_with_masks(masks: dict[Any, int], n: int, b: Sequence[Any]) -> int:
+    full = (1 << n) - 1
+    v = full
+    get = masks.get
+    for x in b:
+        m = get(x)
+        if m is None:
+            continue  # no match: v is unchanged
+        u = v & m
+        v = ((v + u) | (v & ~m)) & full
+    return n - v.bit_count()
+
+
+def _prf(hits: int, n_pred: int, n_target: int) -> float:
+    # Same float operations as rouge_score._score_ngrams, so results are bit-identical.
+    precision = hits / max(n_pred, 1)
+    recall = hits / max(n_target, 1)
+    return _rs_scoring.fmeasure(precision, recall)
+
+
+def _overlap(a: Counter, b: Counter) -> int:
+    if len(a) > len(b):
+        a, b = b, a
+    return sum(min(c, b[k]) for k, c in a.items() if k in b)
+
+
+class _Prepared:
+    """Per-distinct-text data: length, n-gram counts and (lazily) LCS bit masks.
+
+    Token strings are used directly as keys: their hashes are cached by Python, so mapping
+    them to integer ids first costs more than it saves.
+    """
+
+    __slots__ = ("tokens", "n", "uni", "bi", "n_bi", "masks")
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self.n = len(tokens)
+        self.uni = Counter(tokens)
+        self.bi = Counter(zip(tokens, tokens[1:]))
+        self.n_bi = max(self.n - 1, 0)
+        self.masks: dict[str, int] | None = None  # built on first use as a reference
+
+    def lcs_masks(self) -> dict[str, int]:
+        if self.masks is None:
+            masks: dict[str, int] = {}
+            for i, x in enumerate(self.tokens):
+                masks[x] = masks.get(x, 0) | (1 << i)
+            self.masks = masks
+        return self.masks
+
+
+def _pair_scores(ref: _Prepared, pred: _Prepared) -> tuple[float, float, float]:
+    r1 = _prf(_overlap(ref.uni, pred.uni), pred.n, ref.n)
+    r2 = _prf(_overlap(ref.bi, pred.bi), pred.n_bi, ref.n_bi)
+    if ref.n == 0 or pred.n == 0:
+        rl = 0.0  # rouge_score returns Score(0, 0, 0) here
+    else:
+        lcs = _lcs_with_masks(ref.lcs_masks(), ref.n, pred.tokens)
+        rl = _rs_scoring.fmeasure(lcs / pred.n, lcs / ref.n)
+    return r1, r2, rl
+
+
+def rouge_scores(
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+    aggregate: str = "mean",
+    tokenizer: Any = None,
+) -> pd.DataFrame:
+    """Per-item ROUGE-1/2/L F1 (in [0, 1]) aggregated over each item's references.
+
+    Args:
+        predictions: one text per item.
+        references: for each item, a non-empty list of reference texts.
+        aggregate: ``"mean"`` (``sum(xs) / len(xs)``, the competition rule) or ``"max"``
+            (per metric, independently).
+        tokenizer: ``None``/``"kiwi"`` (Kiwi morphemes), ``"rouge-score-default"``
+            (rouge_score's own, for English comparisons) or any object with ``tokenize``.
+
+    Returns:
+        DataFrame with columns rouge1, rouge2, rougeL, n_refs; one row per item, in order.
+
+    Raises:
+        TokenizationError: a text with Hangul lost its Hangul in tokenisation, or the
+            rouge-score default tokenizer was given Korean text.
+        ValueError: length mismatch, an item without references, unknown ``aggregate``.
+    """
+    if aggregate not in ("mean", "max"):
+        raise ValueError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
+    if isinstance(predictions, str) or len(predictions) != len(references):
+        raise ValueError(
+            f"need one list of references per prediction: {len(predictions)} predictions, "
+            f"{len(references)} reference lists"
+        )
+    refs_lists: list[list[str]] = []
+    for i, refs in enumerate(references):
+        if isinstance(refs, str):
+            raise ValueError(f"item {i}: references must be a list of strings, got a string")
+        refs = list(refs)
+        if not refs:
+            raise ValueError(f"item {i} has no reference summaries")
+        refs_lists.append(refs)
+    tok = resolve_tokenizer(tokenizer)
+
+    # Tokenise every distinct text exactly once, in one batch.
+    index: dict[str, int] = {}
+    for text in [*predictions, *(r for refs in refs_lists for r in refs)]:
+        if not isinstance(text, str):
+            raise TypeError(f"expected str, got {type(text).__name__}: {text!r}")
+        if text not in index:
+            index[text] = len(index)
+    distinct = list(index)
+    if _is_rouge_default(tok):
+        for text in distinct:
+            if has_hangul(text):
+                check_tokenizer(tok, text)  # raises, with the explanation
+    token_lists = _tokenize_many(tok, distinct)
+    if len(token_lists) != len(distinct):
+        raise RuntimeError("tokenizer returned a wrong number of token lists")
+    prepared: list[_Prepared] = []
+    for text, tokens in zip(distinct, token_lists):
+        _guard_tokens(text, tokens)
+        prepared.append(_Prepared(list(tokens)))
+
+    rows = np.empty((len(predictions), 3), dtype=np.float64)
+    n_refs = np.empty(len(predictions), dtype=np.int64)
+    for i, (pred, refs) in enumerate(zip(predictions, refs_lists)):
+        p = prepared[index[pred]]
+        per_ref = [_pair_scores(prepared[index[r]], p) for r in refs]
+        for k in range(3):
+            xs = [s[k] for s in per_ref]
+            rows[i, k] = sum(xs) / len(xs) if aggregate == "mean" else max(xs)
+        n_refs[i] = len(refs)
+    df = pd.DataFrame(rows, columns=list(ROUGE_KEYS))
+    df["n_refs"] = n_refs
+    return df
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _resample_means(values: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """Means of ``n_resamples`` bootstrap resamples, vectorised in memory-bounded chunks."""
+    n = values.shape[0]
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_resamples, 4_000_000 // max(n, 1)))
+    out = np.empty(n_resamples, dtype=np.float64)
+    for start in range(0, n_resamples, chunk):
+        stop = min(start + chunk, n_resamples)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        out[start:stop] = values[idx].mean(axis=1)
+    return out
+
+
+def _as_1d(values: Any, name: str = "values") -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-d array, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr
+
+
+def bootstrap_ci(
+    values: Any, n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float]:
+    """Percentile bootstrap ``1 - alpha`` confidence interval of the mean of ``values``."""
+    arr = _as_1d(values)
+    if n_resamples < 1:
+        raise ValueError("n_resamples must be >= 1")
+    means = _resample_means(arr, n_resamples, seed)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def corpus_summary(
+    df: pd.DataFrame, n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> dict[str, Any]:
+    """Corpus means ×100 of rouge1/rouge2/rougeL, their sum, and bootstrap CIs (``<key>_ci``).
+
+    The CI of the sum is bootstrapped on per-item sums (not the sum of the three CIs).
+    ``n_resamples=0`` skips the bootstrap (CIs are ``None``).
+    """
+    missing = [k for k in ROUGE_KEYS if k not in df.columns]
+    if missing:
+        raise ValueError(f"scores lack columns {missing}")
+    cols = {k: _as_1d(df[k].to_numpy(), k) * 100.0 for k in ROUGE_KEYS}
+    cols["rouge_sum"] = cols["rouge1"] + cols["rouge2"] + cols["rougeL"]
+    out: dict[str, Any] = {"n": int(len(df))}
+    for k, v in cols.items():
+        out[k] = float(v.mean())
+    for k, v in cols.items():
+        out[f"{k}_ci"] = list(bootstrap_ci(v, n_resamples, seed, alpha)) if n_resamples > 0 else None
+    return out
+
+
+def paired_bootstrap(a: Any, b: Any, n_resamples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Paired bootstrap of the mean difference ``b - a`` over items.
+
+    Returns ``mean_diff`` (mean of b - a), the 95% percentile CI (``ci_low``, ``ci_high``) and
+    ``p_value``: the one-sided bootstrap p-value for "system b is not better than a", i.e. the
+    share of resamples whose mean(b - a) is <= 0.  Small p: b is reliably better; identical
+    systems give p = 1.
+    """
+    a_arr, b_arr = _as_1d(a, "a"), _as_1d(b, "b")
+    if a_arr.shape != b_arr.shape:
+        raise ValueError(f"paired arrays differ in length: {a_arr.size} vs {b_arr.size}")
+    if n_resamples < 1:
+        raise ValueError("n_resamples must be >= 1")
+    d = b_arr - a_arr
+    means = _resample_means(d, n_resamples, seed)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return {
+        "mean_diff": float(d.mean()),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "p_value": float(np.mean(means <= 0.0)),
+    }
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+# Foreign script = Latin letters (incl. full-width), Han (CJK ideographs: in Korean summaries
+# they are hanja leaking from a model, counted as foreign), Japanese kana, emoji, URLs.
+_FOREIGN_RE = re.compile(
+    r"https?://|www\.|"
+    r"[A-Za-z\uff21-\uff3a\uff41-\uff5a]|"
+    r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]|"  # hiragana, katakana, half-width katakana
+    r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]|"  # Han
+    r"[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\ufe0f]"  # emoji and pictographs
+)
+
+
+def has_foreign_script(text: str) -> bool:
+    """True if ``text``, with speaker/PII masks removed, has Latin, Han, kana, emoji or a URL."""
+    return _FOREIGN_RE.search(_MASK_RE.sub(" ", text)) is not None
+
+
+def foreign_script_share(texts: Sequence[str]) -> float:
+    """Share of ``texts`` for which :func:`has_foreign_script` is true (0.0 for no texts)."""
+    texts = list(texts)
+    if not texts:
+        return 0.0
+    return sum(has_foreign_script(t) for t in texts) / len(texts)
+
+
+def prediction_length(texts: Sequence[str], tokenizer: Any = None) -> dict[str, float]:
+    """Mean length of ``texts`` in characters and in (Kiwi) morphemes."""
+    texts = list(texts)
+    if not texts:
+        return {"mean_chars": 0.0, "mean_morphemes": 0.0}
+    tokens = _tokenize_many(resolve_tokenizer(tokenizer), texts)
+    return {
+        "mean_chars": float(np.mean([len(t) for t in texts])),
+        "mean_morphemes": float(np.mean([len(t) for t in tokens])),
+    }
