@@ -1,4 +1,5 @@
 # Helpers shared by the rules: config loading/validation and the paths of the plan (src/kdsum/plan.py).
+import os
 import sys
 from pathlib import Path
 
@@ -10,12 +11,14 @@ from kdsum.config import BASELINE_MODEL, ZERO_SHOT, ConfigError, load_config, re
 
 # The CLIs (and DVC) read the config *file*, so Snakemake must too: a `--config key=value` override would be seen
 # by Snakemake alone. Use a complete config file instead (--configfile).
-if workflow.config_settings.overwrite_config:
+if workflow.config_settings.config:
     raise ConfigError(
         "--config key=value overrides are not supported: the pipeline's scripts and DVC read the config file. "
         "Copy config.yaml, edit it, and pass it with --configfile."
     )
-CONFIG_PATH = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "config.yaml"
+CONFIG_PATH = (
+    os.path.relpath(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "config.yaml"
+)
 CFG = load_config(CONFIG_PATH)  # validated against schemas/config.schema.yaml; errors name the key
 
 

@@ -19,6 +19,7 @@ SCHEMA_PATH = REPO_ROOT / "schemas" / "config.schema.yaml"
 
 ZERO_SHOT = "zeroshot"          # reserved variant name: the base model without fine-tuning
 BASELINE_MODEL = "baseline"     # reserved model name: non-neural reference systems
+SLUG_PATTERN = "^[a-z0-9]+(-[a-z0-9]+)*$"
 SETTING_KEYS = ("prompt_format", "train", "lora", "quantization", "generation")
 
 
@@ -66,8 +67,10 @@ def validate_config(config: dict, source: str = "config") -> dict:
         message = err.message
         if err.validator == "additionalProperties":
             message = f"unknown key ({err.message})"
-        elif err.validator == "propertyNames" or (err.validator == "pattern" and "slug" in str(err.schema_path)):
+        elif err.validator == "pattern" and err.validator_value == SLUG_PATTERN:
             message = f"{err.message}: names must be slugs (lowercase letters, digits and single hyphens)"
+        elif err.validator == "not" and len(err.path) == 1:
+            message = f"{err.instance!r} is a reserved name (zeroshot and baseline are used by the pipeline)"
         elif err.validator == "oneOf" and len(err.path) == 2 and err.path[0] == "models":
             message = "a model needs exactly one of `source` (hub id or local path) or `build` (built offline)"
         raise ConfigError(f"{source}: invalid value at key '{key}': {message}")
