@@ -30,7 +30,8 @@ wildcard_constraints:
 
 
 def spec_of(wildcards):
-    return resolve(CFG, wildcards.model, wildcards.variant)
+    # rules without a {variant} wildcard (zero-shot) use the model's own settings
+    return resolve(CFG, wildcards.model, getattr(wildcards, "variant", ZERO_SHOT))
 
 
 def prompts_dir(wildcards):
