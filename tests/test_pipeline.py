@@ -96,3 +96,13 @@ def test_second_run_has_nothing_to_do(pipeline_run):
 def test_lint_is_clean(repo_root):
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=repo_root, capture_output=True, text=True)
     assert proc.returncode == 0 and "good condition" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_html_report_has_summary_plots_and_rule_graph(pipeline_run):
+    work, _ = pipeline_run
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--report", "results/report.html"], cwd=work,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (work / "results/report.html").read_text(encoding="utf-8")
+    for needle in ("summary.csv", "scores.png", "loss.png", "rulegraph", "format_prompts"):
+        assert needle in html, needle

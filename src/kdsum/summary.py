@@ -65,6 +65,8 @@ def summary_table(config: dict, results: str | Path = "results") -> pd.DataFrame
 def _fmt(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
+        return f"{int(value):,}"  # counts become floats in a column with gaps
     if isinstance(value, float):
         return f"{value:.2f}"
     if isinstance(value, int) and abs(value) >= 10000:
