@@ -4,7 +4,7 @@ rule predict:
         prompts=prompts_dir,
         model="results/train/{model}/{variant}/model",
         script="scripts/predict.py",
-        code=["src/kdsum/generation.py", "src/kdsum/modeling.py"],
+        code=["src/kdsum/generation.py", "src/kdsum/modeling.py", "src/kdsum/training.py"],
     output:
         "results/predictions/{model}/{variant}/{split}.csv",
     wildcard_constraints:
@@ -33,7 +33,7 @@ rule predict_zeroshot:
         prompts=base_prompts_dir,
         base=base_input,
         script="scripts/predict.py",
-        code=["src/kdsum/generation.py", "src/kdsum/modeling.py"],
+        code=["src/kdsum/generation.py", "src/kdsum/modeling.py", "src/kdsum/training.py"],
     output:
         "results/predictions/{model}/zeroshot/{split}.csv",
     wildcard_constraints:

@@ -263,7 +263,7 @@ def jobs(config: dict, config_path: str = "config.yaml") -> list[Job]:
         for s in predict_splits(config):
             log = log_path("predict", f"{m}/{v}/{s}")
             out.append(Job(f"predict_{m}_{v}_{s}", predict_cmd(config_path, spec, s, log),
-                           [SCRIPTS["predict"], "src/kdsum/generation.py", "src/kdsum/modeling.py",
+                           [SCRIPTS["predict"], "src/kdsum/generation.py", "src/kdsum/modeling.py", "src/kdsum/training.py",
                             path("prompts", prompt_set=prompt_set(spec))] + weights,
                            [path("predictions", model=m, variant=v, split=s)],
                            params=model_params(config, m, v), log=log))
