@@ -164,8 +164,8 @@ def pretrain(model, tokenizer, texts: list[str], family: str, steps: int, lr: fl
         opt.step()
         sched.step()
         opt.zero_grad()
-        history.append({"step": step + 1, "loss": float(loss)})
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        history.append({"step": step + 1, "loss": loss.item()})
+        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
     model.eval()
     return history
 
@@ -277,7 +277,9 @@ def load_model(spec: dict, source: str, method: str | None = None, for_training:
 
     method = method or effective_method(spec)[0]
     auto = AutoModelForSeq2SeqLM if spec["family"] == "seq2seq" else AutoModelForCausalLM
-    kwargs = {"dtype": torch_dtype_for(spec)}
+    # a full fine-tune keeps fp32 master weights (bf16 enters as autocast through the Trainer); adapters and
+    # inference load the base in the compute dtype
+    kwargs = {"dtype": torch.float32 if (method == "full" and for_training) else torch_dtype_for(spec)}
     if method == "qlora":
         kwargs["quantization_config"] = quantization_config(spec)
         kwargs["device_map"] = {"": 0}
