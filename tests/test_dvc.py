@@ -1,0 +1,572 @@
+"""DVC as a front door of the pipeline (docs/DVC.md).
+
+Fast tests (no pipeline run, a few seconds each):
+* dvc.yaml is generated from the plan and current (`make_dvc.py --check`);
+* DVC and Snakemake describe the same pipeline: the outputs of `snakemake --forceall -n` and of `dvc dag --outs`,
+  the shell commands (minus Snakemake's ` > log 2>&1`) and the edges between jobs agree, for config.yaml and for
+  the fast test config;
+* params are scoped (a hyperparameter of one model reaches that model's train/predict stages only), code deps
+  cover the kdsum modules each script imports, metrics are JSON, checkpoints/logs are never outputs;
+* the DAG pictures (rules/dag.smk) render, and docs/rulegraph.svg shows every rule.
+
+Slow tests (`-m slow`; one copy of the repo shared by the module, tests/fixtures/config.fast.yaml): a full
+`dvc repro`, a no-op second one, metrics and plots, Snakemake agreeing after DVC (scripts/sync_mtimes.py),
+push/pull through a local remote (with a user's own raw data added by `dvc add`), `dvc exp run -S` on one
+model's learning rate (exactly that model's fine-tuned stages rerun), and an edit of one training summary
+(exactly the stages whose inputs changed rerun).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = "tests/fixtures/config.fast.yaml"
+TARGET = "results/summary.csv"
+RULES = ["ingest", "format_prompts", "build_base", "train", "predict", "predict_zeroshot", "baseline",
+         "submission", "evaluate", "summary"]
+ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+       "GIT_AUTHOR_NAME": "kdsum-test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
+       "GIT_COMMITTER_NAME": "kdsum-test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
+FIGURES: dict[str, float | int | list] = {}  # measured figures, printed at the end of the module (pytest -s)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def sh(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"`{' '.join(cmd)}` failed ({proc.returncode}) in {cwd}:\n"
+                    f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh([sys.executable, "-m", "dvc", *args], cwd, check)
+
+
+def smk(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh([sys.executable, "-m", "snakemake", *args], cwd, check)
+
+
+def git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return sh(["git", *args], cwd)
+
+
+def copy_repo(dst: Path) -> Path:
+    """A fresh checkout in ``dst``: tracked and untracked-but-not-ignored files (no results/, no cache), committed
+    to a new git repository (DVC experiments need a commit)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        if (ROOT / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dst / rel)
+    git(dst, "init", "-q")
+    git(dst, "add", "-A")
+    git(dst, "commit", "-q", "-m", "copy")
+    return dst
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"^Running stage '([^']+)'", output, re.M)
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def dvc_outputs(stage: dict) -> list[str]:
+    """outs + metrics + plots of a dvc.yaml stage, as paths."""
+    paths = []
+    for key in ("outs", "metrics", "plots"):
+        for entry in stage.get(key, []):
+            paths.append(next(iter(entry)) if isinstance(entry, dict) else entry)
+    return paths
+
+
+def dvc_dag_outs(cwd: Path) -> set[str]:
+    """The nodes of `dvc dag --outs --dot`: every output, metric and plot file of the pipeline."""
+    dot = dvc(cwd, "dag", "--outs", "--dot").stdout
+    return set(re.findall(r'^"([^"]+)";$', dot, re.M))
+
+
+def snakemake_jobs(cwd: Path, config: str) -> list[dict]:
+    """Jobs of `snakemake --forceall -n -p results/summary.csv`: rule, input, output, log, shell command."""
+    out = smk(cwd, TARGET, "--forceall", "--dry-run", "--printshellcmds", "--configfile", config).stdout
+    jobs: list[dict] = []
+    for line in out.splitlines():
+        if m := re.match(r"^(?:local)?rule (\w+):$", line):
+            jobs.append({"rule": m.group(1), "input": [], "output": [], "log": [], "cmd": None})
+        elif jobs and (m := re.match(r"^\s+(input|output|log): (.*)$", line)):
+            jobs[-1][m.group(1)] = m.group(2).split(", ")
+        elif jobs and line.startswith("Shell command: "):
+            jobs[-1]["cmd"] = line.removeprefix("Shell command: ").strip()
+    assert jobs, f"no jobs parsed from the dry run:\n{out[-3000:]}"
+    missing = [j["rule"] for j in jobs if j["cmd"] is None]
+    assert not missing, f"no shell command parsed for {missing}:\n{out[-3000:]}"
+    return jobs
+
+
+def without_log(job: dict) -> str:
+    """Snakemake's command minus the ` > {log} 2>&1` that the rules add (DVC runs the command bare)."""
+    suffix = f" > {job['log'][0]} 2>&1"
+    assert len(job["log"]) == 1 and job["cmd"].endswith(suffix), (job["rule"], job["cmd"])
+    return job["cmd"][: -len(suffix)]
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def tree_md5(path: Path) -> dict[str, str]:
+    return {p.relative_to(path).as_posix(): md5(p) for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def lock_hashes(lock: dict) -> dict[str, dict]:
+    """stage -> {dep path: md5, params file: params} from dvc.lock."""
+    out = {}
+    for name, st in lock["stages"].items():
+        deps = {d["path"]: d.get("md5") for d in st.get("deps", [])}
+        deps.update({f"params:{f}": v for f, v in st.get("params", {}).items()})
+        out[name] = deps
+    return out
+
+
+def nothing_to_do(cwd: Path, config: str) -> tuple[bool, str, float]:
+    start = time.perf_counter()
+    proc = smk(cwd, TARGET, "--dry-run", "--configfile", config)
+    wall = time.perf_counter() - start
+    text = proc.stdout + proc.stderr
+    return "Nothing to be done" in text, text, wall
+
+
+def planned_jobs(text: str) -> int:
+    m = re.search(r"^total\s+(\d+)", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+# ------------------------------------------------------------------------------------------------ fast tests
+def test_dvc_yaml_is_generated_and_current():
+    proc = subprocess.run([sys.executable, "scripts/make_dvc.py", "--check"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr + "\nrun `python scripts/make_dvc.py` and commit dvc.yaml"
+    assert (ROOT / "dvc.yaml").read_text(encoding="utf-8").startswith("# GENERATED by `python scripts/make_dvc.py")
+
+
+def test_check_fails_on_a_stale_file(tmp_path):
+    out = tmp_path / "dvc.yaml"
+    gen = [sys.executable, "scripts/make_dvc.py", "--config", FAST, "--out", str(out)]
+    assert subprocess.run(gen, cwd=ROOT, capture_output=True).returncode == 0
+    assert subprocess.run(gen + ["--check"], cwd=ROOT, capture_output=True).returncode == 0
+    out.write_text(out.read_text(encoding="utf-8") + "# a hand edit\n", encoding="utf-8")
+    proc = subprocess.run(gen + ["--check"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1 and "stale" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def structure_copy(tmp_path_factory) -> Path:
+    """A copy of the repo, no results: the dry runs and `dvc dag` run there, never in the working tree."""
+    return copy_repo(tmp_path_factory.mktemp("structure") / "kdsum")
+
+
+def _dvc_yaml_for(work: Path, config: str) -> dict:
+    """config.yaml: the committed dvc.yaml; another config: the one make_dvc.py generates for it."""
+    if config == "config.yaml":
+        shutil.copy2(ROOT / "dvc.yaml", work / "dvc.yaml")
+    else:
+        sh([sys.executable, "scripts/make_dvc.py", "--config", config, "--out", "dvc.yaml"], work)
+    return load_yaml(work / "dvc.yaml")
+
+
+@pytest.fixture(scope="module", params=["config.yaml", FAST])
+def both_doors(request, structure_copy) -> dict:
+    """dvc.yaml stages, `dvc dag --outs` and the Snakemake dry-run jobs of one config."""
+    config = request.param
+    doc = _dvc_yaml_for(structure_copy, config)
+    return {"config": config, "stages": doc["stages"], "plots": doc.get("plots", []),
+            "dag_outs": dvc_dag_outs(structure_copy), "jobs": snakemake_jobs(structure_copy, config)}
+
+
+def test_same_outputs(both_doors):
+    smk_outs = [o for j in both_doors["jobs"] for o in j["output"]]
+    dvc_outs = [o for st in both_doors["stages"].values() for o in dvc_outputs(st)]
+    assert len(smk_outs) == len(set(smk_outs)) and len(dvc_outs) == len(set(dvc_outs))
+    assert set(smk_outs) == both_doors["dag_outs"], {
+        "only snakemake": sorted(set(smk_outs) - both_doors["dag_outs"]),
+        "only dvc dag": sorted(both_doors["dag_outs"] - set(smk_outs))}
+    assert set(dvc_outs) == both_doors["dag_outs"]
+    assert len(both_doors["jobs"]) == len(both_doors["stages"])
+    assert {j["rule"] for j in both_doors["jobs"]} == set(RULES)
+
+
+def test_same_commands(both_doors):
+    smk_cmds = Counter(without_log(j) for j in both_doors["jobs"])
+    dvc_cmds = Counter(st["cmd"] for st in both_doors["stages"].values())
+    assert smk_cmds == dvc_cmds, {"only snakemake": sorted(smk_cmds - dvc_cmds),
+                                  "only dvc": sorted(dvc_cmds - smk_cmds)}
+    # and job by job: the stage that writes the same files runs the same command
+    by_outs = {frozenset(dvc_outputs(st)): (name, st) for name, st in both_doors["stages"].items()}
+    for job in both_doors["jobs"]:
+        name, st = by_outs[frozenset(job["output"])]
+        assert st["cmd"] == without_log(job), name
+
+
+def test_same_edges_and_dvc_deps_cover_snakemake_inputs(both_doors):
+    """Each stage consumes the same pipeline files as its Snakemake job (the DAGs are the same graph), and its
+    deps include every file input of the job (scripts, kdsum modules, raw data)."""
+    produced = both_doors["dag_outs"]
+    by_outs = {frozenset(dvc_outputs(st)): (name, st) for name, st in both_doors["stages"].items()}
+    for job in both_doors["jobs"]:
+        name, st = by_outs[frozenset(job["output"])]
+        deps = set(st["deps"])
+        assert {i for i in job["input"] if i in produced} == {d for d in deps if d in produced}, name
+        assert set(job["input"]) <= deps, (name, sorted(set(job["input"]) - deps))
+
+
+def _params_cover(keys: list[str], dotted: str) -> bool:
+    return any(dotted == k or dotted.startswith(k + ".") for k in keys)
+
+
+def _stage_params(stage: dict) -> list[str]:
+    return [k for entry in stage.get("params", []) for keys in entry.values() for k in keys]
+
+
+@pytest.mark.parametrize("config", ["config.yaml", FAST])
+def test_params_are_scoped_to_one_model(config):
+    """A hyperparameter of one model reaches exactly that model's train stage and fine-tuned predict stages
+    (the zero-shot rows, the other model, the baselines and the data stages do not read it)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from kdsum.config import load_config
+    from kdsum.dvcgen import dvc_stages
+
+    cfg = load_config(ROOT / config)
+    stages = dvc_stages(cfg, config)
+    for model in cfg["run"]["models"]:
+        hit = {name for name, st in stages.items()
+               if _params_cover(_stage_params(st), f"models.{model}.train.learning_rate")}
+        expected = {f"train_{model}_{v}" for v in cfg["run"]["variants"]}
+        expected |= {f"predict_{model}_{v}_{s}" for v in cfg["run"]["variants"] for s in cfg["run"]["splits"]}
+        assert hit == expected, model
+    for name, st in stages.items():  # every config key a stage reads lives in the config file it was made for
+        assert all(list(entry) == [config] for entry in st.get("params", [])), name
+    assert _stage_params(stages["ingest"]) == ["data"]
+    assert {k for n, st in stages.items() if n.startswith("evaluate_") for k in _stage_params(st)} == {"evaluation"}
+
+
+def test_code_deps_follow_the_imports():
+    doc = load_yaml(ROOT / "dvc.yaml")["stages"]
+    for name, st in doc.items():
+        script = st["cmd"].split()[1]
+        assert st["deps"][0] == script, name
+        assert "src/kdsum/__init__.py" not in st["deps"]
+        reads_config = " --config " in st["cmd"]
+        assert ("schemas/config.schema.yaml" in st["deps"]) == reads_config, name
+    must = {"ingest": ["data.py"], "prompts_": ["prompts.py", "config.py"], "base_": ["modeling.py", "config.py"],
+            "train_": ["training.py", "modeling.py", "config.py", "io.py"],
+            "predict_": ["generation.py", "modeling.py", "config.py"], "baseline_": ["baselines.py"],
+            "evaluate_": ["metrics.py", "io.py"], "summary": ["summary.py", "plan.py", "config.py"]}
+    for prefix, modules in must.items():
+        names = [n for n in doc if n.startswith(prefix)]
+        assert names, prefix
+        for name in names:
+            assert {f"src/kdsum/{m}" for m in modules} <= set(doc[name]["deps"]), name
+
+
+def test_code_deps_scan(tmp_path):
+    """The import scan: function-level, `from kdsum import x`, relative and transitive imports."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from kdsum.dvcgen import code_deps
+
+    (tmp_path / "src/kdsum").mkdir(parents=True)
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "src/kdsum/__init__.py").write_text("")
+    (tmp_path / "src/kdsum/a.py").write_text("from .b import x\n")
+    (tmp_path / "src/kdsum/b.py").write_text("from kdsum import c\nx = 1\n")
+    (tmp_path / "src/kdsum/c.py").write_text("import json\n")
+    (tmp_path / "src/kdsum/unused.py").write_text("")
+    (tmp_path / "scripts/s.py").write_text("import sys\n\ndef main():\n    from kdsum.a import x\n")
+    assert code_deps("scripts/s.py", tmp_path) == ["scripts/s.py", "src/kdsum/a.py", "src/kdsum/b.py",
+                                                   "src/kdsum/c.py"]
+
+
+def test_outputs_metrics_and_plots_are_what_dvc_should_track():
+    doc = load_yaml(ROOT / "dvc.yaml")
+    stages = doc["stages"]
+    outs = [o for st in stages.values() for o in dvc_outputs(st)]
+    # intermediate trainer checkpoints, logs and benchmarks are never outputs; the final model dirs are
+    assert not [o for o in outs if o.startswith(("results/checkpoints", "results/logs", "results/benchmarks"))]
+    sys.path.insert(0, str(ROOT / "src"))
+    from kdsum.config import grid, load_config
+
+    jobs = grid(load_config(ROOT / "config.yaml"))
+    assert {o for o in outs if o.endswith("/model")} == {f"results/train/{m}/{v}/model" for m, v in jobs}
+    metrics = [next(iter(m)) if isinstance(m, dict) else m for st in stages.values() for m in st.get("metrics", [])]
+    assert metrics and all(m.endswith(".json") for m in metrics)
+    assert {f"results/scores/{m}/{v}/dev.json" for m, v in jobs} <= set(metrics)
+    # every output is cached (results/ is git-ignored: the cache/remote is where results are versioned)
+    for st in stages.values():
+        for key in ("outs", "metrics"):
+            assert all(isinstance(e, str) for e in st.get(key, [])), st
+    plots = {next(iter(p)): next(iter(p.values())) for p in doc["plots"]}
+    assert set(plots["training_loss"]["y"]) == {f"results/train/{m}/{v}/log_history.csv" for m, v in jobs}
+    assert plots["results/summary.csv"]["x"] == "rouge_sum"
+    for path in list(plots["training_loss"]["y"]) + ["results/summary.csv"]:
+        assert path in outs  # drawn from a stage output, so it is versioned with the run
+
+
+def test_dvcignore_keeps_snakemake_markers_out_of_hashes():
+    assert ".snakemake_timestamp" in (ROOT / ".dvcignore").read_text(encoding="utf-8").split()
+
+
+def test_rulegraph_in_docs_shows_every_rule():
+    svg = (ROOT / "docs/rulegraph.svg").read_text(encoding="utf-8")
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+    for rule in RULES:
+        assert f">{rule}<" in svg, rule
+    assert (ROOT / "docs/rulegraph.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz (dot) is not installed")
+def test_dag_rule_renders_pictures(structure_copy):
+    """`snakemake --cores 1 dag` (rules/dag.smk) writes the rule graph (SVG, PNG) and the job DAG (SVG)."""
+    smk(structure_copy, "--cores", "1", "dag")
+    d = structure_copy / "results/dag"
+    assert (d / "rulegraph.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rulegraph = (d / "rulegraph.svg").read_text(encoding="utf-8")
+    assert all(f">{rule}<" in rulegraph for rule in RULES)
+    jobs = (d / "jobs.svg").read_text(encoding="utf-8")
+    assert jobs.count('class="node"') == len(load_yaml(ROOT / "dvc.yaml")["stages"])  # one node per job
+    assert (structure_copy / "results/benchmarks/dag/results/dag.tsv").exists()
+    assert (structure_copy / "results/logs/dag/results/dag.log").exists()
+
+
+# ------------------------------------------------------------------------------------------------ slow: e2e
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory) -> Path:
+    """A fresh copy, dvc.yaml generated for the fast config and committed, then one full `dvc repro`."""
+    work = copy_repo(tmp_path_factory.mktemp("dvc") / "kdsum")
+    sh([sys.executable, "scripts/make_dvc.py", "--config", FAST, "--out", "dvc.yaml"], work)
+    git(work, "commit", "-q", "-am", "dvc.yaml for the fast test config")
+    start = time.perf_counter()
+    proc = dvc(work, "repro")
+    FIGURES["full dvc repro (fast config), s"] = round(time.perf_counter() - start, 1)
+    FIGURES["stages run by the first repro"] = len(ran_stages(proc.stdout))
+    (work / ".first_repro.log").write_text(proc.stdout, encoding="utf-8")
+    yield work
+    print("\nmeasured figures:\n" + "\n".join(f"  {k}: {v}" for k, v in FIGURES.items()))
+
+
+@pytest.mark.slow
+def test_first_repro_runs_every_stage(dvc_repo):
+    ran = ran_stages((dvc_repo / ".first_repro.log").read_text(encoding="utf-8"))
+    stages = load_yaml(dvc_repo / "dvc.yaml")["stages"]
+    assert sorted(ran) == sorted(stages)
+    assert ran[0] == "ingest" and ran[-1] == "summary"
+    assert (dvc_repo / TARGET).exists()
+    lock = load_yaml(dvc_repo / "dvc.lock")
+    assert set(lock["stages"]) == set(stages)
+
+
+@pytest.mark.slow
+def test_second_repro_runs_nothing(dvc_repo):
+    start = time.perf_counter()
+    proc = dvc(dvc_repo, "repro")
+    FIGURES["no-op dvc repro, s"] = round(time.perf_counter() - start, 1)
+    assert ran_stages(proc.stdout) == []
+    assert "Data and pipelines are up to date." in proc.stdout
+    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+
+
+@pytest.mark.slow
+def test_checkpoints_are_not_outputs_but_models_are_cached(dvc_repo):
+    lock = load_yaml(dvc_repo / "dvc.lock")
+    paths = [o["path"] for st in lock["stages"].values() for key in ("outs", "metrics", "plots")
+             for o in st.get(key, [])]
+    assert not [p for p in paths if p.startswith("results/checkpoints")]
+    for model_dir in ("results/train/tiny-bart/default/model", "results/train/tiny-llama/default/model"):
+        out = next(o for st in lock["stages"].values() for o in st.get("outs", []) if o["path"] == model_dir)
+        assert out["md5"].endswith(".dir")
+        manifest = dvc_repo / ".dvc/cache/files/md5" / out["md5"][:2] / out["md5"][2:]
+        entries = [e["relpath"] for e in json.loads(manifest.read_text())]
+        assert entries and not [e for e in entries if "checkpoint-" in e], entries
+    assert (dvc_repo / "results/train/tiny-llama/default/model/adapter_config.json").exists()  # LoRA adapters
+
+
+@pytest.mark.slow
+def test_metrics_and_plots(dvc_repo, tmp_path):
+    metrics = json.loads(dvc(dvc_repo, "metrics", "show", "--json").stdout)
+    data = metrics[""]["data"]
+    score = data["results/scores/tiny-bart/default/dev.json"]["data"]
+    assert {"rouge1", "rouge2", "rougeL", "rouge_sum"} <= set(score)
+    assert "results/train/tiny-llama/default/train_metrics.json" in data
+    out = tmp_path / "plots"
+    dvc(dvc_repo, "plots", "show", "-o", str(out))
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "Training loss" in html and "ROUGE sum per system (dev)" in html
+    spec = json.loads(dvc(dvc_repo, "plots", "show", "--json").stdout)
+    assert set(spec["data"]) == {"training_loss", "results/summary.csv"} and not spec.get("errors")
+
+
+@pytest.mark.slow
+def test_snakemake_agrees_after_dvc_run_and_lint_is_clean(dvc_repo):
+    ok, text, _ = nothing_to_do(dvc_repo, FAST)
+    FIGURES["snakemake jobs planned right after dvc repro (before sync_mtimes)"] = 0 if ok else planned_jobs(text)
+    sync = sh([sys.executable, "scripts/sync_mtimes.py"], dvc_repo)
+    assert "nothing to be done" in sync.stdout
+    ok, text, wall = nothing_to_do(dvc_repo, FAST)
+    assert ok, text[-3000:]
+    FIGURES["no-op snakemake -n, s"] = round(wall, 1)
+    start = time.perf_counter()
+    run = smk(dvc_repo, TARGET, "--cores", "1", "--configfile", FAST)
+    FIGURES["no-op snakemake run, s"] = round(time.perf_counter() - start, 1)
+    assert "Nothing to be done" in run.stdout + run.stderr
+    lint = smk(dvc_repo, "--lint", "--configfile", FAST)
+    assert "Congratulations" in lint.stdout + lint.stderr
+    # the markers Snakemake writes into directory outputs are .dvcignored: DVC still sees the run it recorded
+    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+
+
+@pytest.mark.slow
+def test_sync_mtimes_refuses_when_dvc_status_is_dirty(dvc_repo):
+    victim = dvc_repo / "results/predictions/baseline/lead/dev.csv"
+    saved = victim.read_bytes()
+    victim.write_bytes(saved + b"x,y\n")
+    try:
+        proc = sh([sys.executable, "scripts/sync_mtimes.py"], dvc_repo, check=False)
+        assert proc.returncode == 1 and "baseline_lead_dev" in proc.stderr
+    finally:
+        victim.write_bytes(saved)
+    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+
+
+@pytest.mark.slow
+def test_push_pull_round_trip_restores_data_and_models(dvc_repo, tmp_path):
+    remote = tmp_path / "remote"
+    dvc(dvc_repo, "remote", "add", "-d", "local", str(remote))
+    # a user's own raw data: tracked by DVC (cache + remote), not by git
+    raw = dvc_repo / "data/raw/dialogues.csv"
+    raw.parent.mkdir(parents=True)
+    shutil.copy2(dvc_repo / "data/sample/dev.csv", raw)
+    dvc(dvc_repo, "add", "data/raw/dialogues.csv")
+    raw_md5 = load_yaml(dvc_repo / "data/raw/dialogues.csv.dvc")["outs"][0]["md5"]
+    assert "/dialogues.csv" in (dvc_repo / "data/raw/.gitignore").read_text()
+    assert (dvc_repo / ".dvc/cache/files/md5" / raw_md5[:2] / raw_md5[2:]).exists()
+    git(dvc_repo, "add", "data/raw/dialogues.csv.dvc", "data/raw/.gitignore", ".dvc/config")
+    git(dvc_repo, "commit", "-q", "-m", "track my raw data with DVC; local remote")
+    # the shipped sample stays in git, not in DVC
+    assert git(dvc_repo, "ls-files", "data/sample/train.csv").stdout.strip() == "data/sample/train.csv"
+    assert not (dvc_repo / "data/sample/train.csv.dvc").exists()
+
+    before = {p: tree_md5(dvc_repo / p) for p in ("results/train/tiny-llama/default/model",
+                                                  "results/train/tiny-bart/default/model", "results/base/tiny-bart")}
+    before_files = {p: md5(dvc_repo / p) for p in (TARGET, "results/data/train.jsonl", "data/raw/dialogues.csv")}
+    dvc(dvc_repo, "push")
+    lock = load_yaml(dvc_repo / "dvc.lock")
+    adapter = next(o for o in lock["stages"]["train_tiny-llama_default"]["outs"]
+                   if o["path"].endswith("/model"))["md5"]
+    for h in (adapter, raw_md5):
+        assert (remote / "files/md5" / h[:2] / h[2:]).exists(), h
+
+    shutil.rmtree(dvc_repo / "results")
+    shutil.rmtree(dvc_repo / ".dvc/cache")
+    raw.unlink()
+    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) != {}
+    start = time.perf_counter()
+    dvc(dvc_repo, "pull")
+    FIGURES["dvc pull after deleting results/ and the cache, s"] = round(time.perf_counter() - start, 1)
+    assert {p: tree_md5(dvc_repo / p) for p in before} == before
+    assert {p: md5(dvc_repo / p) for p in before_files} == before_files
+    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+
+    # DVC restored the files with new mtimes in no particular order: Snakemake would rebuild; the documented
+    # step (scripts/sync_mtimes.py) makes it see the results as current
+    ok, text, _ = nothing_to_do(dvc_repo, FAST)
+    FIGURES["snakemake jobs planned after dvc pull (before sync_mtimes)"] = 0 if ok else planned_jobs(text)
+    sh([sys.executable, "scripts/sync_mtimes.py"], dvc_repo)
+    ok, text, _ = nothing_to_do(dvc_repo, FAST)
+    assert ok, text[-3000:]
+    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+
+
+def _changed_by(before: dict, after: dict) -> set[str]:
+    """Stages whose recorded deps or params differ between two dvc.lock files."""
+    return {name for name, deps in after.items() if deps != before.get(name)}
+
+
+@pytest.mark.slow
+def test_exp_run_on_one_models_learning_rate_reruns_that_model_only(dvc_repo):
+    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+    preds = {s: dvc_repo / f"results/predictions/tiny-llama/default/{s}.csv" for s in ("dev", "test")}
+    old = {s: md5(p) for s, p in preds.items()}
+    start = time.perf_counter()
+    proc = dvc(dvc_repo, "exp", "run", "-S", f"{FAST}:models.tiny-llama.train.learning_rate=0.05")
+    FIGURES["dvc exp run -S (tiny-llama learning rate), s"] = round(time.perf_counter() - start, 1)
+    ran = ran_stages(proc.stdout)
+    FIGURES["stages rerun by the learning-rate change"] = ran
+    changed = {s for s, p in preds.items() if md5(p) != old[s]}
+    expected = {"train_tiny-llama_default", "predict_tiny-llama_default_dev", "predict_tiny-llama_default_test",
+                "summary"}
+    # DVC compares content: scoring/submission rerun when the new model's predictions differ
+    expected |= {"evaluate_tiny-llama_default_dev"} if "dev" in changed else set()
+    expected |= {"submission_tiny-llama_default"} if "test" in changed else set()
+    assert sorted(ran) == sorted(expected), (ran, changed)
+    assert len(ran) == len(set(ran))
+    assert load_yaml(dvc_repo / FAST)["models"]["tiny-llama"]["train"]["learning_rate"] == 0.05
+    assert load_yaml(dvc_repo / "dvc.lock")["stages"]["train_tiny-llama_default"]["params"][FAST][
+        "models.tiny-llama"]["train"]["learning_rate"] == 0.05
+    # the experiment is recorded (an exp ref on the commit) with its params and metrics
+    exps = [r["data"] for commit in json.loads(dvc(dvc_repo, "exp", "show", "--json").stdout)
+            for e in commit.get("experiments") or [] for r in e["revs"]]
+    assert [x["params"][FAST]["data"]["models"]["tiny-llama"]["train"]["learning_rate"] for x in exps] == [0.05]
+    assert "results/scores/tiny-llama/default/dev.json" in exps[0]["metrics"]
+    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+    # Snakemake follows: its params record is refreshed by the documented step, then nothing to do
+    sh([sys.executable, "scripts/sync_mtimes.py"], dvc_repo)
+    assert nothing_to_do(dvc_repo, FAST)[0]
+
+
+def _edit_one_summary(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    first = next(csv.DictReader(text.splitlines(keepends=True)))
+    old = first["summary"]
+    assert text.count(old) == 1
+    path.write_text(text.replace(old, old + " 정말로요."), encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_raw_data_edit_reruns_exactly_what_depends_on_it(dvc_repo):
+    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+    before = lock_hashes(load_yaml(dvc_repo / "dvc.lock"))
+    _edit_one_summary(dvc_repo / "data/sample/train.csv")
+    status = json.loads(dvc(dvc_repo, "status", "--json").stdout)
+    assert set(status) == {"ingest"}, status  # only the stage reading the file sees it; the rest follows
+    start = time.perf_counter()
+    proc = dvc(dvc_repo, "repro")
+    FIGURES["dvc repro after editing one training summary, s"] = round(time.perf_counter() - start, 1)
+    ran = ran_stages(proc.stdout)
+    FIGURES["stages rerun by the raw-data edit"] = ran
+    stages = load_yaml(dvc_repo / "dvc.yaml")["stages"]
+    after = lock_hashes(load_yaml(dvc_repo / "dvc.lock"))
+    # exactly the stages at least one of whose inputs changed content reran ...
+    assert set(ran) == _changed_by(before, after)
+    # ... which is everything that reads the training split: data, prompts, bases, models, every prediction
+    must = {"ingest", "summary"} | {n for n in stages if n.startswith(("prompts_", "base_", "train_", "predict_"))}
+    assert must <= set(ran), sorted(must - set(ran))
+    # the baselines read dev/test only, which are byte-identical: not rerun
+    assert not [n for n in ran if n.startswith("baseline_")]
+    assert after["ingest"]["data/sample/train.csv"] != before["ingest"]["data/sample/train.csv"]
+    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+    sh([sys.executable, "scripts/sync_mtimes.py"], dvc_repo)
+    assert nothing_to_do(dvc_repo, FAST)[0]
