@@ -25,6 +25,9 @@ def main() -> None:
 
     register_error(ModelLoadError)
     register_error(TrainingError)
+    from kdsum.memory import MemoryPlanError
+
+    register_error(MemoryPlanError)
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", default="config.yaml")

@@ -201,3 +201,23 @@ MEASURED_H100 = [
 def test_estimate_within_15_percent_of_measured_h100_peaks(method, mb, seq, ckpt, packing, loss, measured):
     est = estimate_peak_memory(LLAMA_3B, method, mb, seq, ckpt, packing, 16, "bfloat16", loss=loss)
     assert abs(est["total_gb"] - measured) / measured < 0.15
+
+
+def test_training_preflight_refuses_a_job_that_cannot_fit(tmp_path, repo_root):
+    """The training stage's pre-flight check (kdsum.training.build_trainer calls check_spec_fits before loading):
+    a Llama-3.2-3B-shaped LoRA job with a 1,024-token micro-batch of 64 cannot fit a 16 GB card."""
+    from transformers import LlamaConfig
+
+    from kdsum.config import load_config, resolve
+    from kdsum.memory import MemoryPlanError, check_spec_fits
+
+    LlamaConfig(hidden_size=3072, num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8,
+                intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True).save_pretrained(tmp_path)
+    spec = resolve(load_config(repo_root / "config.yaml"), "llama-ko-3b", "default")
+    spec["train"].update(per_device_batch_size=64, gradient_checkpointing=False)
+    with pytest.raises(MemoryPlanError) as err:
+        check_spec_fits(spec, str(tmp_path), method="lora", available_gb=16.0)
+    assert "llama-ko-3b" in str(err.value)
+    ok = check_spec_fits(resolve(load_config(repo_root / "config.yaml"), "llama-ko-3b", "default"), str(tmp_path),
+                         method="qlora", available_gb=80.0)
+    assert ok["checked"] and ok["fits"]

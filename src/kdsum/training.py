@@ -468,9 +468,15 @@ def build_trainer(spec: dict, base_source: str, prompts_dir: str | os.PathLike, 
                   progress: bool = True, method: str | None = None, callbacks: list | None = None):
     """Tokenizer, model, dataset and Trainer for one job. Returns (trainer, info dict)."""
     method = method or effective_method(spec)[0]
+    # Before anything is loaded: refuse a job whose estimated peak GPU memory does not fit the card
+    # (kdsum.memory; a no-op without CUDA or for models the planner does not cover).
+    from kdsum.memory import check_spec_fits
+
+    memory_plan = check_spec_fits(spec, base_source, method)
     tokenizer = load_tokenizer(base_source, spec["name"], spec["family"])
     set_seed(int(spec["train"]["seed"]))
-    info: dict[str, Any] = {"method_effective": method, "new_token_ids": []}
+    info: dict[str, Any] = {"method_effective": method, "new_token_ids": [],
+                            "memory_plan": {k: v for k, v in memory_plan.items() if k != "estimate"}}
     args_kw = common_args(spec, str(checkpoint_dir), progress)
     tracker = _grad_norm_tracker_cls()()
 
