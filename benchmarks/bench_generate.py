@@ -31,8 +31,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import shutil
 import statistics
 import subprocess
 import sys

@@ -377,7 +377,10 @@ def check_spec_fits(spec: dict, source: str, method: str | None = None, availabl
     try:
         from transformers import AutoConfig
 
-        model_config = AutoConfig.from_pretrained(source)
+        try:  # a local directory or the HF cache first: the planner makes no network call it can avoid
+            model_config = AutoConfig.from_pretrained(source, local_files_only=True)
+        except OSError:
+            model_config = AutoConfig.from_pretrained(source)
     except Exception as exc:  # offline hub id, unreadable dir: training will report the real problem
         log.warning("memory check skipped: cannot read the config of %s (%s)", source, exc)
         return {"checked": False, "reason": f"config unreadable: {exc.__class__.__name__}"}
