@@ -63,6 +63,8 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import torch
 
+from kdsum.metrics import FOREIGN_CHAR_PATTERN
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -98,13 +100,8 @@ DATA_TOKEN_PATTERN = r"#[A-Za-z]+\d*#"
 _DATA_TOKEN_RE = re.compile(DATA_TOKEN_PATTERN)
 # Latin (ASCII + full-width), Han, kana, emoji and URL pieces: the classes kdsum.metrics counts as foreign.
 # Latin-1 / extended Latin letters (é, ß) are included too: a Korean summary has no use for them.
-_FOREIGN_RE = re.compile(
-    r"://|https?|www\.|"
-    r"[A-Za-z\u00c0-\u024f\uff21-\uff3a\uff41-\uff5a]|"
-    r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]|"  # hiragana, katakana, half-width katakana
-    r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]|"  # Han
-    r"[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\ufe0f]"  # emoji and pictographs
-)
+# Token pieces are matched, so URL fragments ("://", "https") count on their own here.
+_FOREIGN_RE = re.compile(r"://|https?|www\.|[\u00c0-\u024f]|" + FOREIGN_CHAR_PATTERN)
 # A leading label the model may put before the summary: "요약:", "요약 :", "Summary:", "[요약]", "답변:" ...
 _LABEL_RE = re.compile(
     r"^\s*(?:\[\s*(?:대화\s*)?요약(?:문)?\s*\]|\[\s*summary\s*\]|"

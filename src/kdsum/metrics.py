@@ -541,13 +541,14 @@ def paired_bootstrap(a: Any, b: Any, n_resamples: int = 1000, seed: int = 0) -> 
 
 # Foreign script = Latin letters (incl. full-width), Han (CJK ideographs: in Korean summaries
 # they are hanja leaking from a model, counted as foreign), Japanese kana, emoji, URLs.
-_FOREIGN_RE = re.compile(
-    r"https?://|www\.|"
+# The character classes are shared with kdsum.generation's blocker, so generation blocks what the metric counts.
+FOREIGN_CHAR_PATTERN = (
     r"[A-Za-z\uff21-\uff3a\uff41-\uff5a]|"
     r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]|"  # hiragana, katakana, half-width katakana
     r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]|"  # Han
     r"[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\ufe0f]"  # emoji and pictographs
 )
+_FOREIGN_RE = re.compile(r"https?://|www\.|" + FOREIGN_CHAR_PATTERN)
 
 
 def has_foreign_script(text: str) -> bool:
