@@ -16,8 +16,8 @@ Recipes (see ``JOBS``):
   completion-only loss, best-fit-decreasing packing into padding-free rows with per-sequence ``position_ids``),
   with the GPU settings under test: micro-batch of packed bins, checkpointing on/off, and the attention
   implementation: ``sdpa`` (the default: transformers builds a dense block-diagonal mask from ``position_ids``)
-  or ``varlen`` (registered here: PyTorch's variable-length flash kernel driven by the collator's
-  ``cu_seq_lens``; no mask, no cross-sequence FLOPs).
+  or ``varlen`` (``train.attention: varlen``, kdsum.attention: PyTorch's variable-length flash kernel driven by
+  the collator's ``cu_seq_lens``; no mask, no cross-sequence FLOPs; what ``attention: auto`` picks on CUDA).
 
 Measured per job, in a fresh process: useful (non-padding) tokens per second over ``--measure`` optimizer steps
 after ``--warmup`` steps, cut into windows (median reported); ``torch.cuda.max_memory_allocated`` /
@@ -92,30 +92,32 @@ JOBS = {
     "llama-3b": [
         J("earlier-lora", "earlier", "lora", measure=8),
         J("earlier-qlora", "earlier", "qlora", measure=8),
+        # config.yaml as shipped for hub models: QLoRA, 8 packed bins of 1,024, checkpointing, accumulation 2
+        J("pipeline-qlora-shipped", "pipeline", "qlora", attention="varlen", packing=True, micro_batch=8,
+          grad_accum=2, ckpt=True, measure=8),
+        J("pipeline-lora-varlen-ckpt", "pipeline", "lora", attention="varlen", packing=True, micro_batch=8,
+          grad_accum=2, ckpt=True, measure=8),
+        # the same without checkpointing (an 80 GB card)
         J("pipeline-lora-varlen", "pipeline", "lora", attention="varlen", packing=True, micro_batch=8,
           grad_accum=1, ckpt=False, measure=12, profile=2),
         J("pipeline-qlora-varlen", "pipeline", "qlora", attention="varlen", packing=True, micro_batch=8,
-          grad_accum=1, ckpt=False, measure=12, profile=2),
-        J("pipeline-lora-sdpa", "pipeline", "lora", packing=True, micro_batch=8, grad_accum=1, ckpt=False,
-          measure=12),
-        J("pipeline-qlora-sdpa", "pipeline", "qlora", packing=True, micro_batch=8, grad_accum=1, ckpt=False,
-          measure=16),
-        J("pipeline-lora-varlen-ckpt", "pipeline", "lora", attention="varlen", packing=True, micro_batch=16,
-          grad_accum=1, ckpt=True, measure=8, windows=4),
+          grad_accum=1, ckpt=False, measure=12),
+        # packed rows on transformers' SDPA path (dense block-diagonal mask): what the varlen kernel saves
+        J("pipeline-lora-sdpa", "pipeline", "lora", attention="sdpa", packing=True, micro_batch=8, grad_accum=1,
+          ckpt=False, measure=12),
         J("earlier-lora-profiled", "earlier", "lora", profile=2),
-        J("earlier-lora-expandable", "earlier", "lora", env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
-        J("pipeline-lora-varlen-expandable", "pipeline", "lora", attention="varlen", packing=True, micro_batch=8,
-          grad_accum=1, ckpt=False, measure=8, env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
     ],
     "qwen-7b": [
-        J("earlier-lora", "earlier", "lora", measure=9, windows=3),
-        J("earlier-qlora", "earlier", "qlora", measure=9, windows=3),
+        J("earlier-lora", "earlier", "lora", measure=6, windows=3),
+        J("earlier-qlora", "earlier", "qlora", measure=6, windows=3),
+        J("pipeline-qlora-shipped", "pipeline", "qlora", attention="varlen", packing=True, micro_batch=8,
+          grad_accum=2, ckpt=True, measure=6, windows=3),
+        J("pipeline-lora-varlen-ckpt", "pipeline", "lora", attention="varlen", packing=True, micro_batch=8,
+          grad_accum=2, ckpt=True, measure=6, windows=3),
         J("pipeline-lora-varlen", "pipeline", "lora", attention="varlen", packing=True, micro_batch=4,
-          grad_accum=2, ckpt=False, measure=9, windows=3),
+          grad_accum=2, ckpt=False, measure=6, windows=3),
         J("pipeline-qlora-varlen", "pipeline", "qlora", attention="varlen", packing=True, micro_batch=4,
-          grad_accum=2, ckpt=False, measure=9, windows=3, profile=1),
-        J("pipeline-qlora-varlen-ckpt", "pipeline", "qlora", attention="varlen", packing=True, micro_batch=16,
-          grad_accum=1, ckpt=True, measure=6, windows=3),
+          grad_accum=2, ckpt=False, measure=6, windows=3),
     ],
     "smoke": [
         J("earlier-lora", "earlier", "lora", warmup=1, measure=4, windows=2, max_length=256),
@@ -127,146 +129,9 @@ JOBS = {
 }
 
 
-# ============================================================================================ varlen attention
-VARLEN = "kdsum_varlen"
-
-
-def _flash_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
-    """Causal attention over packed sequences (q: [T, H, D], k/v: [T, Hkv, D]); returns [T, H, D].
-
-    CUDA: ``torch.nn.attention.varlen.varlen_attn`` (PyTorch's flash kernel), else the same aten op with its
-    backward; CPU: a per-sequence SDPA reference (for tests)."""
-    import torch
-
-    if q.is_cuda:
-        try:
-            import inspect
-
-            from torch.nn.attention.varlen import varlen_attn
-
-            params = inspect.signature(varlen_attn).parameters
-            kw = {"scale": scale} if "scale" in params else {}
-            if "window_size" in params:
-                kw["window_size"] = (-1, 0)
-            elif "is_causal" in params:
-                kw["is_causal"] = True
-            if k.shape[1] != q.shape[1] and "enable_gqa" not in params:
-                rep = q.shape[1] // k.shape[1]
-                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            elif "enable_gqa" in params:
-                kw["enable_gqa"] = k.shape[1] != q.shape[1]
-            return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
-        except ImportError:
-            return _FlashVarlenFn.apply(q, k, v, cu_q, cu_k, max_q, max_k, scale)
-    outs = []
-    rep = q.shape[1] // k.shape[1]
-    for s, e in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
-        qs, ks, vs = (x[s:e].transpose(0, 1) for x in (q, k, v))
-        if rep > 1:
-            ks, vs = ks.repeat_interleave(rep, dim=0), vs.repeat_interleave(rep, dim=0)
-        outs.append(torch.nn.functional.scaled_dot_product_attention(
-            qs, ks, vs, is_causal=True, scale=scale).transpose(0, 1))
-    return torch.cat(outs, dim=0)
-
-
-def _flash_fn_cls():
-    import torch
-
-    class FlashVarlenFn(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, q, k, v, cu_q, cu_k, max_q, max_k, scale):
-            out, lse, rng, unused, _ = torch.ops.aten._flash_attention_forward(
-                q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False, scale=scale)
-            ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, rng, unused)
-            ctx.args = (max_q, max_k, scale)
-            return out
-
-        @staticmethod
-        def backward(ctx, grad):
-            q, k, v, out, lse, cu_q, cu_k, rng, unused = ctx.saved_tensors
-            max_q, max_k, scale = ctx.args
-            dq, dk, dv = torch.ops.aten._flash_attention_backward(
-                grad.contiguous(), q, k, v, out, lse, cu_q, cu_k, max_q, max_k, 0.0, True, rng, unused,
-                scale=scale)
-            return dq, dk, dv, None, None, None, None, None
-
-    return FlashVarlenFn
-
-
-class _LazyFn:
-    def __init__(self):
-        self._cls = None
-
-    def apply(self, *args):
-        if self._cls is None:
-            self._cls = _flash_fn_cls()
-        return self._cls.apply(*args)
-
-
-_FlashVarlenFn = _LazyFn()
-
-
-def varlen_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
-                             **kwargs):
-    """transformers attention interface: padding-free packed rows go through the varlen kernel, anything else
-    (padded batches, generation with a cache) through transformers' SDPA function unchanged."""
-    import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    cu_q = kwargs.get("cu_seq_lens_q")
-    cu_k = kwargs.get("cu_seq_lens_k")
-    max_q, max_k = kwargs.get("max_length_q"), kwargs.get("max_length_k")
-    pos = kwargs.get("position_ids")
-    B, H, T, D = query.shape
-    if cu_q is None and attention_mask is None and pos is not None and B == 1 and T > 1 and key.shape[2] == T:
-        starts = (pos[0] == 0).nonzero().flatten()
-        if starts.numel() > 1:  # packed without the collator's boundaries: derive them (one sync)
-            cu_q = cu_k = torch.cat([starts, starts.new_tensor([T])]).to(torch.int32)
-            max_q = max_k = int(cu_q.diff().max())
-    if cu_q is None or attention_mask is not None or B != 1 or key.shape[2] != T:
-        if attention_mask is None and key.shape[2] == T:
-            is_causal = True if is_causal is None else is_causal
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
-    cu_q = cu_q.to(device=query.device, dtype=torch.int32)
-    cu_k = (cu_k if cu_k is not None else cu_q).to(device=query.device, dtype=torch.int32)
-    q = query.transpose(1, 2).reshape(T, H, D)
-    k = key.transpose(1, 2).reshape(T, key.shape[1], D)
-    v = value.transpose(1, 2).reshape(T, value.shape[1], D)
-    out = _flash_varlen(q, k, v, cu_q, cu_k, int(max_q), int(max_k), scaling)
-    return out.reshape(1, T, H, D), None
-
-
-def varlen_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
-                attention_mask=None, **kwargs):
-    """No mask for padding-free rows (the kernel reads the boundaries); the SDPA mask when there is padding."""
-    from transformers.masking_utils import causal_mask_function, sdpa_mask
-
-    if attention_mask is None:
-        return None
-    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
-                     kv_offset=kv_offset, mask_function=mask_function or causal_mask_function,
-                     attention_mask=attention_mask, **kwargs)
-
-
-def register_varlen() -> str:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionInterface.register(VARLEN, varlen_attention_forward)
-    AttentionMaskInterface.register(VARLEN, varlen_mask)
-    return VARLEN
-
-
-def set_attention(model, name: str) -> str:
-    try:
-        model.set_attn_implementation(name)
-    except Exception:  # older API: every submodule reads config._attn_implementation
-        for m in model.modules():
-            cfg = getattr(m, "config", None)
-            if cfg is not None and hasattr(cfg, "_attn_implementation"):
-                cfg._attn_implementation = name
-    return getattr(model.config, "_attn_implementation", name)
+# ============================================================================================ attention
+# The varlen path is the pipeline's own (train.attention: varlen | auto), imported, not redefined here.
+from kdsum.attention import VARLEN, register_varlen, set_attention  # noqa: E402
 
 
 # ============================================================================================ prepare (CPU)
@@ -440,9 +305,6 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
     total_steps = job["warmup"] + job["measure"] + job["profile"]
     timer = _timer_callback(job, tokens)
     t_start = time.perf_counter()
-    if job["attention"] == "varlen":
-        register_varlen()
-
     if job["recipe"] == "earlier":
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
         from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DataCollatorForSeq2Seq,
@@ -486,16 +348,8 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
         spec["train"].update(per_device_batch_size=job["micro_batch"], gradient_accumulation_steps=job["grad_accum"],
                              max_length=job["max_length"], packing=job["packing"], gradient_checkpointing=job["ckpt"],
                              max_steps=total_steps, epochs=1, save_steps=10**6, logging_steps=10**6,
-                             warmup_ratio=0.0, learning_rate=2e-4, lr_scheduler_type="constant")
-        if job["attention"] == "varlen":
-            original = training.load_model
-
-            def load_with_varlen(*a, **k):
-                m = original(*a, **k)
-                set_attention(m, VARLEN)
-                return m
-
-            training.load_model = load_with_varlen
+                             warmup_ratio=0.0, learning_rate=2e-4, lr_scheduler_type="constant",
+                             attention=job["attention"])
         trainer, _info = training.build_trainer(spec, model_dir, data_dir / "train_en", job["work_dir"],
                                                 progress=False, method=job["method"], callbacks=[timer])
     model = trainer.model
@@ -697,35 +551,38 @@ def run_driver(args) -> dict:
     print("packed mask check:", json.dumps(report["packed_mask_check"]), flush=True)
     save()
     work = Path(args.work)
-    for arch in args.models.split(","):
-        t0 = time.time()
-        model_dir = make_model_dir(arch, data, work / "models")
-        print(f"{arch}: model dir ready in {time.time() - t0:.0f}s", flush=True)
-        flops = model_flops_per_token(arch, lengths)
-        jobs = JOBS[args.jobs] if args.jobs else JOBS[arch]
-        only = set(args.only.split(",")) if args.only else None
-        for job in jobs:
-            if only and job["name"] not in only and f"{arch}/{job['name']}" not in only:
-                continue
-            job = dict(job, arch=arch, model_dir=str(model_dir), data_dir=str(data),
-                       work_dir=str(work / "runs" / f"{arch}-{job['name']}"))
-            left = deadline - time.time()
-            if left < args.min_job_s:
-                report["jobs"].append({"job": job, "skipped": f"time budget: {left:.0f}s left"})
-                print(f"skip {arch}/{job['name']}: {left:.0f}s left", flush=True)
-                continue
-            res = run_subprocess(job, timeout=max(min(args.job_timeout_s, left), args.min_job_s))
-            res["arch"] = arch
-            if res.get("tokens_per_s"):
-                res["model_flops_per_token"] = flops["model_flops_per_token"]
-                res["achieved_tflops"] = res["tokens_per_s"] * flops["model_flops_per_token"] / 1e12
-                if cuda:
-                    res["mfu"] = res["achieved_tflops"] / report["bf16_peak"]["tflops_median"]
-            report["jobs"].append(res)
-            save()
-            print(summary_line(res), flush=True)
-        report.setdefault("flops", {})[arch] = flops
-        shutil.rmtree(work / "runs", ignore_errors=True)
+    # the run order: --only's order when given (most important first, so a time budget cuts the rest)
+    archs = args.models.split(",")
+    sequence = [(arch, job) for arch in archs for job in (JOBS[args.jobs] if args.jobs else JOBS[arch])]
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        sequence = [(a, j) for w in wanted for a, j in sequence if w in (j["name"], f"{a}/{j['name']}")]
+    model_dirs: dict[str, Path] = {}
+    for arch, job in sequence:
+        if arch not in model_dirs:
+            t0 = time.time()
+            model_dirs[arch] = make_model_dir(arch, data, work / "models")
+            report.setdefault("flops", {})[arch] = model_flops_per_token(arch, lengths)
+            print(f"{arch}: model dir ready in {time.time() - t0:.0f}s", flush=True)
+        flops = report["flops"][arch]
+        job = dict(job, arch=arch, model_dir=str(model_dirs[arch]), data_dir=str(data),
+                   work_dir=str(work / "runs" / f"{arch}-{job['name']}"))
+        left = deadline - time.time()
+        if left < args.min_job_s:
+            report["jobs"].append({"job": job, "skipped": f"time budget: {left:.0f}s left"})
+            print(f"skip {arch}/{job['name']}: {left:.0f}s left", flush=True)
+            continue
+        res = run_subprocess(job, timeout=max(min(args.job_timeout_s, left), args.min_job_s))
+        res["arch"] = arch
+        if res.get("tokens_per_s"):
+            res["model_flops_per_token"] = flops["model_flops_per_token"]
+            res["achieved_tflops"] = res["tokens_per_s"] * flops["model_flops_per_token"] / 1e12
+            if cuda:
+                res["mfu"] = res["achieved_tflops"] / report["bf16_peak"]["tflops_median"]
+        report["jobs"].append(res)
+        save()
+        print(summary_line(res), flush=True)
+        shutil.rmtree(job["work_dir"], ignore_errors=True)
     report["ratios"] = ratios(report["jobs"])
     save()
     print_table(report)

@@ -89,7 +89,12 @@ def test_resolve_merges_defaults_model_and_variant(repo_root):
     qwen = resolve(config, "qwen2-5-7b", "default")
     assert qwen["method"] == "qlora" and qwen["quantization"]["quant_type"] == "nf4"
     assert qwen["train"]["learning_rate"] == 2e-5 and qwen["train"]["lr_scheduler_type"] == "cosine"
-    assert qwen["train"]["per_device_batch_size"] * qwen["train"]["gradient_accumulation_steps"] == 64
+    # hub chat models train on packed rows: 8 bins x accumulation 2 of 1,024 tokens (~64 dialogues) per step
+    assert qwen["train"]["packing"] is True and qwen["train"]["attention"] == "auto"
+    assert qwen["train"]["per_device_batch_size"] * qwen["train"]["gradient_accumulation_steps"] == 16
+    llama = resolve(config, "llama-ko-3b", "default")
+    llama["train"]["packing"] = False  # the YAML anchor shares one mapping: a resolved spec must be a copy
+    assert resolve(config, "qwen2-5-7b", "default")["train"]["packing"] is True
     with pytest.raises(ConfigError, match="does not apply"):
         resolve(config, "tiny-bart", "packed")
 

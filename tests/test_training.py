@@ -384,6 +384,78 @@ def test_packing_matches_unpacked(env, four_examples, tmp_path):
     assert good.item() == pytest.approx(lu[0], rel=1e-4)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="the flash varlen kernel needs CUDA")])])
+def test_varlen_attention_matches_separate_sequences(device):
+    """kdsum.attention's varlen path (CPU reference, the flash kernel on CUDA) gives each packed sequence the
+    logits it gets alone; a row read as one long sequence (positions 0..T-1) does not."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from kdsum.attention import set_attention
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      head_dim=16, intermediate_size=128, vocab_size=300, max_position_embeddings=512)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_config(cfg).to(device=device, dtype=dtype).eval()
+    tol = 3e-2 if device == "cuda" else 1e-5  # bf16 rounding on the GPU
+    lens = [17, 40, 5, 23]
+    seqs = [torch.randint(0, 300, (n,), device=device) for n in lens]
+    ids = torch.cat(seqs)[None]
+    pos = torch.cat([torch.arange(n, device=device) for n in lens])[None]
+    with torch.no_grad():
+        assert set_attention(model, "sdpa") == "sdpa"
+        alone = torch.cat([model(input_ids=s[None]).logits[0] for s in seqs])
+        assert set_attention(model, "varlen") == "kdsum_varlen"
+        packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0]
+        one_long = model(input_ids=ids, position_ids=torch.arange(ids.shape[1], device=device)[None],
+                         use_cache=False).logits[0]
+        mask = torch.ones(1, lens[1], dtype=torch.long, device=device)
+        padded = model(input_ids=seqs[1][None], attention_mask=mask).logits[0]
+    alone, packed, one_long, padded = (x.float() for x in (alone, packed, one_long, padded))
+    assert torch.allclose(packed, alone, atol=tol), (packed - alone).abs().max()
+    assert (one_long - alone).abs().max() > max(10 * (packed - alone).abs().max(), 1e-3)
+    start = sum(lens[:1])
+    assert torch.allclose(padded, alone[start:start + lens[1]], atol=tol)  # masked batches: SDPA fallback
+
+
+def test_varlen_packed_training_matches_unpacked(env, four_examples, tmp_path, monkeypatch):
+    """train.attention: varlen through build_trainer: the packed run's losses equal the padded SDPA run's, and the
+    varlen kernel (not the SDPA fallback) computed them."""
+    import kdsum.attention as attention
+
+    calls = []
+    real = attention._flash_varlen
+    monkeypatch.setattr(attention, "_flash_varlen", lambda *a, **k: calls.append(a[3].numel()) or real(*a, **k))
+    common = dict(max_steps=3, logging_steps=1, warmup_ratio=0.0, learning_rate=5e-3, max_length=2048)
+    unpacked = _sft_trainer(env, four_examples, tmp_path / "u", per_device_batch_size=4, packing=False,
+                            attention="sdpa", **common)
+    packed = _sft_trainer(env, four_examples, tmp_path / "p", per_device_batch_size=1, packing=True,
+                          attention="varlen", **common)
+    assert packed.model.config._attn_implementation == "kdsum_varlen"
+    assert unpacked.model.config._attn_implementation == "sdpa"
+    unpacked.train()
+    packed.train()
+    lu, lp = _losses(unpacked.state.log_history), _losses(packed.state.log_history)
+    assert len(lu) == len(lp) == 3
+    assert lu == pytest.approx(lp, rel=1e-4, abs=1e-4), (lu, lp)
+    layers = packed.model.config.num_hidden_layers
+    assert len(calls) >= 3 * layers and set(calls) == {5}  # every layer of every step, 4 sequences per row
+
+
+def test_attention_auto_resolution(env):
+    from kdsum.attention import resolve_attention
+
+    packed = _spec(env, "tiny-llama", packing=True, attention="auto")
+    expected = "varlen" if torch.cuda.is_available() else "sdpa"
+    assert resolve_attention(packed) == expected
+    assert resolve_attention(_spec(env, "tiny-llama", packing=False, attention="auto")) == "sdpa"
+    assert resolve_attention(_spec(env, "tiny-bart", packing=True, attention="auto")) == "sdpa"
+    assert resolve_attention(_spec(env, "tiny-llama", attention="eager")) == "eager"
+    with pytest.raises(ValueError, match="train.attention"):
+        resolve_attention(_spec(env, "tiny-llama", attention="flash"))
+
+
 def test_completion_only_loss_masks_the_prompt(env, four_examples, tmp_path):
     trainer = _sft_trainer(env, four_examples, tmp_path, per_device_batch_size=4, packing=False, max_steps=1)
     tok = trainer.processing_class

@@ -31,7 +31,9 @@ padded to its longest row, and ``seq_len`` is that longest row, ``train.max_leng
 * **overhead** -- memory outside PyTorch's allocator (CUDA context, cuBLAS/cuDNN handles: ``CONTEXT_GIB``) plus
   the caching allocator's slack (reserved beyond allocated): ``FULL_LOGITS_SLACK`` x the logits term when full
   logits of varying length are materialised (padded batches: each batch's logits have another size, and the
-  freed blocks of earlier sizes stay reserved), and ``FRAGMENTATION`` x the other per-step memory.
+  freed blocks of earlier sizes stay reserved); with the fused loss ``ALLOCATOR_BASE_GIB`` + ``FRAGMENTATION`` x
+  the per-step memory, plus, for QLoRA, the bf16 copy of the fp32-upcast LM head (``2 V h``) made in each forward.
+  QLoRA's fp32 norms also make the MLP's (and SDPA's) saved activations fp32 (see ``_layer_bytes_per_token``).
 
 ``total_gb`` is what the job needs on the card (peak reserved + memory outside the allocator); ``allocated_gb``
 is the part ``torch.cuda.max_memory_allocated`` sees. The constants were calibrated against the H100 runs of
@@ -60,10 +62,11 @@ FUSED_VOCAB_TILE = 32768       # TRL chunked log-prob: vocabulary entries per ti
 FULL_LOGITS_BYTES = 12         # bytes per (token x vocab entry) with the model's own loss (see module docstring)
 CONTEXT_GIB = 1.47             # outside PyTorch's allocator: CUDA context, cuBLAS/cuDNN handles (H100, torch 2.11:
                                # 1.47-1.48 GiB in all six measured runs)
-FULL_LOGITS_SLACK = 2.0        # allocator slack with full logits of padded batches of varying length: reserved -
-                               # allocated was 5.5 GiB in all six runs = 1.98 x the 12 T V logits term
-FRAGMENTATION = 0.10           # slack on the other per-step memory (activations, fused-head tiles): a prior, not
-                               # calibrated (the packed pipeline runs' peaks were not measured, docs/BENCHMARKS.md)
+FULL_LOGITS_SLACK = 1.5        # allocator slack with full logits of padded batches of varying length, x the 12 T V
+                               # logits term: reserved - allocated was 5.2-5.6 GiB in the four full-logit runs of
+                               # 2026-11-21 (3B: 2.0 x, 7B: 1.2 x their logits terms); 1.5 is calibrated on them
+ALLOCATOR_BASE_GIB = 1.0       # slack of the fused-loss (pipeline) runs: 1.1-1.8 GiB whatever the activations
+FRAGMENTATION = 0.02           # ... growing slowly with the per-step memory (calibrated on the seven pipeline runs)
 DEFAULT_MARGIN = 0.05          # check_fits keeps this share of the free memory in reserve
 
 
@@ -154,13 +157,17 @@ def matmul_parameter_count(d: ModelDims) -> int:
 
 
 def _layer_bytes_per_token(d: ModelDims, method: str, lora_r: int, lora_dropout: float, masked: bool,
-                           act_bytes: int) -> float:
-    """Bytes that autograd keeps per token for one decoder layer (no checkpointing); see the module docstring."""
+                           act_bytes: int, fp32_outputs: bool = False, varlen: bool = False) -> float:
+    """Bytes that autograd keeps per token for one decoder layer (no checkpointing); see the module docstring.
+
+    ``fp32_outputs``: QLoRA after ``prepare_model_for_kbit_training``: the fp32 norms make every 4-bit linear's
+    input fp32 and bitsandbytes returns its output in the input's dtype, so the MLP's saved tensors are fp32, and
+    so are SDPA's q/k/v/output (the varlen path casts them to bf16 for the flash kernel, which saves those)."""
     h, q, kv, i, a = d.hidden, d.q_dim, d.kv_dim, d.intermediate, act_bytes
     norms = 2 * 4 * h
     k_w = q if (masked and d.kv_heads != d.heads) else kv
-    attention = a * (q + 2 * k_w + q)
-    mlp = 3 * a * i
+    attention = (4 if fp32_outputs and not varlen else a) * (q + 2 * k_w + q)
+    mlp = 3 * (4 if fp32_outputs else a) * i
     if method == "full":
         # every linear keeps its input (q,k,v share one, gate/up share one) and the norms their bf16 outputs
         linears = a * (2 * h + q + i) + 2 * a * h
@@ -220,7 +227,9 @@ def estimate_peak_memory(model_config: Any, method: str, micro_batch: int, seq_l
 
     # activations
     masked = attention == "sdpa" and (packing or micro_batch > 1)
-    per_layer = _layer_bytes_per_token(d, method, lora_r, lora_dropout, masked, a)
+    fp32_outputs = method == "qlora" and kbit_upcast
+    per_layer = _layer_bytes_per_token(d, method, lora_r, lora_dropout, masked, a, fp32_outputs,
+                                       varlen=attention == "varlen")
     stream = 4 if (method == "qlora" and kbit_upcast) else a  # residual stream dtype (fp32 after the kbit upcast)
     if gradient_checkpointing:
         layers = L * stream * h * T + per_layer * T
@@ -246,7 +255,11 @@ def estimate_peak_memory(model_config: Any, method: str, micro_batch: int, seq_l
     if loss == "full":
         slack = FULL_LOGITS_SLACK * logits + FRAGMENTATION * activations
     else:
-        slack = FRAGMENTATION * (activations + logits)
+        slack = ALLOCATOR_BASE_GIB * GIB + FRAGMENTATION * (activations + logits)
+        if method == "qlora" and kbit_upcast:
+            # the fused head multiplies bf16 hidden states with the fp32-upcast LM head: autocast makes a bf16
+            # copy of it in every forward (attributed from the QLoRA runs' extra slack, not traced)
+            slack += 2 * V * h
     overhead = CONTEXT_GIB * GIB + slack
     parts = {"weights": weights, "lora+optimizer": trainable, "activations": activations, "logits": logits,
              "overhead": overhead}
@@ -365,10 +378,13 @@ def estimate_for_spec(spec: dict, model_config: Any, method: str | None = None, 
         name=spec.get("name"))
 
 
-def check_spec_fits(spec: dict, source: str, method: str | None = None, available_gb: float | None = None) -> dict:
+def check_spec_fits(spec: dict, source: str, method: str | None = None, available_gb: float | None = None,
+                    attention: str = "sdpa") -> dict:
     """Check a causal LoRA/QLoRA job before its model is loaded: read the model's config from ``source`` (a local
     directory or a hub id), estimate, compare with the free GPU memory. Skipped (returns ``checked: False``) without
-    CUDA, for seq2seq models, or when the config cannot be read (training then reports the real problem)."""
+    CUDA, for seq2seq models, or when the config cannot be read (training then reports the real problem).
+    ``attention``: the job's resolved ``train.attention`` (kdsum.attention); ``eager`` is planned as ``sdpa``
+    (the debugging path also keeps the attention probabilities: the plan is low for it)."""
     method = method or spec["method"]
     if spec.get("family") != "causal" or method not in ("lora", "qlora"):
         return {"checked": False, "reason": f"{spec.get('family')}/{method}: the planner covers causal LoRA/QLoRA"}
@@ -384,7 +400,7 @@ def check_spec_fits(spec: dict, source: str, method: str | None = None, availabl
     except Exception as exc:  # offline hub id, unreadable dir: training will report the real problem
         log.warning("memory check skipped: cannot read the config of %s (%s)", source, exc)
         return {"checked": False, "reason": f"config unreadable: {exc.__class__.__name__}"}
-    est = estimate_for_spec(spec, model_config, method)
+    est = estimate_for_spec(spec, model_config, method, attention="varlen" if attention == "varlen" else "sdpa")
     result = check_fits(est, available_gb=available_gb)
     result["estimate"] = est
     log.info("memory plan: %s needs ~%.1f GiB, %.1f GiB free", spec.get("name"), est["total_gb"],

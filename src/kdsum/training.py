@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -52,6 +53,7 @@ from typing import Any
 
 import torch
 
+from kdsum.attention import resolve_attention, set_attention
 from kdsum.io import atomic_dir, read_json, read_jsonl, write_json
 from kdsum.modeling import (
     ModelLoadError,
@@ -326,6 +328,17 @@ def _seq2seq_trainer_cls():
     return KdsumSeq2SeqTrainer
 
 
+def checkpointing_args(enabled: bool) -> dict:
+    """transformers 5.23 renamed gradient_checkpointing -> activation_checkpointing (the old name warns); older
+    releases (e.g. 5.17 on some GPU images) know only the old one."""
+    from transformers import TrainingArguments
+
+    fields = inspect.signature(TrainingArguments.__init__).parameters
+    prefix = "activation" if "activation_checkpointing" in fields else "gradient"
+    return {f"{prefix}_checkpointing": enabled,
+            f"{prefix}_checkpointing_kwargs": {"use_reentrant": False} if enabled else None}
+
+
 def common_args(spec: dict, output_dir: str, progress: bool = True) -> dict:
     """TrainingArguments fields shared by both families, every one set from ``spec.train``."""
     t = spec["train"]
@@ -341,9 +354,7 @@ def common_args(spec: dict, output_dir: str, progress: bool = True) -> dict:
         gradient_accumulation_steps=int(t["gradient_accumulation_steps"]),
         num_train_epochs=float(t["epochs"]),
         max_steps=int(t.get("max_steps", -1)),
-        # transformers 5.23 renamed gradient_checkpointing -> activation_checkpointing (the old name warns)
-        activation_checkpointing=bool(t["gradient_checkpointing"]),
-        activation_checkpointing_kwargs={"use_reentrant": False} if t["gradient_checkpointing"] else None,
+        **checkpointing_args(bool(t["gradient_checkpointing"])),
         bf16=use_bf16(spec),
         fp16=False,
         use_cpu=not cuda,
@@ -468,14 +479,15 @@ def build_trainer(spec: dict, base_source: str, prompts_dir: str | os.PathLike, 
                   progress: bool = True, method: str | None = None, callbacks: list | None = None):
     """Tokenizer, model, dataset and Trainer for one job. Returns (trainer, info dict)."""
     method = method or effective_method(spec)[0]
+    attention = resolve_attention(spec)
     # Before anything is loaded: refuse a job whose estimated peak GPU memory does not fit the card
     # (kdsum.memory; a no-op without CUDA or for models the planner does not cover).
     from kdsum.memory import check_spec_fits
 
-    memory_plan = check_spec_fits(spec, base_source, method)
+    memory_plan = check_spec_fits(spec, base_source, method, attention=attention)
     tokenizer = load_tokenizer(base_source, spec["name"], spec["family"])
     set_seed(int(spec["train"]["seed"]))
-    info: dict[str, Any] = {"method_effective": method, "new_token_ids": [],
+    info: dict[str, Any] = {"method_effective": method, "attention_effective": attention, "new_token_ids": [],
                             "memory_plan": {k: v for k, v in memory_plan.items() if k != "estimate"}}
     args_kw = common_args(spec, str(checkpoint_dir), progress)
     tracker = _grad_norm_tracker_cls()()
@@ -502,6 +514,7 @@ def build_trainer(spec: dict, base_source: str, prompts_dir: str | os.PathLike, 
         if method not in ("lora", "qlora"):
             raise TrainingError(f"model '{spec['name']}': causal models train `lora` or `qlora`, not {method}")
         model = load_model(spec, base_source, method)
+        info["attn_implementation"] = set_attention(model, attention)
         new_ids = add_data_tokens(tokenizer, _data_tokens(prompts_dir))
         info["new_token_ids"] = new_ids
         trainable_tokens = None
@@ -618,6 +631,7 @@ def train(spec: dict, base_source: str, prompts_dir: str | os.PathLike, out_dir:
         "nonfinite_grad_norms": tracker.nonfinite,
         "resumed_from_step": resumed_from_step,
         "packing": bool(spec["train"].get("packing", False)),
+        "attention_effective": info["attention_effective"],
         "attn_implementation": getattr(trainer.model.config, "_attn_implementation", None),
         "new_data_tokens": len(info["new_token_ids"]),
         "seed": seed,
