@@ -298,17 +298,30 @@ def quality(args) -> dict:
     keep = read_json(data / "ko_prompts" / "special_tokens.json")["tokens"]
     sync = torch.cuda.synchronize if torch.cuda.is_available() else None
     settings = {}
-    # pipeline settings: the configured generation block (greedy), length-sorted, a large batch
-    pipe = dict(spec, generation=dict(spec["generation"], batch_size=args.batch_size))
-    generate_summaries(model, tok, rows[:8], pipe, progress=False, keep_tokens=keep)  # warm-up
-    stats: dict = {}
-    t0 = time.perf_counter()
-    preds = generate_summaries(model, tok, rows, pipe, progress=False, keep_tokens=keep, stats=stats)
-    settings["pipeline"] = {"seconds": time.perf_counter() - t0, **{k: pipe["generation"][k] for k in (
-        "batch_size", "num_beams", "max_new_tokens", "no_repeat_ngram_size", "repetition_penalty")},
-        "sorted": True}
-    pd.DataFrame({"fname": [r["fname"] for r in rows], "summary": preds}).to_csv(
-        out / "pipeline.csv", index=False, lineterminator="\n")
+    only = set(args.only.split(","))
+    # pipeline settings: the configured generation block (greedy), length-sorted, a large batch; and the same
+    # path with the earlier decoding (4 beams): sorting and batching keep beam search's outputs
+    pipelines = {"pipeline": dict(spec["generation"], batch_size=args.batch_size),
+                 "pipeline-beams": dict(spec["generation"], batch_size=args.beam_batch_size,
+                                        num_beams=EARLIER["num_beams"])}
+    for name, gen_block in pipelines.items():
+        if name not in only:
+            continue
+        pipe = dict(spec, generation=gen_block)
+        generate_summaries(model, tok, rows[:8], pipe, progress=False, keep_tokens=keep)  # warm-up
+        stats: dict = {}
+        t0 = time.perf_counter()
+        preds = generate_summaries(model, tok, rows, pipe, progress=False, keep_tokens=keep, stats=stats)
+        settings[name] = {"seconds": time.perf_counter() - t0, **{k: gen_block[k] for k in (
+            "batch_size", "num_beams", "max_new_tokens", "no_repeat_ngram_size", "repetition_penalty")},
+            "sorted": True}
+        pd.DataFrame({"fname": [r["fname"] for r in rows], "summary": preds}).to_csv(
+            out / f"{name}.csv", index=False, lineterminator="\n")
+        print(name, json.dumps(settings[name]), flush=True)
+    if "earlier" not in only:
+        report["settings"] = settings
+        (out / "quality_run_pipeline.json").write_text(json.dumps(report, indent=1, default=str))
+        return report
     # earlier settings: same model and prompts, batch 16, 4 beams, file order
     encoded, _ = encode_rows(rows, tok, "causal", input_budget(spec, model))
     kwargs = generation_kwargs(spec, tok, model)
@@ -336,7 +349,8 @@ def score(args) -> dict:
     pred_dir = Path(args.pred_dir)
     out = {}
     items = {}
-    for name in ("pipeline", "earlier"):
+    names = [n for n in ("pipeline", "pipeline-beams", "earlier") if (pred_dir / f"{n}.csv").exists()]
+    for name in names:
         js, it = pred_dir / f"scores_{name}.json", pred_dir / f"items_{name}.csv"
         subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--predictions",
                         str(pred_dir / f"{name}.csv"), "--references", args.references, "--out-json", str(js),
@@ -347,8 +361,12 @@ def score(args) -> dict:
     b = items["earlier"]["rouge_sum"].to_numpy()
     # paired_bootstrap(a, b) is about b - a: here pipeline - earlier (p_value: share of resamples <= 0)
     out["paired_bootstrap_pipeline_minus_earlier"] = paired_bootstrap(b, a, n_resamples=1000, seed=0)
+    if "pipeline-beams" in items:
+        c = items["pipeline-beams"]["rouge_sum"].to_numpy()
+        out["paired_bootstrap_pipeline_beams_minus_earlier"] = paired_bootstrap(b, c, n_resamples=1000, seed=0)
+        print("paired (pipeline-beams - earlier):", out["paired_bootstrap_pipeline_beams_minus_earlier"])
     (pred_dir / "quality_scores.json").write_text(json.dumps(out, indent=1, default=str))
-    for name in ("pipeline", "earlier"):
+    for name in names:
         s = out[name]
         print(f"{name}: ROUGE-1 {s['rouge1']:.2f} ROUGE-2 {s['rouge2']:.2f} ROUGE-L {s['rougeL']:.2f} "
               f"sum {s['rouge_sum']:.2f} {s['rouge_sum_ci']}")
@@ -379,6 +397,8 @@ def main() -> None:
     q.add_argument("--work", default="/tmp/kdsum_bench")
     q.add_argument("--train-steps", type=int, default=600)
     q.add_argument("--batch-size", type=int, default=128)
+    q.add_argument("--beam-batch-size", type=int, default=32)
+    q.add_argument("--only", default="pipeline,pipeline-beams,earlier", help="which settings to generate")
     q.add_argument("--pretrain-steps", type=int, default=None, help="override build.pretrain_steps (smoke tests)")
     q.add_argument("--limit", type=int, default=None)
     q.add_argument("--out-dir", required=True)
