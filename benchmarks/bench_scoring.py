@@ -1,36 +1,68 @@
-"""Benchmark: batched ROUGE (kdsum.metrics.rouge_scores) vs the naive rouge_score loop.
+"""Benchmark: the pipeline's ROUGE scorer (kdsum.metrics.rouge_scores) vs the naive rouge_score loop.
 
-Data: the DialogSum train summaries (``../shared/data/dialogsum/train.jsonl``, field
-``summary``) as references; the system output is the first utterance of each dialogue with
-its speaker tag removed (a lead-1 baseline).  Both paths use the same Kiwi tokenizer, whose
-model is loaded and warmed up before either timer starts; the scores must be identical.
+Data: the DialogSum train summaries (``../shared/data/dialogsum/train.jsonl``, field ``summary``) as
+references; the system output is the first utterance of each dialogue with its speaker tag removed (a
+lead-1 baseline).  Every path uses the same Kiwi tokenizer, whose model is loaded and warmed up before any
+timer starts (its start-up is measured separately, in a fresh process).  Timed, in interleaved rounds so
+that a change of load on a shared machine hits every path alike:
 
-    python benchmarks/bench_scoring.py --out results/bench_scoring.json [--limit N]
+* ``naive``: ``RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=KiwiMorphemeTokenizer())
+  .score(ref, pred)``, pair by pair;
+* ``cold``: ``rouge_scores`` with every text tokenised (Kiwi threads: one per core of this process);
+* ``cold_1_thread``: the same with one Kiwi thread (the scaling from 1 to N threads);
+* ``cached_refs`` (a what-if, not a pipeline path): the references' tokens read from a JSONL file written
+  beforehand (reading it and checking each summary's digest are timed), only the predictions tokenised.
+
+Each path's scores must equal the naive loop's exactly.  Every timing records the 1-minute load average
+before it (the machine may be shared) and the CPU time of each thread.  Then the cold path is profiled:
+Kiwi's batch alone for each thread count of ``--sweep-threads`` (wall, and CPU per thread: the main thread
+converts Kiwi's results into Python tokens, Kiwi's C++ workers analyse) and a cProfile of one call (main
+thread only).  With ``--evaluate-job`` it also times ``scripts/evaluate.py`` (a whole pipeline evaluate
+job, as a subprocess) on the Korean dev split, how long tokenising that split's references takes (the most
+a reference-token cache could save per job), and importing ``kdsum.metrics`` in a fresh interpreter;
+``--evaluate-script`` times another checkout's evaluate.py (and its import) alongside.
+
+    python benchmarks/bench_scoring.py --out results/bench_scoring.json [--repeats 5] [--limit N]
+        [--sweep-threads 1,2,3,4] [--evaluate-job [--evaluate-script OTHER_CHECKOUT/scripts/evaluate.py]]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
+import hashlib
 import io
 import json
 import os
 import platform
 import pstats
 import re
+import resource
+import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
+from datetime import date
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 
 from rouge_score.rouge_scorer import RougeScorer  # noqa: E402
 
 from kdsum.io import write_json  # noqa: E402
-from kdsum.metrics import ROUGE_KEYS, KiwiMorphemeTokenizer, rouge_scores  # noqa: E402
+from kdsum.metrics import ROUGE_KEYS, KiwiMorphemeTokenizer, default_num_workers, rouge_scores  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dialogsum" / "train.jsonl"
+SHARED = ROOT.parent / "shared" / "data"
+DEFAULT_DATA = SHARED / "dialogsum" / "train.jsonl"
+KOREAN_DEV = SHARED / "ko" / "dev.csv"
 _SPEAKER_RE = re.compile(r"^\s*#[A-Za-z]+\d*#\s*:\s*")
+_PROFILED = ("rouge_scores", "tokenize_many", "_forms", "_guard_tokens", "_pair_scores", "_ngram_table",
+             "_clipped_overlaps", "_lcs_masks", "_lcs_with_masks")
 
 
 def lead_utterance(dialogue: str) -> str:
@@ -54,6 +86,9 @@ def load(path: Path, limit: int | None) -> tuple[list[str], list[str]]:
     return preds, refs
 
 
+# ------------------------------------------------------------------------------------------------ paths
+
+
 def naive(preds: list[str], refs: list[str], tok: KiwiMorphemeTokenizer) -> list[tuple[float, ...]]:
     scorer = RougeScorer(list(ROUGE_KEYS), tokenizer=tok)
     out = []
@@ -63,98 +98,347 @@ def naive(preds: list[str], refs: list[str], tok: KiwiMorphemeTokenizer) -> list
     return out
 
 
+def score_rows(df) -> list[tuple[float, ...]]:
+    return list(df[list(ROUGE_KEYS)].itertuples(index=False, name=None))
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def write_reference_tokens(path: Path, refs: list[str], tok: KiwiMorphemeTokenizer) -> None:
+    """The what-if cache: one line per reference, its digest and tokens (not timed)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for i, (text, tokens) in enumerate(zip(refs, tok.tokenize_many(refs))):
+            fh.write(json.dumps({"fname": f"train_{i}", "digest": _digest(text), "tokens": tokens},
+                                ensure_ascii=False) + "\n")
+
+
+def read_reference_tokens(path: Path, refs: list[str]) -> dict[str, list[str]]:
+    """text -> tokens from the what-if cache, refusing a line whose digest is not its reference's."""
+    known: dict[str, list[str]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for i, (line, text) in enumerate(zip(fh, refs)):
+            rec = json.loads(line)
+            if rec["digest"] != _digest(text):
+                raise ValueError(f"{path}: line {i + 1} ({rec['fname']}) was made for another reference text")
+            known[text] = rec["tokens"]
+    if len(known) != len(set(refs)):
+        raise ValueError(f"{path}: {len(known)} cached references for {len(set(refs))} distinct texts")
+    return known
+
+
+class CachedTokens:
+    """A tokenizer serving known texts from a dict and sending the rest to Kiwi in one batch."""
+
+    def __init__(self, known: dict[str, list[str]], kiwi: KiwiMorphemeTokenizer) -> None:
+        self.known, self.kiwi = known, kiwi
+
+    def tokenize(self, text: str) -> list[str]:
+        return self.known[text] if text in self.known else self.kiwi.tokenize(text)
+
+    def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
+        todo = [t for t in texts if t not in self.known]
+        fresh = dict(zip(todo, self.kiwi.tokenize_many(todo)))
+        return [self.known[t] if t in self.known else fresh[t] for t in texts]
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+
+def _thread_cpu() -> dict[int, float]:
+    """CPU seconds of every thread of this process (Linux /proc; empty elsewhere)."""
+    out: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat", encoding="ascii") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _machine_cpu_s() -> tuple[float, float] | None:
+    """(CPU seconds all processes of this machine have used, seconds a hypervisor gave the machine's CPUs
+    to others: "steal"), from Linux /proc/stat; None elsewhere."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fh.readline().split()[1:9])
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
+    """Run ``fn`` once: its result and {wall_s, cpu_s (all threads), main/other thread CPU, load before,
+    other_processes_cpu_s: CPU other processes used meanwhile (the machine is shared), steal_s}."""
+    gc.collect()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    threads_before = _thread_cpu()
+    machine_before = _machine_cpu_s()
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = fn()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    machine_after = _machine_cpu_s()
+    threads_after = _thread_cpu()
+    main = threading.get_native_id()
+    deltas = {t: threads_after[t] - threads_before.get(t, 0.0) for t in threads_after}
+    other = sorted((round(d, 2) for t, d in deltas.items() if t != main and d > 0.005), reverse=True)
+    others = steal = None
+    if machine_before is not None and machine_after is not None:
+        others = round(max(machine_after[0] - machine_before[0] - cpu, 0.0), 2)
+        steal = round(machine_after[1] - machine_before[1], 2)
+    return result, {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+                    "main_thread_cpu_s": round(deltas.get(main, 0.0), 2), "other_threads_cpu_s": other,
+                    "load_before": load_before, "other_processes_cpu_s": others, "steal_s": steal}
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, float]:
+    return {k: round(statistics.median(r[k] for r in runs), 3) for k in ("wall_s", "cpu_s")}
+
+
+def kiwi_startup_s() -> dict[str, float]:
+    """Kiwi's model load and first call, in a fresh process (every evaluate job pays it)."""
+    code = ("import time; t0 = time.perf_counter(); import sys; sys.path.insert(0, %r); "
+            "from kdsum.metrics import KiwiMorphemeTokenizer as K; k = K(); k.kiwi; t1 = time.perf_counter(); "
+            "k.tokenize('모델 적재와 첫 호출'); t2 = time.perf_counter(); print(t1 - t0, t2 - t1)" % str(ROOT / "src"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return {"load_s": round(float(out[0]), 2), "first_call_s": round(float(out[1]), 2)}
+
+
+def cprofile_cold(preds: list[str], refs: list[str], tok: KiwiMorphemeTokenizer) -> tuple[dict, str]:
+    prof = cProfile.Profile()
+    prof.enable()
+    rouge_scores(preds, [[r] for r in refs], tokenizer=tok)
+    prof.disable()
+    stats = pstats.Stats(prof)
+    cum = {}
+    for (file, _line, name), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():
+        if name in _PROFILED and "kdsum" in file:
+            cum[name] = round(cum.get(name, 0.0) + ct, 3)
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(14)
+    return cum, buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------ evaluate job
+
+
+def evaluate_job(script: Path, other_script: Path | None, repeats: int, tok: KiwiMorphemeTokenizer) -> dict:
+    """Wall time of whole evaluate jobs on the Korean dev split, and of tokenising its references."""
+    import pandas as pd
+
+    dev = pd.read_csv(KOREAN_DEV, keep_default_na=False)
+    out: dict[str, Any] = {"data": str(KOREAN_DEV.relative_to(ROOT.parent)), "n": len(dev)}
+    with tempfile.TemporaryDirectory() as tmp:
+        refs_path, preds_path = Path(tmp) / "dev.jsonl", Path(tmp) / "pred.csv"
+        with open(refs_path, "w", encoding="utf-8") as fh:
+            for r in dev.itertuples():
+                fh.write(json.dumps({"fname": r.fname, "dialogue": r.dialogue, "summaries": [r.summary]},
+                                    ensure_ascii=False) + "\n")
+        pd.DataFrame({"fname": dev["fname"], "summary": [lead_utterance(d) for d in dev["dialogue"]]}).to_csv(
+            preds_path, index=False)
+        scripts = {"evaluate_job": script}
+        if other_script is not None:
+            scripts["evaluate_job_other"] = other_script
+            out["other_script"] = str(other_script)
+        runs: dict[str, list] = {k: [] for k in scripts}
+        for _ in range(repeats):
+            for key, path in scripts.items():
+                cmd = [sys.executable, str(path), "--predictions", str(preds_path), "--references", str(refs_path),
+                       "--out-json", f"{tmp}/{key}.json", "--out-items", f"{tmp}/{key}.csv"]
+                load_before = [round(x, 2) for x in os.getloadavg()]
+                children_before, machine_before = _children_cpu_s(), _machine_cpu_s()
+                t0 = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True)
+                wall = time.perf_counter() - t0
+                cpu = _children_cpu_s() - children_before
+                machine_after = _machine_cpu_s()
+                others = (None if machine_before is None or machine_after is None
+                          else round(max(machine_after[0] - machine_before[0] - cpu, 0.0), 2))
+                runs[key].append({"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "load_before": load_before,
+                                  "other_processes_cpu_s": others})
+        if other_script is not None:
+            same = all(Path(f"{tmp}/evaluate_job.{e}").read_bytes() == Path(f"{tmp}/evaluate_job_other.{e}").read_bytes()
+                       for e in ("json", "csv"))
+            out["identical_outputs"] = same
+        for key, rs in runs.items():
+            out[key] = {"runs": rs, "median_wall_s": round(statistics.median(r["wall_s"] for r in rs), 3),
+                        "median_cpu_s": round(statistics.median(r["cpu_s"] for r in rs), 3),
+                        "other_processes_cpu_s_max": max((r["other_processes_cpu_s"] or 0.0) for r in rs)}
+    refs = dev["summary"].tolist()
+    ref_runs = [timed(lambda: tok.tokenize_many(refs))[1] for _ in range(repeats)]
+    out["tokenize_references"] = {"runs": ref_runs, **median_of(ref_runs)}
+    trees = {"import_metrics_s": script.parents[1] / "src"}
+    if other_script is not None:
+        trees["import_metrics_other_s"] = other_script.parents[1] / "src"
+    for key, src in trees.items():  # a fresh interpreter each time: what every evaluate job pays
+        code = ("import sys, time; sys.path.insert(0, %r); t0 = time.perf_counter(); import kdsum.metrics; "
+                "print(time.perf_counter() - t0)" % str(src))
+        walls = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                       .stdout) for _ in range(repeats)]
+        out[key] = round(statistics.median(walls), 3)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="DialogSum train.jsonl")
     ap.add_argument("--out", type=Path, required=True, help="JSON result path")
     ap.add_argument("--limit", type=int, default=None, help="first N records only (quick run)")
-    ap.add_argument("--num-workers", type=int, default=-1, help="Kiwi threads (-1: all cores)")
-    ap.add_argument("--profile", action="store_true", help="print a cProfile of our path")
+    ap.add_argument("--repeats", type=int, default=5, help="timed rounds (medians are reported); >= 3")
+    ap.add_argument("--num-workers", type=int, default=None, help="Kiwi threads (default: cores of this process)")
+    ap.add_argument("--sweep-threads", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="Kiwi thread counts for the batch-alone profile, e.g. 1,2,3,4 (default: 1 and all cores)")
+    ap.add_argument("--evaluate-job", action="store_true", help="also time scripts/evaluate.py on the Korean dev split")
+    ap.add_argument("--evaluate-script", type=Path, default=None,
+                    help="with --evaluate-job: another checkout's scripts/evaluate.py to time alongside")
     args = ap.parse_args(argv)
     if not args.data.exists():
         print(f"error: data not found: {args.data}", file=sys.stderr)
         return 2
+    if args.repeats < 3:
+        print("error: --repeats must be >= 3", file=sys.stderr)
+        return 2
+    if args.evaluate_job and not KOREAN_DEV.exists():
+        print(f"error: --evaluate-job needs {KOREAN_DEV}", file=sys.stderr)
+        return 2
+
+    if args.sweep_threads is None:
+        args.sweep_threads = sorted({1, default_num_workers()})
+    if min(args.sweep_threads) < 1:
+        print("error: --sweep-threads takes counts >= 1", file=sys.stderr)
+        return 2
 
     preds, refs = load(args.data, args.limit)
+    startup = kiwi_startup_s()
     tok = KiwiMorphemeTokenizer(num_workers=args.num_workers)
-    t0 = time.perf_counter()
-    tok.tokenize("모델 적재와 첫 호출 준비 warm-up")  # load + first-call warm-up, shared by both
-    warmup_s = time.perf_counter() - t0
+    one_thread = KiwiMorphemeTokenizer(num_workers=1)
+    for t in (tok, one_thread):  # model load and first calls, shared by every path, before any timer
+        t.tokenize("모델 적재와 첫 호출 준비 warm-up")
+        t.tokenize_many(["모델 적재와 첫 호출 준비 warm-up"] * 8)
 
-    load_before = [round(x, 2) for x in os.getloadavg()]
-    # Wall time is what a user waits; CPU time (all threads of this process) is less
-    # sensitive to other jobs on a shared machine, but hides the gain of Kiwi's threads.
-    t0, c0 = time.perf_counter(), time.process_time()
-    slow = naive(preds, refs, tok)
-    naive_s, naive_cpu = time.perf_counter() - t0, time.process_time() - c0
-
-    t0, c0 = time.perf_counter(), time.process_time()
-    df = rouge_scores(preds, [[r] for r in refs], tokenizer=tok)
-    ours_s, ours_cpu = time.perf_counter() - t0, time.process_time() - c0
-
-    fast = list(df[list(ROUGE_KEYS)].itertuples(index=False, name=None))
-    mismatches = sum(a != b for a, b in zip(slow, fast))
-    if mismatches:
-        print(f"error: {mismatches} of {len(fast)} items differ between naive and batched", file=sys.stderr)
+    distinct = list(dict.fromkeys([*preds, *refs]))
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "ref_tokens.jsonl"
+        write_reference_tokens(cache, refs, tok)
+        paths: dict[str, Callable[[], list[tuple[float, ...]]]] = {
+            "naive": lambda: naive(preds, refs, tok),
+            "cold": lambda: score_rows(rouge_scores(preds, [[r] for r in refs], tokenizer=tok)),
+            "cold_1_thread": lambda: score_rows(rouge_scores(preds, [[r] for r in refs], tokenizer=one_thread)),
+            "cached_refs": lambda: score_rows(rouge_scores(
+                preds, [[r] for r in refs], tokenizer=CachedTokens(read_reference_tokens(cache, refs), tok))),
+        }
+        runs: dict[str, list[dict]] = {k: [] for k in paths}
+        outputs: dict[str, list[tuple[float, ...]]] = {}
+        mismatches = {name: 0 for name in paths}  # items differing from the naive loop, over all rounds
+        for rnd in range(args.repeats):
+            for name, fn in paths.items():  # naive first: every other path is checked against its round
+                result, run = timed(fn)
+                runs[name].append(run)
+                outputs[name] = result
+                mismatches[name] += sum(a != b for a, b in zip(outputs["naive"], result))
+                print(f"round {rnd + 1} {name}: {run}", flush=True)
+    if any(mismatches.values()):
+        print(f"error: items differing from the naive loop: {mismatches}", file=sys.stderr)
         return 1
 
-    # Where the time goes: Kiwi alone, as each path uses it.  Kiwi's analysis is shared by
-    # both paths, so naive_s / kiwi_batch_s bounds the speedup any scorer can reach.
-    distinct = list(dict.fromkeys([*preds, *refs]))
-    t0 = time.perf_counter()
-    tok.tokenize_many(distinct)
-    kiwi_batch_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for p, r in zip(preds, refs):
-        tok.tokenize(r)
-        tok.tokenize(p)
-    kiwi_serial_s = time.perf_counter() - t0
+    # Where the cold path's time goes: Kiwi's batch alone (as rouge_scores runs it, GC paused), by thread,
+    # for each thread count of the sweep.
+    sweep = {n: KiwiMorphemeTokenizer(num_workers=n) for n in args.sweep_threads}
+    for t in sweep.values():
+        t.tokenize_many(["모델 적재와 첫 호출 준비 warm-up"] * 8)
+    kiwi_batch: dict[str, list[dict]] = {f"threads_{n}": [] for n in sweep}
+    gc.disable()
+    try:
+        for _ in range(args.repeats):
+            for n, t in sweep.items():
+                kiwi_batch[f"threads_{n}"].append(timed(lambda: t.tokenize_many(distinct))[1])
+    finally:
+        gc.enable()
+    cum, top = cprofile_cold(preds, refs, tok)
+    print(top)
 
-    if args.profile:
-        prof = cProfile.Profile()
-        prof.enable()
-        rouge_scores(preds, [[r] for r in refs], tokenizer=tok)
-        prof.disable()
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
-        print(buf.getvalue())
+    medians = {name: median_of(rs) for name, rs in runs.items()}
+    naive_wall, naive_cpu = medians["naive"]["wall_s"], medians["naive"]["cpu_s"]
+    import kiwipiepy
 
-    means = {k: float(df[k].mean() * 100) for k in ROUGE_KEYS}
-    result = {
+    means = [sum(x[k] for x in outputs["cold"]) / len(preds) * 100 for k in range(3)]
+    result: dict[str, Any] = {
+        "date": date.today().isoformat(),
         "n_pairs": len(preds),
-        "naive_s": round(naive_s, 3),
-        "ours_s": round(ours_s, 3),
-        "speedup": round(naive_s / ours_s, 2),
-        "naive_cpu_s": round(naive_cpu, 3),
-        "ours_cpu_s": round(ours_cpu, 3),
-        "speedup_cpu": round(naive_cpu / ours_cpu, 2),
-        "warmup_s": round(warmup_s, 3),
-        "kiwi_serial_s": round(kiwi_serial_s, 3),
-        "kiwi_batch_s": round(kiwi_batch_s, 3),
         "n_distinct_texts": len(distinct),
-        "speedup_bound": round(naive_s / kiwi_batch_s, 2),
-        "identical": True,
-        "scores_x100": {**{k: round(v, 4) for k, v in means.items()}, "rouge_sum": round(sum(means.values()), 4)},
+        "n_distinct_predictions": len(set(preds)),
+        "n_distinct_references": len(set(refs)),
+        "chars_predictions": sum(map(len, set(preds))),
+        "chars_references": sum(map(len, set(refs))),
+        "repeats": args.repeats,
+        "kiwi_threads": tok.num_workers,
+        "cores_available": default_num_workers(),
+        "kiwi_startup": startup,
+        "median": medians,
+        "speedup_wall": {n: round(naive_wall / m["wall_s"], 2) for n, m in medians.items() if n != "naive"},
+        "speedup_cpu": {n: round(naive_cpu / m["cpu_s"], 2) for n, m in medians.items() if n != "naive"},
+        "cores_used": {n: round(m["cpu_s"] / m["wall_s"], 2) for n, m in medians.items()},
+        "other_processes_cpu_s_max": {n: max((r["other_processes_cpu_s"] or 0.0) for r in rs)
+                                      for n, rs in runs.items()},
+        "steal_s_max": {n: max((r["steal_s"] or 0.0) for r in rs) for n, rs in runs.items()},
+        "identical_to_naive": {n: mismatches[n] == 0 for n in paths if n != "naive"},
+        "runs": runs,
+        "profile_cold": {
+            "kiwi_batch": {k: {"runs": v, **median_of(v)} for k, v in kiwi_batch.items()},
+            "cprofile_cumulative_s": cum,
+            "cprofile_top_tottime": top.strip().splitlines(),
+            "cprofile_note": "cProfile sees the main thread only and inflates Python-call-heavy code",
+        },
+        "scores_x100": {**dict(zip(ROUGE_KEYS, (round(m, 4) for m in means))), "rouge_sum": round(sum(means), 4)},
         "tokenizer": tok.name,
-        "num_workers": args.num_workers,
-        "cpu_count": os.cpu_count(),
-        "load_avg_before": load_before,
-        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
+        "kiwipiepy": kiwipiepy.__version__,
         "machine": platform.platform(),
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
     }
+    if args.evaluate_job:
+        result["evaluate_job"] = evaluate_job(ROOT / "scripts" / "evaluate.py", args.evaluate_script,
+                                              args.repeats, tok)
     write_json(args.out, result)
-    print(
-        f"{len(preds)} pairs: naive {naive_s:.2f} s, ours {ours_s:.2f} s, "
-        f"speedup {naive_s / ours_s:.2f}x (identical scores; Kiwi warm-up {warmup_s:.2f} s excluded)"
-    )
-    print(f"CPU time: naive {naive_cpu:.2f} s, ours {ours_cpu:.2f} s, ratio {naive_cpu / ours_cpu:.2f}x; "
-          f"load average before {load_before}")
-    print(
-        f"Kiwi alone: {kiwi_serial_s:.2f} s pair by pair (naive's share), {kiwi_batch_s:.2f} s batched "
-        f"over {len(distinct)} distinct texts -> speedup bound {naive_s / kiwi_batch_s:.2f}x"
-    )
+
+    print(f"{len(preds)} pairs, {len(distinct)} distinct texts, {args.repeats} rounds, medians "
+          f"(Kiwi threads {tok.num_workers} of {default_num_workers()} cores; Kiwi start-up "
+          f"{startup['load_s']} + {startup['first_call_s']} s excluded):")
+    for name, m in medians.items():
+        extra = "" if name == "naive" else (f"  speedup {result['speedup_wall'][name]}x wall, "
+                                            f"{result['speedup_cpu'][name]}x CPU, identical scores")
+        print(f"  {name:14s} wall {m['wall_s']:.2f} s  CPU {m['cpu_s']:.2f} s{extra}  "
+              f"(during a run, at most: other processes {result['other_processes_cpu_s_max'][name]} CPU s, "
+              f"steal {result['steal_s_max'][name]} s)")
+    for k, v in result["profile_cold"]["kiwi_batch"].items():
+        print(f"  Kiwi batch alone, {k}: wall {v['wall_s']:.2f} s, CPU {v['cpu_s']:.2f} s "
+              f"(last run: main thread {v['runs'][-1]['main_thread_cpu_s']} s, others {v['runs'][-1]['other_threads_cpu_s']})")
+    print(f"  cProfile cumulative (s): {cum}")
+    if args.evaluate_job:
+        ej = result["evaluate_job"]
+        print(f"  evaluate job on {ej['data']} ({ej['n']} items): median wall {ej['evaluate_job']['median_wall_s']} s"
+              + (f", other script {ej['evaluate_job_other']['median_wall_s']} s, identical outputs "
+                 f"{ej['identical_outputs']}" if "evaluate_job_other" in ej else "")
+              + f"; tokenising its references {ej['tokenize_references']['wall_s']} s; importing kdsum.metrics "
+              f"{ej['import_metrics_s']} s" + (f" (other tree {ej['import_metrics_other_s']} s)"
+                                               if "import_metrics_other_s" in ej else ""))
     print(f"ROUGE x100: {result['scores_x100']}")
     return 0
 

@@ -1,7 +1,7 @@
 """Score a predictions CSV against multi-reference JSONL: ROUGE-1/2/L F1 on Kiwi morphemes.
 
     python scripts/evaluate.py --predictions P.csv --references R.jsonl \\
-        --out-json S.json --out-items I.csv [--aggregate mean|max] [--bootstrap 1000] [--seed 0]
+        --out-json S.json --out-items I.csv [--aggregate mean|max] [--bootstrap 1000] [--seed 0] [--threads N]
 
 P.csv: columns ``fname,summary`` (other columns, e.g. a submission's index, are ignored).
 R.jsonl: one ``{"fname", "summaries": [...], ...}`` object per line.
@@ -18,14 +18,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from kdsum.io import atomic_path, read_jsonl, write_json  # noqa: E402
 from kdsum.metrics import (  # noqa: E402
     ROUGE_KEYS,
+    KiwiMorphemeTokenizer,
     corpus_summary,
     foreign_script_share,
-    prediction_length,
     rouge_scores,
     tokenizer_name,
 )
@@ -84,9 +85,13 @@ def load_references(path: Path) -> dict[str, list[str]]:
 
 
 def evaluate(
-    predictions: Path, references: Path, aggregate: str = "mean", n_bootstrap: int = 1000, seed: int = 0
+    predictions: Path, references: Path, aggregate: str = "mean", n_bootstrap: int = 1000, seed: int = 0,
+    threads: int | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Return (corpus summary for S.json, per-item table ×100 for I.csv); writes nothing."""
+    """Return (corpus summary for S.json, per-item table ×100 for I.csv); writes nothing.
+
+    ``threads``: Kiwi's tokenisation threads; ``None``: one per core this process may use.
+    """
     preds = load_predictions(predictions)
     refs = load_references(references)
     lacking = [f for f in refs if f not in preds]
@@ -101,20 +106,21 @@ def evaluate(
         )
     fnames = list(refs)  # reference order
     texts = [preds[f] for f in fnames]
-    scores = rouge_scores(texts, [refs[f] for f in fnames], aggregate=aggregate)
+    tokenizer = KiwiMorphemeTokenizer(num_workers=threads)
+    scores = rouge_scores(texts, [refs[f] for f in fnames], aggregate=aggregate, tokenizer=tokenizer)
 
     summary = corpus_summary(scores, n_resamples=n_bootstrap, seed=seed)
-    length = prediction_length(texts)
     result: dict[str, Any] = {
         "n": summary["n"],
         "aggregate": aggregate,
         **{k: summary[k] for k in (*ROUGE_KEYS, "rouge_sum")},
         **{f"{k}_ci": summary[f"{k}_ci"] for k in (*ROUGE_KEYS, "rouge_sum")},
-        "mean_chars": length["mean_chars"],
-        "mean_morphemes": length["mean_morphemes"],
+        "mean_chars": float(np.mean([len(t) for t in texts])),
+        # the predictions' token counts from scoring: tokenising them a second time cost a Kiwi pass
+        "mean_morphemes": float(scores["pred_tokens"].to_numpy().mean()),
         "foreign_script_share": foreign_script_share(texts),
         "empty_predictions": sum(1 for t in texts if not t.strip()),
-        "tokenizer": tokenizer_name(),
+        "tokenizer": tokenizer_name(tokenizer),
         "bootstrap": n_bootstrap,
         "seed": seed,
     }
@@ -136,11 +142,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="combine an item's references by mean (competition) or max")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples; 0 = no CIs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="Kiwi tokenisation threads (default: one per core this process may use)")
     args = ap.parse_args(argv)
     try:
         if args.bootstrap < 0:
             raise InputError("--bootstrap must be >= 0")
-        result, items = evaluate(args.predictions, args.references, args.aggregate, args.bootstrap, args.seed)
+        if args.threads is not None and args.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {args.threads}")
+        result, items = evaluate(args.predictions, args.references, args.aggregate, args.bootstrap, args.seed,
+                                 args.threads)
     except (ValueError, OSError) as exc:  # InputError, TokenizationError, parse errors, missing files
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import random
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from kdsum.metrics import (
     bootstrap_ci,
     check_tokenizer,
     corpus_summary,
+    default_num_workers,
     foreign_script_share,
     has_foreign_script,
     lcs_length,
@@ -77,6 +79,29 @@ def test_tokenize_many_equals_tokenize():
     texts = ["민수는 어제 학교에 갔다.", "", "#Person1#: 안녕하세요!", "Hello, world.", "민수는 어제 학교에 갔다."]
     assert KIWI.tokenize_many(texts) == [KIWI.tokenize(t) for t in texts]
     assert KIWI.tokenize_many([]) == []
+
+
+def test_default_threads_are_the_cores_this_process_may_use():
+    assert default_num_workers() == len(os.sched_getaffinity(0))
+    assert KiwiMorphemeTokenizer().num_workers == default_num_workers()
+    assert KiwiMorphemeTokenizer(-1).num_workers == default_num_workers()
+    assert KiwiMorphemeTokenizer(0).num_workers == 1
+    assert KiwiMorphemeTokenizer(3).num_workers == 3
+    with pytest.raises(ValueError, match="num_workers"):
+        KiwiMorphemeTokenizer(-2)
+
+
+@pytest.mark.integration
+def test_batch_tokens_do_not_depend_on_threads():
+    """Kiwi's multi-threaded batch gives each text exactly the tokens of a one-by-one call."""
+    path = SHARED / "ko" / "dev.csv"
+    if not path.exists():
+        pytest.skip(f"Korean dev split not found: {path}")
+    dev = pd.read_csv(path, keep_default_na=False)
+    texts = dev["summary"].tolist()[:150] + [d.split("\n")[0] for d in dev["dialogue"].tolist()[:150]]
+    one_by_one = [KIWI.tokenize(t) for t in texts]
+    for threads in (1, 2, 4):
+        assert KiwiMorphemeTokenizer(threads).tokenize_many(texts) == one_by_one, threads
 
 
 # --------------------------------------------------------------------------- exact scores
@@ -274,6 +299,51 @@ def test_rouge_l_properties_on_random_sequences():
         assert row(df, i) == naive_scores(preds[i], refs[i], WhitespaceTokenizer())
 
 
+def test_every_score_equals_rouge_score_on_random_token_sequences():
+    """Bit-for-bit against rouge_score on every item: repeated tokens, empty sides, sequences longer
+    than 64 tokens (multi-word bit masks), texts shared between items and between prediction and
+    reference, and one to four references per item, for both aggregations."""
+    rng = random.Random(7)
+    pool = []
+    for _ in range(60):
+        alphabet = [f"w{i}" for i in range(rng.randint(1, 12))]
+        pool.append(" ".join(rng.choice(alphabet) for _ in range(rng.choice([0, 1, 2, 5, 20, 70, 150]))))
+    preds = [rng.choice(pool) for _ in range(150)]
+    refs = [[rng.choice(pool) for _ in range(rng.randint(1, 4))] for _ in range(150)]
+    refs[0] = [preds[0]]  # a prediction that is its own reference
+    tok = WhitespaceTokenizer()
+    for agg in ("mean", "max"):
+        df = rouge_scores(preds, refs, aggregate=agg, tokenizer=tok)
+        for i, (p, r) in enumerate(zip(preds, refs)):
+            assert row(df, i) == naive_scores(p, r, tok, agg), (agg, i)  # exact, not approx
+        assert df["n_refs"].tolist() == [len(r) for r in refs]
+        assert df["pred_tokens"].tolist() == [len(p.split()) for p in preds]
+    assert (df.loc[[i for i, p in enumerate(preds) if not p], KEYS] == 0.0).all().all()
+
+
+def test_no_items_gives_an_empty_table():
+    df = rouge_scores([], [])
+    assert len(df) == 0 and list(df.columns) == [*KEYS, "n_refs", "pred_tokens"]
+
+
+def test_ngram_keys_that_would_overflow_are_refused():
+    from kdsum.metrics import _ngram_table
+
+    codes = np.array([0, 1], dtype=np.int64)
+    with pytest.raises(OverflowError, match="int64"):
+        _ngram_table(np.array([0, 1], dtype=np.int64), codes, 2, 2**62)
+
+
+def test_importing_metrics_does_not_import_nltk():
+    """rouge_score.tokenizers pulls in nltk and scipy.stats (about 1 s): only the rouge-score
+    default tokenizer needs it, so evaluate and predict jobs do not pay for it."""
+    code = ("import sys; import kdsum.metrics as m; assert 'nltk' not in sys.modules, 'nltk imported'; "
+            "m.resolve_tokenizer('rouge-score-default'); assert 'nltk' in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_rouge_l_is_not_bounded_below_by_rouge_2():
     # "ROUGE-L >= ROUGE-2" is NOT a theorem: swapping two blocks keeps the bigrams but halves
     # the LCS.  ref a b c d, pred c d a b: bigrams ab cd shared (2 of 3 -> 2/3), LCS 2 -> 1/2.
@@ -434,7 +504,17 @@ def test_evaluate_cli_end_to_end(tmp_path):
     assert s["foreign_script_share"] == pytest.approx(1 / 3)  # "Jimmy"
     assert s["tokenizer"].startswith("kiwi 0.24") and s["tokenizer"].endswith("morphemes")
     assert s["mean_chars"] == pytest.approx(sum(len(v) for v in preds.values()) / 3)
+    assert s["mean_morphemes"] == pytest.approx(sum(len(KIWI.tokenize(v)) for v in preds.values()) / 3)
     assert s["mean_morphemes"] > 0
+    # one Kiwi thread gives the same files
+    out_json1, out_items1 = tmp_path / "out1" / "S.json", tmp_path / "out1" / "I.csv"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--predictions", str(p), "--references", str(r),
+         "--out-json", str(out_json1), "--out-items", str(out_items1), "--bootstrap", "200", "--threads", "1"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out_json1.read_bytes() == out_json.read_bytes() and out_items1.read_bytes() == out_items.read_bytes()
     for key in ("rouge2", "rougeL", "rouge1_ci", "rouge2_ci", "rougeL_ci"):
         assert key in s
 
@@ -456,6 +536,11 @@ def test_evaluate_cli_errors_write_nothing(tmp_path, capsys):
     # a prediction without a reference
     code, err, p, _ = run({"dev_0": "x", "dev_1": "y", "dev_2": "z", "dev_9": "w"}, REFS)
     assert code == 2 and "dev_9" in err and "not in references" in err
+    # a thread count below 1
+    p, r = _write_inputs(tmp_path, {"dev_0": "x", "dev_1": "y", "dev_2": "z"}, REFS)
+    code = evaluate.main(["--predictions", str(p), "--references", str(r), *outs, "--threads", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --threads must be >= 1")
     # a test split: no summaries
     code, err, _, r = run({"test_0": "x"}, {"test_0": None})
     assert code == 2 and "no reference summaries" in err and "test split" in err and str(r) in err

@@ -40,10 +40,12 @@ Scoring
 mean (the competition's rule) or max.  It is bit-for-bit identical to calling
 ``rouge_score.rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=tok)
 .score(ref, pred)`` for every pair and aggregating with ``sum(xs) / len(xs)`` (or ``max``),
-but tokenises each distinct text once, in one multi-threaded Kiwi batch, counts each text's
-n-grams once, and computes the LCS with a bit-parallel algorithm (Hyyrö 2004) on Python
-integers instead of rouge_score's O(n*m) Python table.  ``"max"`` takes each metric's
-maximum independently, like ``RougeScorer.score_multi``.
+but tokenises each distinct text once, in one Kiwi batch spread over Kiwi's C++ worker
+threads (one per core this process may use, :func:`default_num_workers`), counts the
+n-gram overlaps of all pairs at once with numpy on integer token ids, and computes the LCS
+with a bit-parallel algorithm (Hyyrö 2004) on Python integers instead of rouge_score's
+O(n*m) Python table.  ``"max"`` takes each metric's maximum independently, like
+``RougeScorer.score_multi``.  docs/BENCHMARKS.md section 4 has the measured speed.
 
 Note: ROUGE-L F1 <= ROUGE-1 F1 always holds (an LCS is a sub-multiset of both texts), but
 ROUGE-L >= ROUGE-2 does not (``a b c d`` vs ``c d a b``: ROUGE-2 2/3, ROUGE-L 1/2).
@@ -67,16 +69,20 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import re
+import sys
 import threading
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain, count
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from rouge_score import scoring as _rs_scoring
-from rouge_score import tokenizers as _rs_tokenizers
+
+# rouge_score.tokenizers is imported only where it is used: it imports nltk, which imports
+# scipy.stats (about 1 s), a cost every process importing this module (evaluate, predict) paid.
 
 __all__ = [
     "MASK_PATTERN",
@@ -87,6 +93,7 @@ __all__ = [
     "bootstrap_ci",
     "check_tokenizer",
     "corpus_summary",
+    "default_num_workers",
     "foreign_script_share",
     "has_foreign_script",
     "has_hangul",
@@ -129,8 +136,16 @@ _KIWI_LOCK = threading.Lock()
 _KIWI_INSTANCES: dict[int, Any] = {}
 
 
+def default_num_workers() -> int:
+    """The number of cores this process may run on (its CPU affinity, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def _get_kiwi(num_workers: int) -> Any:
-    """The process-wide Kiwi instance for ``num_workers`` (loading the model takes ~1 s)."""
+    """The process-wide Kiwi instance for ``num_workers`` (loading the model takes 1-4 s)."""
     with _KIWI_LOCK:
         kiwi = _KIWI_INSTANCES.get(num_workers)
         if kiwi is None:
@@ -177,13 +192,18 @@ class KiwiMorphemeTokenizer:
     """Kiwi morpheme tokenizer usable by ``rouge_score.RougeScorer`` and in batches.
 
     Args:
-        num_workers: Kiwi worker threads for batch tokenisation; ``-1`` (default) = all cores.
-            Results do not depend on it.
+        num_workers: Kiwi's C++ worker threads for batch tokenisation (:meth:`tokenize_many`);
+            ``None`` or ``-1`` (default): one per core this process may use
+            (:func:`default_num_workers`).  Tokens do not depend on it (tested).
     """
 
-    def __init__(self, num_workers: int = -1) -> None:
-        if num_workers == 0:
+    def __init__(self, num_workers: int | None = None) -> None:
+        if num_workers is None or num_workers == -1:
+            num_workers = default_num_workers()
+        elif num_workers == 0:
             num_workers = 1  # kiwipiepy warns on 0; one thread is what 0 means anyway
+        elif num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, or -1/None for all cores; got {num_workers}")
         self.num_workers = num_workers
 
     @property
@@ -224,7 +244,9 @@ def resolve_tokenizer(tokenizer: Any = None) -> Tokenizer:
     if tokenizer is None or tokenizer == "kiwi":
         return _DEFAULT_KIWI
     if tokenizer == "rouge-score-default":
-        return _rs_tokenizers.DefaultTokenizer(use_stemmer=False)
+        from rouge_score import tokenizers as rs_tokenizers
+
+        return rs_tokenizers.DefaultTokenizer(use_stemmer=False)
     if isinstance(tokenizer, str):
         raise ValueError(f"unknown tokenizer {tokenizer!r}: use 'kiwi' or 'rouge-score-default'")
     if not callable(getattr(tokenizer, "tokenize", None)):
@@ -254,7 +276,9 @@ def has_hangul(text: str) -> bool:
 
 
 def _is_rouge_default(tokenizer: Any) -> bool:
-    return isinstance(tokenizer, _rs_tokenizers.DefaultTokenizer)
+    # An instance of DefaultTokenizer exists only if its module was imported by someone.
+    rs_tokenizers = sys.modules.get("rouge_score.tokenizers")
+    return rs_tokenizers is not None and isinstance(tokenizer, rs_tokenizers.DefaultTokenizer)
 
 
 def _guard_tokens(text: str, tokens: Sequence[str]) -> None:
@@ -296,10 +320,18 @@ def lcs_length(a: Sequence[Any], b: Sequence[Any]) -> int:
     """
     if not a or not b:
         return 0
+    return _lcs_with_masks(_lcs_masks(a), len(a), b)
+
+
+def _lcs_masks(a: Sequence[Any]) -> dict[Any, int]:
+    """token -> bit mask of its positions in ``a`` (bit i is set where ``a[i]`` is the token)."""
     masks: dict[Any, int] = {}
-    for i, x in enumerate(a):
-        masks[x] = masks.get(x, 0) | (1 << i)
-    return _lcs_with_masks(masks, len(a), b)
+    get = masks.get
+    bit = 1
+    for x in a:
+        masks[x] = get(x, 0) | bit
+        bit <<= 1
+    return masks
 
 
 def _lcs_with_masks(masks: dict[Any, int], n: int, b: Sequence[Any]) -> int:
@@ -311,52 +343,114 @@ def _lcs_with_masks(masks: dict[Any, int], n: int, b: Sequence[Any]) -> int:
         if m is None:
             continue  # no match: v is unchanged
         u = v & m
-        v = ((v + u) | (v & ~m)) & full
-    return n - v.bit_count()
+        # Hyyrö's update (v + u) | (v & ~m) with v & ~m written as v - u (u is a subset of v's
+        # bits).  Carries above bit n-1 never flow back down, so they are masked off once, at
+        # the end, instead of at every step.
+        v = (v + u) | (v - u)
+    return n - (v & full).bit_count()
 
 
-def _prf(hits: int, n_pred: int, n_target: int) -> float:
-    # Same float operations as rouge_score._score_ngrams, so results are bit-identical.
-    precision = hits / max(n_pred, 1)
-    recall = hits / max(n_target, 1)
-    return _rs_scoring.fmeasure(precision, recall)
+def _fmeasures(hits: np.ndarray, n_pred: np.ndarray, n_target: np.ndarray) -> np.ndarray:
+    """rouge_score's precision, recall and F1 (``_score_ngrams``, ``scoring.fmeasure``), element-wise.
 
-
-def _overlap(a: Counter, b: Counter) -> int:
-    if len(a) > len(b):
-        a, b = b, a
-    return sum(min(c, b[k]) for k, c in a.items() if k in b)
-
-
-class _Prepared:
-    """Per-distinct-text data: length, n-gram counts and (lazily) LCS bit masks.
-
-    Token strings are used directly as keys: their hashes are cached by Python, so mapping
-    them to integer ids first costs more than it saves.
+    The same IEEE operations in the same order, so the results are bit-identical:
+    ``hits / max(n, 1)`` on int64 arrays converts both to float64 and divides once, like
+    Python's int / int for ints below 2**53; F = ``2 * P * R / (P + R)``, 0 where P + R == 0.
     """
+    precision = hits / np.maximum(n_pred, 1)
+    recall = hits / np.maximum(n_target, 1)
+    total = precision + recall
+    out = np.zeros(total.shape, dtype=np.float64)
+    positive = total > 0
+    out[positive] = 2 * precision[positive] * recall[positive] / total[positive]
+    return out
 
-    __slots__ = ("tokens", "n", "uni", "bi", "n_bi", "masks")
 
-    def __init__(self, tokens: list[str]) -> None:
-        self.tokens = tokens
-        self.n = len(tokens)
-        self.uni = Counter(tokens)
-        self.bi = Counter(zip(tokens, tokens[1:]))
-        self.n_bi = max(self.n - 1, 0)
-        self.masks: dict[str, int] | None = None  # built on first use as a reference
+def _ngram_table(
+    text_of: np.ndarray, codes: np.ndarray, n_texts: int, stride: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each text's n-gram counts as one sorted table.
 
-    def lcs_masks(self) -> dict[str, int]:
-        if self.masks is None:
-            masks: dict[str, int] = {}
-            for i, x in enumerate(self.tokens):
-                masks[x] = masks.get(x, 0) | (1 << i)
-            self.masks = masks
-        return self.masks
+    Returns the distinct keys ``text * stride + code`` (sorted, so each text's n-grams form one
+    run), their counts, and the start and end of each text's run.
+    """
+    if n_texts * stride >= 2**63:
+        raise OverflowError(f"{n_texts} texts x {stride} n-gram codes do not fit in int64 keys")
+    keys, counts = np.unique(text_of * stride + codes, return_counts=True)
+    bounds = np.searchsorted(keys, np.arange(n_texts + 1, dtype=np.int64) * stride)
+    return keys, counts, bounds[:-1], bounds[1:]
+
+
+def _clipped_overlaps(
+    table: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    ref_text: np.ndarray,
+    pred_text: np.ndarray,
+    stride: int,
+) -> np.ndarray:
+    """Per pair, the sum over n-grams of min(count in prediction, count in reference):
+    rouge_score's intersection count.  All pairs at once: every distinct n-gram of each pair's
+    prediction is looked up (binary search) in the reference's run of the same table."""
+    keys, counts, start, end = table
+    n = end[pred_text] - start[pred_text]  # distinct n-grams of each pair's prediction
+    total = int(n.sum())
+    if total == 0:
+        return np.zeros(len(pred_text), dtype=np.int64)
+    first = np.cumsum(n) - n  # where each pair's entries begin in the expanded arrays
+    entry = np.arange(total, dtype=np.int64) + np.repeat(start[pred_text] - first, n)
+    query = keys[entry] + np.repeat((ref_text - pred_text) * stride, n)  # same code, reference's text
+    pos = np.minimum(np.searchsorted(keys, query), keys.size - 1)
+    in_ref = np.where(keys[pos] == query, counts[pos], 0)
+    common = np.minimum(in_ref, counts[entry])
+    cumulative = np.concatenate(([0], np.cumsum(common)))
+    return cumulative[first + n] - cumulative[first]
+
+
+def _pair_scores(token_lists: Sequence[Sequence[Any]], ref_text: np.ndarray, pred_text: np.ndarray) -> np.ndarray:
+    """ROUGE-1/2/L F1 of each (reference, prediction) pair, both given as indices into
+    ``token_lists``; an array of shape (pairs, 3), bit-identical to rouge_score."""
+    n_texts = len(token_lists)
+    lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=n_texts)
+    # Integer ids, so that numpy can sort and compare n-grams (object arrays of str would be slow).
+    vocab: defaultdict[Any, int] = defaultdict(count().__next__)
+    ids = np.fromiter(map(vocab.__getitem__, chain.from_iterable(token_lists)), dtype=np.int64,
+                      count=int(lengths.sum()))
+    n_vocab = max(len(vocab), 1)
+    text_of = np.repeat(np.arange(n_texts, dtype=np.int64), lengths)
+    hits1 = _clipped_overlaps(_ngram_table(text_of, ids, n_texts, n_vocab), ref_text, pred_text, n_vocab)
+
+    within = text_of[1:] == text_of[:-1]  # consecutive tokens of one text form a bigram
+    bigrams = ids[:-1][within] * n_vocab + ids[1:][within]
+    # keys text * V^2 + bigram fit int64 up to e.g. 10^5 texts with 9 * 10^6 distinct tokens
+    stride2 = n_vocab * n_vocab
+    hits2 = _clipped_overlaps(_ngram_table(text_of[:-1][within], bigrams, n_texts, stride2),
+                              ref_text, pred_text, stride2)
+
+    lcs = []
+    masks_of: dict[int, dict[Any, int]] = {}  # by text index: a text used in several pairs
+    for r, p in zip(ref_text.tolist(), pred_text.tolist()):
+        a, b = token_lists[r], token_lists[p]
+        if not a or not b:
+            lcs.append(0)
+            continue
+        if len(a) < len(b):  # LCS is symmetric; masks of the longer side mean fewer update steps
+            r, a, b = p, b, a
+        masks = masks_of.get(r)
+        if masks is None:
+            masks = masks_of[r] = _lcs_masks(a)
+        lcs.append(_lcs_with_masks(masks, len(a), b))
+
+    n_ref, n_pred = lengths[ref_text], lengths[pred_text]
+    out = np.empty((len(ref_text), 3), dtype=np.float64)
+    out[:, 0] = _fmeasures(hits1, n_pred, n_ref)
+    out[:, 1] = _fmeasures(hits2, np.maximum(n_pred - 1, 0), np.maximum(n_ref - 1, 0))
+    # rouge_score scores an empty side 0; here its LCS is 0, so P = R = 0 and F = 0 too
+    out[:, 2] = _fmeasures(np.array(lcs, dtype=np.int64), n_pred, n_ref)
+    return out
 
 
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC: building ~10^5 small Counters/tuples otherwise triggers repeated
+    """Pause the cyclic GC: creating ~10^5 token lists and strings otherwise triggers repeated
     full scans of every live token list (measured: 3-4x slower n-gram counting)."""
     was_enabled = gc.isenabled()
     gc.disable()
@@ -365,17 +459,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def _pair_scores(ref: _Prepared, pred: _Prepared) -> tuple[float, float, float]:
-    r1 = _prf(_overlap(ref.uni, pred.uni), pred.n, ref.n)
-    r2 = _prf(_overlap(ref.bi, pred.bi), pred.n_bi, ref.n_bi)
-    if ref.n == 0 or pred.n == 0:
-        rl = 0.0  # rouge_score returns Score(0, 0, 0) here
-    else:
-        lcs = _lcs_with_masks(ref.lcs_masks(), ref.n, pred.tokens)
-        rl = _rs_scoring.fmeasure(lcs / pred.n, lcs / ref.n)
-    return r1, r2, rl
 
 
 def rouge_scores(
@@ -395,7 +478,8 @@ def rouge_scores(
             (rouge_score's own, for English comparisons) or any object with ``tokenize``.
 
     Returns:
-        DataFrame with columns rouge1, rouge2, rougeL, n_refs; one row per item, in order.
+        DataFrame with columns rouge1, rouge2, rougeL, n_refs, pred_tokens (the number of
+        tokens of the prediction); one row per item, in order.
 
     Raises:
         TokenizationError: a text with Hangul lost its Hangul in tokenisation, or the
@@ -431,27 +515,33 @@ def rouge_scores(
         for text in distinct:
             if has_hangul(text):
                 check_tokenizer(tok, text)  # raises, with the explanation
-    rows = np.empty((len(predictions), 3), dtype=np.float64)
-    n_refs = np.empty(len(predictions), dtype=np.int64)
+    n_refs = np.fromiter(map(len, refs_lists), dtype=np.int64, count=len(refs_lists))
+    # pairs item by item, each item's references in order
+    pred_text = np.repeat(np.fromiter((index[p] for p in predictions), dtype=np.int64, count=len(predictions)),
+                          n_refs)
+    ref_text = np.fromiter((index[r] for refs in refs_lists for r in refs), dtype=np.int64,
+                           count=int(n_refs.sum()))
     with _gc_paused():
         token_lists = _tokenize_many(tok, distinct)
         if len(token_lists) != len(distinct):
             raise RuntimeError("tokenizer returned a wrong number of token lists")
-        prepared: list[_Prepared] = []
         for text, tokens in zip(distinct, token_lists):
             _guard_tokens(text, tokens)
-            prepared.append(_Prepared(list(tokens)))
+        pair_scores = _pair_scores(token_lists, ref_text, pred_text)
 
-        for i, (pred, refs) in enumerate(zip(predictions, refs_lists)):
-            p = prepared[index[pred]]
-            per_ref = [_pair_scores(prepared[index[r]], p) for r in refs]
-            for k in range(3):
-                xs = [s[k] for s in per_ref]
-                # sum/len and max over the references, in order: what a naive loop computes
-                rows[i, k] = sum(xs) / len(xs) if aggregate == "mean" else max(xs)
-            n_refs[i] = len(refs)
+    # An item with one reference scores its pair (sum([x]) / 1 == max([x]) == x).  Items with
+    # several use Python's own sum / max over the references in order, exactly what a naive
+    # loop computes (Python 3.12's sum() of floats is compensated; numpy's is not).
+    first_pair = np.cumsum(n_refs) - n_refs
+    rows = pair_scores[first_pair].copy()
+    reduce = max if aggregate == "max" else (lambda xs: sum(xs) / len(xs))
+    for i in np.flatnonzero(n_refs > 1).tolist():
+        per_ref = pair_scores[first_pair[i]:first_pair[i] + n_refs[i]].T.tolist()
+        rows[i] = [reduce(xs) for xs in per_ref]
     df = pd.DataFrame(rows, columns=list(ROUGE_KEYS))
     df["n_refs"] = n_refs
+    df["pred_tokens"] = np.fromiter((len(token_lists[index[p]]) for p in predictions), dtype=np.int64,
+                                    count=len(predictions))
     return df
 
 
