@@ -620,16 +620,9 @@ def run_subprocess(job: dict, timeout: float) -> dict:
 
 
 def versions() -> dict:
-    from importlib import metadata
+    from kdsum.training import LIBRARIES, library_versions
 
-    out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "pyarrow",
-                 "tokenizers", "triton"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {"python": platform.python_version(), **library_versions((*LIBRARIES, "pyarrow", "triton"))}
 
 
 def summary_line(r: dict) -> str:

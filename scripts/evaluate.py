@@ -18,7 +18,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from kdsum.io import atomic_path, read_jsonl, write_json  # noqa: E402
@@ -27,6 +26,7 @@ from kdsum.metrics import (  # noqa: E402
     KiwiMorphemeTokenizer,
     corpus_summary,
     foreign_script_share,
+    prediction_length,
     rouge_scores,
     tokenizer_name,
 )
@@ -115,9 +115,8 @@ def evaluate(
         "aggregate": aggregate,
         **{k: summary[k] for k in (*ROUGE_KEYS, "rouge_sum")},
         **{f"{k}_ci": summary[f"{k}_ci"] for k in (*ROUGE_KEYS, "rouge_sum")},
-        "mean_chars": float(np.mean([len(t) for t in texts])),
-        # the predictions' token counts from scoring: tokenising them a second time cost a Kiwi pass
-        "mean_morphemes": float(scores["pred_tokens"].to_numpy().mean()),
+        # the predictions' morpheme counts come from the scoring: no second Kiwi pass
+        **prediction_length(texts, token_counts=scores["pred_tokens"].tolist()),
         "foreign_script_share": foreign_script_share(texts),
         "empty_predictions": sum(1 for t in texts if not t.strip()),
         "tokenizer": tokenizer_name(tokenizer),

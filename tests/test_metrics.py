@@ -41,6 +41,14 @@ KEYS = ["rouge1", "rouge2", "rougeL"]
 KIWI = KiwiMorphemeTokenizer()
 
 
+def korean_dev() -> pd.DataFrame:
+    """The competition's Korean dev split from ../shared (skips the test when it is absent)."""
+    path = SHARED / "ko" / "dev.csv"
+    if not path.exists():
+        pytest.skip(f"Korean dev split not found: {path}")
+    return pd.read_csv(path, keep_default_na=False)
+
+
 def naive_scores(pred: str, refs: list[str], tokenizer, aggregate: str = "mean") -> tuple[float, ...]:
     """The reference implementation: rouge_score pair by pair, then sum/len (or max)."""
     scorer = rouge_scorer.RougeScorer(KEYS, tokenizer=tokenizer)
@@ -94,10 +102,7 @@ def test_default_threads_are_the_cores_this_process_may_use():
 @pytest.mark.integration
 def test_batch_tokens_do_not_depend_on_threads():
     """Kiwi's multi-threaded batch gives each text exactly the tokens of a one-by-one call."""
-    path = SHARED / "ko" / "dev.csv"
-    if not path.exists():
-        pytest.skip(f"Korean dev split not found: {path}")
-    dev = pd.read_csv(path, keep_default_na=False)
+    dev = korean_dev()
     texts = dev["summary"].tolist()[:150] + [d.split("\n")[0] for d in dev["dialogue"].tolist()[:150]]
     one_by_one = [KIWI.tokenize(t) for t in texts]
     for threads in (1, 2, 4):
@@ -356,10 +361,7 @@ def test_rouge_l_is_not_bounded_below_by_rouge_2():
 
 
 def _korean_pairs(n: int = 50) -> tuple[list[str], list[list[str]]]:
-    path = SHARED / "ko" / "dev.csv"
-    if not path.exists():
-        pytest.skip(f"Korean data not found: {path}")
-    dev = pd.read_csv(path, keep_default_na=False)
+    dev = korean_dev()
     summaries = dev["summary"].tolist()
     preds, refs = [], []
     for i in range(n):
@@ -444,6 +446,11 @@ def test_prediction_length():
     out = prediction_length(["민수는 학교에 갔다.", ""])
     assert out["mean_chars"] == pytest.approx((11 + 0) / 2)
     assert out["mean_morphemes"] == pytest.approx((len(KIWI.tokenize("민수는 학교에 갔다.")) + 0) / 2)
+    # the evaluate CLI passes the counts the scoring already made instead of tokenising again
+    assert prediction_length(["민수는 학교에 갔다.", ""], token_counts=[7, 0]) == {"mean_chars": 5.5,
+                                                                              "mean_morphemes": 3.5}
+    with pytest.raises(ValueError, match="token_counts"):
+        prediction_length(["a", "b"], token_counts=[1])
 
 
 # --------------------------------------------------------------------------- CLIs
@@ -590,10 +597,7 @@ def test_dialogsum_reference_vs_other_references():
 
 @pytest.mark.integration
 def test_korean_dev_summaries_against_themselves():
-    path = SHARED / "ko" / "dev.csv"
-    if not path.exists():
-        pytest.skip(f"Korean dev split not found: {path}")
-    dev = pd.read_csv(path, keep_default_na=False)
+    dev = korean_dev()
     df = rouge_scores(dev["summary"].tolist(), [[s] for s in dev["summary"]])
     s = corpus_summary(df, n_resamples=100)
     assert len(df) == 499

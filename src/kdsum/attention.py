@@ -18,6 +18,7 @@ matmul path (debugging). The choice is recorded in ``train_metrics.json`` (``att
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -46,14 +47,23 @@ def transformers_name(choice: str) -> str:
     return choice
 
 
+@functools.cache
+def _varlen_attn():
+    """(``torch.nn.attention.varlen.varlen_attn``, its parameter names), or (None, ()) on older torch. Read once:
+    the forward of every layer asks, and the keyword names differ between torch releases."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None, frozenset()
+    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
+
+
 def _flash_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale):
     """Causal attention over packed sequences (q: [T, H, D], k/v: [T, Hkv, D]) -> [T, H, D]."""
     if q.is_cuda:
-        try:
-            from torch.nn.attention.varlen import varlen_attn
-        except ImportError:
+        varlen_attn, params = _varlen_attn()
+        if varlen_attn is None:
             return _flash_varlen_autograd().apply(q, k, v, cu_q, cu_k, max_q, max_k, scale)
-        params = inspect.signature(varlen_attn).parameters
         kw: dict[str, Any] = {"scale": scale} if "scale" in params else {}
         if "window_size" in params:
             kw["window_size"] = (-1, 0)  # causal: no keys after the query

@@ -654,13 +654,22 @@ def foreign_script_share(texts: Sequence[str]) -> float:
     return sum(has_foreign_script(t) for t in texts) / len(texts)
 
 
-def prediction_length(texts: Sequence[str], tokenizer: Any = None) -> dict[str, float]:
-    """Mean length of ``texts`` in characters and in (Kiwi) morphemes."""
+def prediction_length(texts: Sequence[str], tokenizer: Any = None,
+                      token_counts: Sequence[int] | None = None) -> dict[str, float]:
+    """Mean length of ``texts`` in characters and in (Kiwi) morphemes.
+
+    ``token_counts``: the texts' morpheme counts when the caller has them already (``rouge_scores``'
+    ``pred_tokens`` column), so the texts are not tokenised a second time."""
     texts = list(texts)
     if not texts:
         return {"mean_chars": 0.0, "mean_morphemes": 0.0}
-    tokens = _tokenize_many(resolve_tokenizer(tokenizer), texts)
+    if token_counts is None:
+        counts = [len(t) for t in _tokenize_many(resolve_tokenizer(tokenizer), texts)]
+    else:
+        counts = list(token_counts)
+        if len(counts) != len(texts):
+            raise ValueError(f"token_counts has {len(counts)} entries for {len(texts)} texts")
     return {
         "mean_chars": float(np.mean([len(t) for t in texts])),
-        "mean_morphemes": float(np.mean([len(t) for t in tokens])),
+        "mean_morphemes": float(np.mean(counts)),
     }

@@ -78,9 +78,10 @@ class TrainingError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------- small helpers
-def library_versions() -> dict[str, str | None]:
+def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str | None]:
+    """Installed versions of ``names`` (None where a package is absent)."""
     out = {}
-    for name in LIBRARIES:
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
