@@ -1,19 +1,22 @@
 # kdsum: Korean dialogue summarization, from raw dialogues to results/summary.csv.
-#   snakemake --cores 1 results/summary.csv          (the default target)
-#   snakemake --cores 1 --configfile my.yaml ...      (another complete config file)
-# Rules are thin: the logic lives in src/kdsum, the commands are scripts/*.py, which DVC (dvc.yaml) calls too.
+#   snakemake --cores 1 results/summary.csv
+#   snakemake --cores 1 results/summary.csv --configfile my.yaml          (an overlay on config.yaml)
+#   snakemake --cores 1 results/summary.csv --config run.models=[tiny-llama] models.tiny-llama.train.learning_rate=0.05
+# The rules are the one description of the pipeline: dvc.yaml is derived from them (`kdsum dvc-yaml`).
+# Each rule runs one `kdsum <stage>` command; the logic lives in src/kdsum (docs/ARCHITECTURE.md).
 
 configfile: "config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/spec.smk"
 include: "rules/data.smk"
 include: "rules/prompts.smk"
 include: "rules/models.smk"
 include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/evaluate.smk"
-include: "rules/report.smk"
+include: "rules/summary.smk"
 include: "rules/dag.smk"
 
 

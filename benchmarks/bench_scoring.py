@@ -17,13 +17,15 @@ Each path's scores must equal the naive loop's exactly.  Every timing records th
 before it (the machine may be shared) and the CPU time of each thread.  Then the cold path is profiled:
 Kiwi's batch alone for each thread count of ``--sweep-threads`` (wall, and CPU per thread: the main thread
 converts Kiwi's results into Python tokens, Kiwi's C++ workers analyse) and a cProfile of one call (main
-thread only).  With ``--evaluate-job`` it also times ``scripts/evaluate.py`` (a whole pipeline evaluate
-job, as a subprocess) on the Korean dev split, how long tokenising that split's references takes (the most
-a reference-token cache could save per job), and importing ``kdsum.metrics`` in a fresh interpreter;
-``--evaluate-script`` times another checkout's evaluate.py (and its import) alongside.
+thread only).  With ``--evaluate-job`` it also times ``kdsum evaluate`` (a whole pipeline evaluate job, as a
+subprocess, with the settings ``aggregate: mean, bootstrap: 1000, seed: 0``) on the Korean dev split, how long
+tokenising that split's references takes (the most a reference-token cache could save per job), and importing
+``kdsum.metrics`` in a fresh interpreter; ``--evaluate-other`` times another checkout's evaluate job (and its
+import) alongside: its ``kdsum evaluate``, or, in a checkout from before the stage modules, its
+``scripts/evaluate.py`` (whose defaults are those settings).
 
     python benchmarks/bench_scoring.py --out results/bench_scoring.json [--repeats 5] [--limit N]
-        [--sweep-threads 1,2,3,4] [--evaluate-job [--evaluate-script OTHER_CHECKOUT/scripts/evaluate.py]]
+        [--sweep-threads 1,2,3,4] [--evaluate-job [--evaluate-other OTHER_CHECKOUT]]
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -56,13 +59,23 @@ from rouge_score.rouge_scorer import RougeScorer  # noqa: E402
 
 from kdsum.io import write_json  # noqa: E402
 from kdsum.metrics import ROUGE_KEYS, KiwiMorphemeTokenizer, default_num_workers, rouge_scores  # noqa: E402
+from kdsum.spec import EvaluationArgs, to_json  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 DEFAULT_DATA = SHARED / "dialogsum" / "train.jsonl"
 KOREAN_DEV = SHARED / "ko" / "dev.csv"
 _SPEAKER_RE = re.compile(r"^\s*#[A-Za-z]+\d*#\s*:\s*")
-_PROFILED = ("rouge_scores", "tokenize_many", "_forms", "_guard_tokens", "_pair_scores", "_ngram_table",
-             "_clipped_overlaps", "_lcs_masks", "_lcs_with_masks")
+_PROFILED = (
+    "rouge_scores",
+    "tokenize_many",
+    "_forms",
+    "guard_tokens",
+    "_pair_scores",
+    "_ngram_table",
+    "_clipped_overlaps",
+    "_lcs_masks",
+    "_lcs_with_masks",
+)
 
 
 def lead_utterance(dialogue: str) -> str:
@@ -92,7 +105,7 @@ def load(path: Path, limit: int | None) -> tuple[list[str], list[str]]:
 def naive(preds: list[str], refs: list[str], tok: KiwiMorphemeTokenizer) -> list[tuple[float, ...]]:
     scorer = RougeScorer(list(ROUGE_KEYS), tokenizer=tok)
     out = []
-    for p, r in zip(preds, refs):
+    for p, r in zip(preds, refs, strict=True):
         s = scorer.score(r, p)
         out.append(tuple(s[k].fmeasure for k in ROUGE_KEYS))
     return out
@@ -109,16 +122,18 @@ def _digest(text: str) -> str:
 def write_reference_tokens(path: Path, refs: list[str], tok: KiwiMorphemeTokenizer) -> None:
     """The what-if cache: one line per reference, its digest and tokens (not timed)."""
     with open(path, "w", encoding="utf-8") as fh:
-        for i, (text, tokens) in enumerate(zip(refs, tok.tokenize_many(refs))):
-            fh.write(json.dumps({"fname": f"train_{i}", "digest": _digest(text), "tokens": tokens},
-                                ensure_ascii=False) + "\n")
+        for i, (text, tokens) in enumerate(zip(refs, tok.tokenize_many(refs), strict=True)):
+            fh.write(
+                json.dumps({"fname": f"train_{i}", "digest": _digest(text), "tokens": tokens}, ensure_ascii=False)
+                + "\n"
+            )
 
 
 def read_reference_tokens(path: Path, refs: list[str]) -> dict[str, list[str]]:
     """text -> tokens from the what-if cache, refusing a line whose digest is not its reference's."""
     known: dict[str, list[str]] = {}
     with open(path, encoding="utf-8") as fh:
-        for i, (line, text) in enumerate(zip(fh, refs)):
+        for i, (line, text) in enumerate(zip(fh, refs, strict=True)):
             rec = json.loads(line)
             if rec["digest"] != _digest(text):
                 raise ValueError(f"{path}: line {i + 1} ({rec['fname']}) was made for another reference text")
@@ -139,7 +154,7 @@ class CachedTokens:
 
     def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
         todo = [t for t in texts if t not in self.known]
-        fresh = dict(zip(todo, self.kiwi.tokenize_many(todo)))
+        fresh = dict(zip(todo, self.kiwi.tokenize_many(todo), strict=True))
         return [self.known[t] if t in self.known else fresh[t] for t in texts]
 
 
@@ -195,9 +210,15 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
     if machine_before is not None and machine_after is not None:
         others = round(max(machine_after[0] - machine_before[0] - cpu, 0.0), 2)
         steal = round(machine_after[1] - machine_before[1], 2)
-    return result, {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
-                    "main_thread_cpu_s": round(deltas.get(main, 0.0), 2), "other_threads_cpu_s": other,
-                    "load_before": load_before, "other_processes_cpu_s": others, "steal_s": steal}
+    return result, {
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "main_thread_cpu_s": round(deltas.get(main, 0.0), 2),
+        "other_threads_cpu_s": other,
+        "load_before": load_before,
+        "other_processes_cpu_s": others,
+        "steal_s": steal,
+    }
 
 
 def _children_cpu_s() -> float:
@@ -211,9 +232,11 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, float]:
 
 def kiwi_startup_s() -> dict[str, float]:
     """Kiwi's model load and first call, in a fresh process (every evaluate job pays it)."""
-    code = ("import time; t0 = time.perf_counter(); import sys; sys.path.insert(0, %r); "
-            "from kdsum.metrics import KiwiMorphemeTokenizer as K; k = K(); k.kiwi; t1 = time.perf_counter(); "
-            "k.tokenize('모델 적재와 첫 호출'); t2 = time.perf_counter(); print(t1 - t0, t2 - t1)" % str(ROOT / "src"))
+    code = (
+        f"import time; t0 = time.perf_counter(); import sys; sys.path.insert(0, {str(ROOT / 'src')!r}); "
+        "from kdsum.metrics import KiwiMorphemeTokenizer as K; k = K(); k.kiwi; t1 = time.perf_counter(); "
+        "k.tokenize('모델 적재와 첫 호출'); t2 = time.perf_counter(); print(t1 - t0, t2 - t1)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     return {"load_s": round(float(out[0]), 2), "first_call_s": round(float(out[1]), 2)}
 
@@ -236,59 +259,106 @@ def cprofile_cold(preds: list[str], refs: list[str], tok: KiwiMorphemeTokenizer)
 # ------------------------------------------------------------------------------------------------ evaluate job
 
 
-def evaluate_job(script: Path, other_script: Path | None, repeats: int, tok: KiwiMorphemeTokenizer) -> dict:
+#: The settings of the timed evaluate jobs: the pipeline's defaults (and the old scripts/evaluate.py's).
+EVALUATION = EvaluationArgs(aggregate="mean", bootstrap=1000, seed=0)
+
+
+def evaluate_command(checkout: Path, spec: Path, args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The command (and environment) of one evaluate job of ``checkout``: its ``kdsum evaluate`` stage, or, in a
+    checkout from before the stage modules, its scripts/evaluate.py, whose defaults are ``EVALUATION``."""
+    env = {**os.environ, "PYTHONPATH": str(checkout / "src")}
+    if (checkout / "src" / "kdsum" / "stages" / "evaluate.py").exists():
+        return [sys.executable, "-m", "kdsum", "evaluate", "--spec", str(spec), *args], env
+    return [sys.executable, str(checkout / "scripts" / "evaluate.py"), *args], env
+
+
+def evaluate_job(checkout: Path, other: Path | None, repeats: int, tok: KiwiMorphemeTokenizer) -> dict:
     """Wall time of whole evaluate jobs on the Korean dev split, and of tokenising its references."""
     import pandas as pd
 
     dev = pd.read_csv(KOREAN_DEV, keep_default_na=False)
     out: dict[str, Any] = {"data": str(KOREAN_DEV.relative_to(ROOT.parent)), "n": len(dev)}
     with tempfile.TemporaryDirectory() as tmp:
-        refs_path, preds_path = Path(tmp) / "dev.jsonl", Path(tmp) / "pred.csv"
+        refs_path, preds_path, spec_path = Path(tmp) / "dev.jsonl", Path(tmp) / "pred.csv", Path(tmp) / "spec.json"
+        spec_path.write_text(to_json(EVALUATION), encoding="utf-8")
         with open(refs_path, "w", encoding="utf-8") as fh:
             for r in dev.itertuples():
-                fh.write(json.dumps({"fname": r.fname, "dialogue": r.dialogue, "summaries": [r.summary]},
-                                    ensure_ascii=False) + "\n")
+                fh.write(
+                    json.dumps({"fname": r.fname, "dialogue": r.dialogue, "summaries": [r.summary]}, ensure_ascii=False)
+                    + "\n"
+                )
         pd.DataFrame({"fname": dev["fname"], "summary": [lead_utterance(d) for d in dev["dialogue"]]}).to_csv(
-            preds_path, index=False)
-        scripts = {"evaluate_job": script}
-        if other_script is not None:
-            scripts["evaluate_job_other"] = other_script
-            out["other_script"] = str(other_script)
-        runs: dict[str, list] = {k: [] for k in scripts}
+            preds_path, index=False
+        )
+        checkouts = {"evaluate_job": checkout}
+        if other is not None:
+            checkouts["evaluate_job_other"] = other
+            out["other_checkout"] = str(other)
+        runs: dict[str, list] = {k: [] for k in checkouts}
         for _ in range(repeats):
-            for key, path in scripts.items():
-                cmd = [sys.executable, str(path), "--predictions", str(preds_path), "--references", str(refs_path),
-                       "--out-json", f"{tmp}/{key}.json", "--out-items", f"{tmp}/{key}.csv"]
+            for key, tree in checkouts.items():
+                cmd, env = evaluate_command(
+                    tree,
+                    spec_path,
+                    [
+                        "--predictions",
+                        str(preds_path),
+                        "--references",
+                        str(refs_path),
+                        "--out-json",
+                        f"{tmp}/{key}.json",
+                        "--out-items",
+                        f"{tmp}/{key}.csv",
+                    ],
+                )
                 load_before = [round(x, 2) for x in os.getloadavg()]
                 children_before, machine_before = _children_cpu_s(), _machine_cpu_s()
                 t0 = time.perf_counter()
-                subprocess.run(cmd, check=True, capture_output=True)
+                subprocess.run(cmd, check=True, capture_output=True, env=env)
                 wall = time.perf_counter() - t0
                 cpu = _children_cpu_s() - children_before
                 machine_after = _machine_cpu_s()
-                others = (None if machine_before is None or machine_after is None
-                          else round(max(machine_after[0] - machine_before[0] - cpu, 0.0), 2))
-                runs[key].append({"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "load_before": load_before,
-                                  "other_processes_cpu_s": others})
-        if other_script is not None:
-            same = all(Path(f"{tmp}/evaluate_job.{e}").read_bytes() == Path(f"{tmp}/evaluate_job_other.{e}").read_bytes()
-                       for e in ("json", "csv"))
+                others = (
+                    None
+                    if machine_before is None or machine_after is None
+                    else round(max(machine_after[0] - machine_before[0] - cpu, 0.0), 2)
+                )
+                runs[key].append(
+                    {
+                        "wall_s": round(wall, 3),
+                        "cpu_s": round(cpu, 3),
+                        "load_before": load_before,
+                        "other_processes_cpu_s": others,
+                    }
+                )
+        if other is not None:
+            same = all(
+                Path(f"{tmp}/evaluate_job.{e}").read_bytes() == Path(f"{tmp}/evaluate_job_other.{e}").read_bytes()
+                for e in ("json", "csv")
+            )
             out["identical_outputs"] = same
         for key, rs in runs.items():
-            out[key] = {"runs": rs, "median_wall_s": round(statistics.median(r["wall_s"] for r in rs), 3),
-                        "median_cpu_s": round(statistics.median(r["cpu_s"] for r in rs), 3),
-                        "other_processes_cpu_s_max": max((r["other_processes_cpu_s"] or 0.0) for r in rs)}
+            out[key] = {
+                "runs": rs,
+                "median_wall_s": round(statistics.median(r["wall_s"] for r in rs), 3),
+                "median_cpu_s": round(statistics.median(r["cpu_s"] for r in rs), 3),
+                "other_processes_cpu_s_max": max((r["other_processes_cpu_s"] or 0.0) for r in rs),
+            }
     refs = dev["summary"].tolist()
     ref_runs = [timed(lambda: tok.tokenize_many(refs))[1] for _ in range(repeats)]
     out["tokenize_references"] = {"runs": ref_runs, **median_of(ref_runs)}
-    trees = {"import_metrics_s": script.parents[1] / "src"}
-    if other_script is not None:
-        trees["import_metrics_other_s"] = other_script.parents[1] / "src"
+    trees = {"import_metrics_s": checkout / "src"}
+    if other is not None:
+        trees["import_metrics_other_s"] = other / "src"
     for key, src in trees.items():  # a fresh interpreter each time: what every evaluate job pays
-        code = ("import sys, time; sys.path.insert(0, %r); t0 = time.perf_counter(); import kdsum.metrics; "
-                "print(time.perf_counter() - t0)" % str(src))
-        walls = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-                       .stdout) for _ in range(repeats)]
+        code = (
+            f"import sys, time; sys.path.insert(0, {str(src)!r}); t0 = time.perf_counter(); import kdsum.metrics; "
+            "print(time.perf_counter() - t0)"
+        )
+        walls = [
+            float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+            for _ in range(repeats)
+        ]
         out[key] = round(statistics.median(walls), 3)
     return out
 
@@ -303,11 +373,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="first N records only (quick run)")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds (medians are reported); >= 3")
     ap.add_argument("--num-workers", type=int, default=None, help="Kiwi threads (default: cores of this process)")
-    ap.add_argument("--sweep-threads", type=lambda v: [int(x) for x in v.split(",")], default=None,
-                    help="Kiwi thread counts for the batch-alone profile, e.g. 1,2,3,4 (default: 1 and all cores)")
-    ap.add_argument("--evaluate-job", action="store_true", help="also time scripts/evaluate.py on the Korean dev split")
-    ap.add_argument("--evaluate-script", type=Path, default=None,
-                    help="with --evaluate-job: another checkout's scripts/evaluate.py to time alongside")
+    ap.add_argument(
+        "--sweep-threads",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=None,
+        help="Kiwi thread counts for the batch-alone profile, e.g. 1,2,3,4 (default: 1 and all cores)",
+    )
+    ap.add_argument("--evaluate-job", action="store_true", help="also time `kdsum evaluate` on the Korean dev split")
+    ap.add_argument(
+        "--evaluate-other",
+        type=Path,
+        default=None,
+        metavar="CHECKOUT",
+        help="with --evaluate-job: another checkout (its root) whose evaluate job to time alongside",
+    )
     args = ap.parse_args(argv)
     if not args.data.exists():
         print(f"error: data not found: {args.data}", file=sys.stderr)
@@ -341,8 +420,11 @@ def main(argv: list[str] | None = None) -> int:
             "naive": lambda: naive(preds, refs, tok),
             "cold": lambda: score_rows(rouge_scores(preds, [[r] for r in refs], tokenizer=tok)),
             "cold_1_thread": lambda: score_rows(rouge_scores(preds, [[r] for r in refs], tokenizer=one_thread)),
-            "cached_refs": lambda: score_rows(rouge_scores(
-                preds, [[r] for r in refs], tokenizer=CachedTokens(read_reference_tokens(cache, refs), tok))),
+            "cached_refs": lambda: score_rows(
+                rouge_scores(
+                    preds, [[r] for r in refs], tokenizer=CachedTokens(read_reference_tokens(cache, refs), tok)
+                )
+            ),
         }
         runs: dict[str, list[dict]] = {k: [] for k in paths}
         outputs: dict[str, list[tuple[float, ...]]] = {}
@@ -352,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                 result, run = timed(fn)
                 runs[name].append(run)
                 outputs[name] = result
-                mismatches[name] += sum(a != b for a, b in zip(outputs["naive"], result))
+                mismatches[name] += sum(a != b for a, b in zip(outputs["naive"], result, strict=True))
                 print(f"round {rnd + 1} {name}: {run}", flush=True)
     if any(mismatches.values()):
         print(f"error: items differing from the naive loop: {mismatches}", file=sys.stderr)
@@ -368,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _ in range(args.repeats):
             for n, t in sweep.items():
-                kiwi_batch[f"threads_{n}"].append(timed(lambda: t.tokenize_many(distinct))[1])
+                kiwi_batch[f"threads_{n}"].append(timed(lambda t=t: t.tokenize_many(distinct))[1])
     finally:
         gc.enable()
     cum, top = cprofile_cold(preds, refs, tok)
@@ -395,8 +477,9 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_wall": {n: round(naive_wall / m["wall_s"], 2) for n, m in medians.items() if n != "naive"},
         "speedup_cpu": {n: round(naive_cpu / m["cpu_s"], 2) for n, m in medians.items() if n != "naive"},
         "cores_used": {n: round(m["cpu_s"] / m["wall_s"], 2) for n, m in medians.items()},
-        "other_processes_cpu_s_max": {n: max((r["other_processes_cpu_s"] or 0.0) for r in rs)
-                                      for n, rs in runs.items()},
+        "other_processes_cpu_s_max": {
+            n: max((r["other_processes_cpu_s"] or 0.0) for r in rs) for n, rs in runs.items()
+        },
         "steal_s_max": {n: max((r["steal_s"] or 0.0) for r in rs) for n, rs in runs.items()},
         "identical_to_naive": {n: mismatches[n] == 0 for n in paths if n != "naive"},
         "runs": runs,
@@ -406,7 +489,10 @@ def main(argv: list[str] | None = None) -> int:
             "cprofile_top_tottime": top.strip().splitlines(),
             "cprofile_note": "cProfile sees the main thread only and inflates Python-call-heavy code",
         },
-        "scores_x100": {**dict(zip(ROUGE_KEYS, (round(m, 4) for m in means))), "rouge_sum": round(sum(means), 4)},
+        "scores_x100": {
+            **dict(zip(ROUGE_KEYS, (round(m, 4) for m in means), strict=True)),
+            "rouge_sum": round(sum(means), 4),
+        },
         "tokenizer": tok.name,
         "python": platform.python_version(),
         "kiwipiepy": kiwipiepy.__version__,
@@ -414,31 +500,47 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
     }
     if args.evaluate_job:
-        result["evaluate_job"] = evaluate_job(ROOT / "scripts" / "evaluate.py", args.evaluate_script,
-                                              args.repeats, tok)
+        result["evaluate_job"] = evaluate_job(ROOT, args.evaluate_other, args.repeats, tok)
     write_json(args.out, result)
 
-    print(f"{len(preds)} pairs, {len(distinct)} distinct texts, {args.repeats} rounds, medians "
-          f"(Kiwi threads {tok.num_workers} of {default_num_workers()} cores; Kiwi start-up "
-          f"{startup['load_s']} + {startup['first_call_s']} s excluded):")
+    print(
+        f"{len(preds)} pairs, {len(distinct)} distinct texts, {args.repeats} rounds, medians "
+        f"(Kiwi threads {tok.num_workers} of {default_num_workers()} cores; Kiwi start-up "
+        f"{startup['load_s']} + {startup['first_call_s']} s excluded):"
+    )
     for name, m in medians.items():
-        extra = "" if name == "naive" else (f"  speedup {result['speedup_wall'][name]}x wall, "
-                                            f"{result['speedup_cpu'][name]}x CPU, identical scores")
-        print(f"  {name:14s} wall {m['wall_s']:.2f} s  CPU {m['cpu_s']:.2f} s{extra}  "
-              f"(during a run, at most: other processes {result['other_processes_cpu_s_max'][name]} CPU s, "
-              f"steal {result['steal_s_max'][name]} s)")
+        extra = (
+            ""
+            if name == "naive"
+            else (
+                f"  speedup {result['speedup_wall'][name]}x wall, {result['speedup_cpu'][name]}x CPU, identical scores"
+            )
+        )
+        print(
+            f"  {name:14s} wall {m['wall_s']:.2f} s  CPU {m['cpu_s']:.2f} s{extra}  "
+            f"(during a run, at most: other processes {result['other_processes_cpu_s_max'][name]} CPU s, "
+            f"steal {result['steal_s_max'][name]} s)"
+        )
     for k, v in result["profile_cold"]["kiwi_batch"].items():
-        print(f"  Kiwi batch alone, {k}: wall {v['wall_s']:.2f} s, CPU {v['cpu_s']:.2f} s "
-              f"(last run: main thread {v['runs'][-1]['main_thread_cpu_s']} s, others {v['runs'][-1]['other_threads_cpu_s']})")
+        print(
+            f"  Kiwi batch alone, {k}: wall {v['wall_s']:.2f} s, CPU {v['cpu_s']:.2f} s "
+            f"(last run: main thread {v['runs'][-1]['main_thread_cpu_s']} s, others {v['runs'][-1]['other_threads_cpu_s']})"
+        )
     print(f"  cProfile cumulative (s): {cum}")
     if args.evaluate_job:
         ej = result["evaluate_job"]
-        print(f"  evaluate job on {ej['data']} ({ej['n']} items): median wall {ej['evaluate_job']['median_wall_s']} s"
-              + (f", other script {ej['evaluate_job_other']['median_wall_s']} s, identical outputs "
-                 f"{ej['identical_outputs']}" if "evaluate_job_other" in ej else "")
-              + f"; tokenising its references {ej['tokenize_references']['wall_s']} s; importing kdsum.metrics "
-              f"{ej['import_metrics_s']} s" + (f" (other tree {ej['import_metrics_other_s']} s)"
-                                               if "import_metrics_other_s" in ej else ""))
+        print(
+            f"  evaluate job on {ej['data']} ({ej['n']} items): median wall {ej['evaluate_job']['median_wall_s']} s"
+            + (
+                f", other script {ej['evaluate_job_other']['median_wall_s']} s, identical outputs "
+                f"{ej['identical_outputs']}"
+                if "evaluate_job_other" in ej
+                else ""
+            )
+            + f"; tokenising its references {ej['tokenize_references']['wall_s']} s; importing kdsum.metrics "
+            f"{ej['import_metrics_s']} s"
+            + (f" (other tree {ej['import_metrics_other_s']} s)" if "import_metrics_other_s" in ej else "")
+        )
     print(f"ROUGE x100: {result['scores_x100']}")
     return 0
 

@@ -58,31 +58,80 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local directories only: never wa
 sys.path.insert(0, str(ROOT / "src"))
 
 DEFAULT_RAW = ROOT.parent / "shared" / "data" / "dialogsum" / "train.jsonl"
-EN_FORMAT = {"system": "You summarize dialogues.",
-             "question": "Summarize the dialogue above in one or two sentences.", "topic": False}
+EN_FORMAT = {
+    "system": "You summarize dialogues.",
+    "question": "Summarize the dialogue above in one or two sentences.",
+    "topic": False,
+}
 VOCAB_EN = 8000
 SUBSET = 2000
 
 # Public configurations (rope scaling left out: it changes no cost). tie/untie as the released models.
 ARCHS = {
-    "llama-3b": dict(model_type="llama", hidden_size=3072, num_hidden_layers=28, num_attention_heads=24,
-                     num_key_value_heads=8, head_dim=128, intermediate_size=8192, vocab_size=128256,
-                     tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=500000.0,
-                     max_position_embeddings=131072, hidden_act="silu"),
-    "qwen-7b": dict(model_type="qwen2", hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,
-                    num_key_value_heads=4, intermediate_size=18944, vocab_size=152064, tie_word_embeddings=False,
-                    rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=32768, hidden_act="silu"),
+    "llama-3b": dict(
+        model_type="llama",
+        hidden_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=8192,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        hidden_act="silu",
+    ),
+    "qwen-7b": dict(
+        model_type="qwen2",
+        hidden_size=3584,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        intermediate_size=18944,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        max_position_embeddings=32768,
+        hidden_act="silu",
+    ),
     # CPU smoke test only
-    "tiny": dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=16, intermediate_size=128, vocab_size=8200,
-                 tie_word_embeddings=True, rms_norm_eps=1e-5, max_position_embeddings=2048, hidden_act="silu"),
+    "tiny": dict(
+        model_type="llama",
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        vocab_size=8200,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=2048,
+        hidden_act="silu",
+    ),
 }
 PIPELINE_MODEL = {"llama-3b": "llama-ko-3b", "qwen-7b": "qwen2-5-7b", "tiny": "llama-ko-3b"}
 
 
 def J(name, recipe, method, **kw):
-    job = dict(name=name, recipe=recipe, method=method, attention="sdpa", micro_batch=4, grad_accum=2,
-               max_length=1024, packing=False, ckpt=True, warmup=3, measure=12, windows=4, profile=0)
+    job = dict(
+        name=name,
+        recipe=recipe,
+        method=method,
+        attention="sdpa",
+        micro_batch=4,
+        grad_accum=2,
+        max_length=1024,
+        packing=False,
+        ckpt=True,
+        warmup=3,
+        measure=12,
+        windows=4,
+        profile=0,
+    )
     job.update(kw)
     return job
 
@@ -93,41 +142,161 @@ JOBS = {
         J("earlier-lora", "earlier", "lora", measure=8),
         J("earlier-qlora", "earlier", "qlora", measure=8),
         # config.yaml as shipped for hub models: QLoRA, 8 packed bins of 1,024, checkpointing, accumulation 2
-        J("pipeline-qlora-shipped", "pipeline", "qlora", attention="varlen", packing=True, micro_batch=8,
-          grad_accum=2, ckpt=True, measure=8),
-        J("pipeline-lora-varlen-ckpt", "pipeline", "lora", attention="varlen", packing=True, micro_batch=8,
-          grad_accum=2, ckpt=True, measure=8),
+        J(
+            "pipeline-qlora-shipped",
+            "pipeline",
+            "qlora",
+            attention="varlen",
+            packing=True,
+            micro_batch=8,
+            grad_accum=2,
+            ckpt=True,
+            measure=8,
+        ),
+        J(
+            "pipeline-lora-varlen-ckpt",
+            "pipeline",
+            "lora",
+            attention="varlen",
+            packing=True,
+            micro_batch=8,
+            grad_accum=2,
+            ckpt=True,
+            measure=8,
+        ),
         # the same without checkpointing (an 80 GB card)
-        J("pipeline-lora-varlen", "pipeline", "lora", attention="varlen", packing=True, micro_batch=8,
-          grad_accum=1, ckpt=False, measure=12, profile=2),
-        J("pipeline-qlora-varlen", "pipeline", "qlora", attention="varlen", packing=True, micro_batch=8,
-          grad_accum=1, ckpt=False, measure=12),
+        J(
+            "pipeline-lora-varlen",
+            "pipeline",
+            "lora",
+            attention="varlen",
+            packing=True,
+            micro_batch=8,
+            grad_accum=1,
+            ckpt=False,
+            measure=12,
+            profile=2,
+        ),
+        J(
+            "pipeline-qlora-varlen",
+            "pipeline",
+            "qlora",
+            attention="varlen",
+            packing=True,
+            micro_batch=8,
+            grad_accum=1,
+            ckpt=False,
+            measure=12,
+        ),
         # packed rows on transformers' SDPA path (dense block-diagonal mask): what the varlen kernel saves
-        J("pipeline-lora-sdpa", "pipeline", "lora", attention="sdpa", packing=True, micro_batch=8, grad_accum=1,
-          ckpt=False, measure=12),
+        J(
+            "pipeline-lora-sdpa",
+            "pipeline",
+            "lora",
+            attention="sdpa",
+            packing=True,
+            micro_batch=8,
+            grad_accum=1,
+            ckpt=False,
+            measure=12,
+        ),
         J("earlier-lora-profiled", "earlier", "lora", profile=2),
         # what the profile of pipeline-lora-varlen points at: dropout kernels on every LoRA branch
-        J("pipeline-lora-varlen-nodropout", "pipeline", "lora", attention="varlen", packing=True, micro_batch=8,
-          grad_accum=1, ckpt=False, measure=12, lora_dropout=0.0),
+        J(
+            "pipeline-lora-varlen-nodropout",
+            "pipeline",
+            "lora",
+            attention="varlen",
+            packing=True,
+            micro_batch=8,
+            grad_accum=1,
+            ckpt=False,
+            measure=12,
+            lora_dropout=0.0,
+        ),
     ],
     "qwen-7b": [
         J("earlier-lora", "earlier", "lora", measure=6, windows=3),
         J("earlier-qlora", "earlier", "qlora", measure=6, windows=3),
-        J("pipeline-qlora-shipped", "pipeline", "qlora", attention="varlen", packing=True, micro_batch=8,
-          grad_accum=2, ckpt=True, measure=6, windows=3),
-        J("pipeline-lora-varlen-ckpt", "pipeline", "lora", attention="varlen", packing=True, micro_batch=8,
-          grad_accum=2, ckpt=True, measure=6, windows=3),
-        J("pipeline-lora-varlen", "pipeline", "lora", attention="varlen", packing=True, micro_batch=4,
-          grad_accum=2, ckpt=False, measure=6, windows=3),
-        J("pipeline-qlora-varlen", "pipeline", "qlora", attention="varlen", packing=True, micro_batch=4,
-          grad_accum=2, ckpt=False, measure=6, windows=3),
+        J(
+            "pipeline-qlora-shipped",
+            "pipeline",
+            "qlora",
+            attention="varlen",
+            packing=True,
+            micro_batch=8,
+            grad_accum=2,
+            ckpt=True,
+            measure=6,
+            windows=3,
+        ),
+        J(
+            "pipeline-lora-varlen-ckpt",
+            "pipeline",
+            "lora",
+            attention="varlen",
+            packing=True,
+            micro_batch=8,
+            grad_accum=2,
+            ckpt=True,
+            measure=6,
+            windows=3,
+        ),
+        J(
+            "pipeline-lora-varlen",
+            "pipeline",
+            "lora",
+            attention="varlen",
+            packing=True,
+            micro_batch=4,
+            grad_accum=2,
+            ckpt=False,
+            measure=6,
+            windows=3,
+        ),
+        J(
+            "pipeline-qlora-varlen",
+            "pipeline",
+            "qlora",
+            attention="varlen",
+            packing=True,
+            micro_batch=4,
+            grad_accum=2,
+            ckpt=False,
+            measure=6,
+            windows=3,
+        ),
     ],
     "smoke": [
         J("earlier-lora", "earlier", "lora", warmup=1, measure=4, windows=2, max_length=256),
-        J("pipeline-lora-sdpa", "pipeline", "lora", packing=True, micro_batch=2, grad_accum=1, ckpt=False,
-          warmup=1, measure=4, windows=2, max_length=256),
-        J("pipeline-lora-varlen", "pipeline", "lora", attention="varlen", packing=True, micro_batch=2,
-          grad_accum=1, ckpt=False, warmup=1, measure=4, windows=2, max_length=256, profile=1),
+        J(
+            "pipeline-lora-sdpa",
+            "pipeline",
+            "lora",
+            packing=True,
+            micro_batch=2,
+            grad_accum=1,
+            ckpt=False,
+            warmup=1,
+            measure=4,
+            windows=2,
+            max_length=256,
+        ),
+        J(
+            "pipeline-lora-varlen",
+            "pipeline",
+            "lora",
+            attention="varlen",
+            packing=True,
+            micro_batch=2,
+            grad_accum=1,
+            ckpt=False,
+            warmup=1,
+            measure=4,
+            windows=2,
+            max_length=256,
+            profile=1,
+        ),
     ],
 }
 
@@ -139,9 +308,10 @@ from kdsum.attention import VARLEN, register_varlen, set_attention  # noqa: E402
 
 # ============================================================================================ prepare (CPU)
 def prepare(out: Path, raw: Path, subset: int, seed: int) -> dict:
-    from kdsum.data import collect_special_tokens, read_split
+    from kdsum.data import read_split
+    from kdsum.datastats import collect_special_tokens
     from kdsum.io import write_json, write_jsonl
-    from kdsum.modeling import train_tokenizer
+    from kdsum.offline_models import train_tokenizer
     from kdsum.prompts import format_chat_record
 
     recs = read_split(raw, "train")
@@ -165,11 +335,17 @@ def prepare(out: Path, raw: Path, subset: int, seed: int) -> dict:
     write_jsonl(out / "train_en" / "train.jsonl", [rows[i] for i in pick])
     write_json(out / "train_en" / "special_tokens.json", {"tokens": data_tokens})
     stats = length_stats(totals)
-    stats.update(prompt_mean=statistics.fmean(prompts),
-                 completion_mean=statistics.fmean(t - p for t, p in zip(totals, prompts)),
-                 tokens_per_word=n_tok / words, vocab=len(tok), source=str(raw), rows=len(rows),
-                 subset=len(pick), subset_seed=seed,
-                 subset_stats=length_stats([totals[i] for i in pick]))
+    stats.update(
+        prompt_mean=statistics.fmean(prompts),
+        completion_mean=statistics.fmean(t - p for t, p in zip(totals, prompts, strict=True)),
+        tokens_per_word=n_tok / words,
+        vocab=len(tok),
+        source=str(raw),
+        rows=len(rows),
+        subset=len(pick),
+        subset_seed=seed,
+        subset_stats=length_stats([totals[i] for i in pick]),
+    )
     write_json(out / "lengths_en.json", {"stats": stats, "total": totals, "prompt": prompts})
     return stats
 
@@ -184,8 +360,14 @@ def chat_ids(tokenizer, messages, generation_prompt: bool = False) -> list[int]:
 
 def length_stats(lengths: list[int]) -> dict:
     s = sorted(lengths)
-    return {"n": len(s), "mean": statistics.fmean(s), "p50": s[len(s) // 2], "p90": s[int(len(s) * 0.9)],
-            "max": s[-1], "mean_sq_over_mean": sum(x * x for x in s) / sum(s)}
+    return {
+        "n": len(s),
+        "mean": statistics.fmean(s),
+        "p50": s[len(s) // 2],
+        "p90": s[int(len(s) * 0.9)],
+        "max": s[-1],
+        "mean_sq_over_mean": sum(x * x for x in s) / sum(s),
+    }
 
 
 # ============================================================================================ one job (subprocess)
@@ -230,7 +412,6 @@ def _timer_callback(job, backbone_tokens):
 
 def _hook_backbone(model, store: list, rows: list):
     """Count useful tokens at the backbone's forward (called once per micro-batch, whatever wraps it)."""
-    import torch
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(base, "model", base)
@@ -281,9 +462,14 @@ def _profile_summary(averages, steps: int, wall: float) -> dict:
         total += t
         rows.append((t, name[:110], evt.count))
     rows.sort(reverse=True)
-    return {"profiled_steps": steps, "wall_ms": wall * 1e3, "kernel_ms": total,
-            "gpu_busy_share": total / (wall * 1e3) if wall else None,
-            "groups_ms": groups, "top_kernels": [{"ms": r[0], "name": r[1], "count": r[2]} for r in rows[:20]]}
+    return {
+        "profiled_steps": steps,
+        "wall_ms": wall * 1e3,
+        "kernel_ms": total,
+        "gpu_busy_share": total / (wall * 1e3) if wall else None,
+        "groups_ms": groups,
+        "top_kernels": [{"ms": r[0], "name": r[1], "count": r[2]} for r in rows[:20]],
+    }
 
 
 def _earlier_dataset(tokenizer, rows, max_length):
@@ -291,7 +477,7 @@ def _earlier_dataset(tokenizer, rows, max_length):
     for row in rows:
         p = chat_ids(tokenizer, row["prompt"], generation_prompt=True)
         f = chat_ids(tokenizer, row["prompt"] + row["completion"])[:max_length]
-        labels = [-100] * min(len(p), len(f)) + f[len(p):]
+        labels = [-100] * min(len(p), len(f)) + f[len(p) :]
         data.append({"input_ids": f, "attention_mask": [1] * len(f), "labels": labels})
     return data
 
@@ -311,16 +497,25 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
     t_start = time.perf_counter()
     if job["recipe"] == "earlier":
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-        from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DataCollatorForSeq2Seq,
-                                  Trainer, TrainingArguments)
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoTokenizer,
+            BitsAndBytesConfig,
+            DataCollatorForSeq2Seq,
+            Trainer,
+            TrainingArguments,
+        )
 
         tok = AutoTokenizer.from_pretrained(model_dir)
         tok.padding_side = "right"
         kw = {"dtype": torch.bfloat16 if cuda else torch.float32}
         if job["method"] == "qlora":
             kw["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16)
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+            )
             kw["device_map"] = {"": 0}
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
         if job["method"] == "qlora":
@@ -329,35 +524,77 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         model.config.use_cache = False
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, bias="none",
-                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=16, lora_alpha=32, lora_dropout=0.05, bias="none", target_modules="all-linear", task_type="CAUSAL_LM"
+            ),
+        )
         rows = read_jsonl(data_dir / "train_en" / "train.jsonl")
         dataset = _earlier_dataset(tok, rows, job["max_length"])
         args = TrainingArguments(
-            output_dir=job["work_dir"], per_device_train_batch_size=job["micro_batch"],
-            gradient_accumulation_steps=job["grad_accum"], max_steps=total_steps, learning_rate=2e-4,
-            lr_scheduler_type="constant", warmup_steps=0, bf16=cuda, use_cpu=not cuda,
+            output_dir=job["work_dir"],
+            per_device_train_batch_size=job["micro_batch"],
+            gradient_accumulation_steps=job["grad_accum"],
+            max_steps=total_steps,
+            learning_rate=2e-4,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            bf16=cuda,
+            use_cpu=not cuda,
             gradient_checkpointing=job["ckpt"] and job["method"] != "qlora",
             gradient_checkpointing_kwargs={"use_reentrant": False} if job["ckpt"] else None,
-            logging_steps=10**6, save_strategy="no", report_to="none", remove_unused_columns=False,
-            dataloader_num_workers=0, disable_tqdm=True, seed=0)
-        trainer = Trainer(model=model, args=args, train_dataset=dataset,
-                          data_collator=DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100),
-                          callbacks=[timer])
+            logging_steps=10**6,
+            save_strategy="no",
+            report_to="none",
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            seed=0,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100),
+            callbacks=[timer],
+        )
     else:
+        import dataclasses
+
         import kdsum.training as training
         from kdsum.config import load_config, resolve
 
         spec = resolve(load_config(ROOT / "config.yaml"), PIPELINE_MODEL[job["arch"]], "default")
+        lora = spec.lora
         if "lora_dropout" in job:
-            spec["lora"]["dropout"] = job["lora_dropout"]
-        spec["train"].update(per_device_batch_size=job["micro_batch"], gradient_accumulation_steps=job["grad_accum"],
-                             max_length=job["max_length"], packing=job["packing"], gradient_checkpointing=job["ckpt"],
-                             max_steps=total_steps, epochs=1, save_steps=10**6, logging_steps=10**6,
-                             warmup_ratio=0.0, learning_rate=2e-4, lr_scheduler_type="constant",
-                             attention=job["attention"])
-        trainer, _info = training.build_trainer(spec, model_dir, data_dir / "train_en", job["work_dir"],
-                                                progress=False, method=job["method"], callbacks=[timer])
+            lora = dataclasses.replace(lora, lora_dropout=job["lora_dropout"])
+        train = dataclasses.replace(
+            spec.train,
+            per_device_train_batch_size=job["micro_batch"],
+            gradient_accumulation_steps=job["grad_accum"],
+            max_length=job["max_length"],
+            packing=job["packing"],
+            gradient_checkpointing=job["ckpt"],
+            max_steps=total_steps,
+            num_train_epochs=1,
+            save_steps=10**6,
+            logging_steps=10**6,
+            warmup_steps=0,
+            learning_rate=2e-4,
+            lr_scheduler_type="constant",
+            attention=job["attention"],
+        )
+        spec = dataclasses.replace(spec, train=train, lora=lora)
+        trainer, _info = training.build_trainer(
+            spec,
+            model_dir,
+            data_dir / "train_en",
+            job["work_dir"],
+            progress=False,
+            method=job["method"],
+            callbacks=[timer],
+        )
     model = trainer.model
     result["attn_implementation"] = getattr(getattr(model, "config", None), "_attn_implementation", None)
     _hook_backbone(model, tokens, shapes)
@@ -385,7 +622,7 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
     # per optimizer step: time and useful tokens
     times = [timer.t0] + timer.times
     marks = [0] + timer.marks
-    step_tokens = [sum(counts[marks[i]:marks[i + 1]]) for i in range(len(marks) - 1)]
+    step_tokens = [sum(counts[marks[i] : marks[i + 1]]) for i in range(len(marks) - 1)]
     step_time = [times[i + 1] - times[i] for i in range(len(times) - 1)]
     result["step_tokens"] = step_tokens
     result["step_time_s"] = step_time
@@ -399,7 +636,7 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
         windows.append(sum(step_tokens[a:b]) / sum(step_time[a:b]))
     result["window_tokens_per_s"] = windows
     result["tokens_per_s"] = statistics.median(windows) if windows else None
-    result["tokens_per_step_mean"] = statistics.fmean(step_tokens[w:w + m]) if len(step_tokens) > w else None
+    result["tokens_per_step_mean"] = statistics.fmean(step_tokens[w : w + m]) if len(step_tokens) > w else None
     result["wall_s"] = time.perf_counter() - t_start
     if result_path:  # the timings and peaks survive even if summarising the profile takes too long
         Path(result_path).write_text(json.dumps(result, default=str))
@@ -409,7 +646,7 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
             result["profile"] = _profile_summary(averages, job["profile"], timer.prof_wall)
         except Exception as exc:  # pragma: no cover - diagnostic only
             result["profile_error"] = repr(exc)
-        for key in (("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",)):
+        for key in ("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",):
             try:
                 result["profile_table"] = averages.table(sort_by=key, row_limit=30)
                 break
@@ -437,8 +674,13 @@ def bf16_peak_tflops(n: int = 8192, reps: int = 20) -> dict:
         e.synchronize()
         times.append(s.elapsed_time(e) / 1e3)
     med = statistics.median(times)
-    return {"n": n, "reps": reps, "median_s": med, "tflops_median": 2 * n**3 / med / 1e12,
-            "tflops_best": 2 * n**3 / min(times) / 1e12}
+    return {
+        "n": n,
+        "reps": reps,
+        "median_s": med,
+        "tflops_median": 2 * n**3 / med / 1e12,
+        "tflops_best": 2 * n**3 / min(times) / 1e12,
+    }
 
 
 def packed_mask_check(device: str) -> dict:
@@ -450,8 +692,15 @@ def packed_mask_check(device: str) -> dict:
 
     register_varlen()
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=256, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
-                      intermediate_size=512, vocab_size=1000, max_position_embeddings=4096)
+    cfg = LlamaConfig(
+        hidden_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        intermediate_size=512,
+        vocab_size=1000,
+        max_position_embeddings=4096,
+    )
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_config(cfg).to(device=device, dtype=dtype).eval()
     lens = [37, 120, 64, 9]
@@ -468,12 +717,18 @@ def packed_mask_check(device: str) -> dict:
             if impl == VARLEN:
                 kw.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lens), max_length_k=max(lens))
             packed = model(**kw).logits[0].float()
-            ctrl = model(input_ids=ids, position_ids=torch.arange(ids.shape[1], device=device)[None],
-                         use_cache=False).logits[0].float()
+            ctrl = (
+                model(input_ids=ids, position_ids=torch.arange(ids.shape[1], device=device)[None], use_cache=False)
+                .logits[0]
+                .float()
+            )
             scale = ref.abs().max().item()
-            out[impl] = {"max_abs_diff_vs_separate": (packed - ref).abs().max().item(),
-                         "negative_control_diff": (ctrl - ref).abs().max().item(), "logit_scale": scale,
-                         "ok": (packed - ref).abs().max().item() < 0.02 * scale + 1e-3}
+            out[impl] = {
+                "max_abs_diff_vs_separate": (packed - ref).abs().max().item(),
+                "negative_control_diff": (ctrl - ref).abs().max().item(),
+                "logit_scale": scale,
+                "ok": (packed - ref).abs().max().item() < 0.02 * scale + 1e-3,
+            }
     return out
 
 
@@ -485,12 +740,26 @@ def transformers_mask_source() -> dict:
     from transformers import masking_utils
 
     src = inspect.getsource(masking_utils)
-    keep = [ln.rstrip() for ln in src.splitlines()
-            if any(k in ln for k in ("def find_packed_sequence_indices", "packed_sequence_mask = find_packed",
-                                     "if position_ids is not None and attention_mask is None",
-                                     "packed_sequence_compatibility_function(", "position_diff != 1"))]
-    return {"transformers": transformers.__version__, "file": masking_utils.__file__, "lines": keep,
-            "detects_packed_rows": any("find_packed_sequence_indices(position_ids)" in ln for ln in keep)}
+    keep = [
+        ln.rstrip()
+        for ln in src.splitlines()
+        if any(
+            k in ln
+            for k in (
+                "def find_packed_sequence_indices",
+                "packed_sequence_mask = find_packed",
+                "if position_ids is not None and attention_mask is None",
+                "packed_sequence_compatibility_function(",
+                "position_diff != 1",
+            )
+        )
+    ]
+    return {
+        "transformers": transformers.__version__,
+        "file": masking_utils.__file__,
+        "lines": keep,
+        "detects_packed_rows": any("find_packed_sequence_indices(position_ids)" in ln for ln in keep),
+    }
 
 
 def make_model_dir(arch: str, data: Path, root: Path) -> Path:
@@ -525,8 +794,12 @@ def model_flops_per_token(arch: str, lengths: dict) -> dict:
     d = model_dims(dict(ARCHS[arch]), arch)
     n = matmul_parameter_count(d)
     attn = 2 * d.layers * d.q_dim * lengths["mean_sq_over_mean"]
-    return {"n_matmul": n, "attn_fwd_per_token": attn, "model_flops_per_token": 4 * n + 3 * attn,
-            "with_recompute_per_token": 6 * n + 4 * attn}
+    return {
+        "n_matmul": n,
+        "attn_fwd_per_token": attn,
+        "model_flops_per_token": 4 * n + 3 * attn,
+        "with_recompute_per_token": 6 * n + 4 * attn,
+    }
 
 
 def run_driver(args) -> dict:
@@ -537,8 +810,13 @@ def run_driver(args) -> dict:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + args.budget_s
     cuda = torch.cuda.is_available()
-    report: dict = {"date": time.strftime("%Y-%m-%d"), "host": platform.node(), "command": " ".join(sys.argv),
-                    "device": torch.cuda.get_device_name() if cuda else "cpu", "jobs": []}
+    report: dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "host": platform.node(),
+        "command": " ".join(sys.argv),
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "jobs": [],
+    }
     lengths = json.loads((data / "lengths_en.json").read_text())["stats"]
     report["lengths"] = lengths
     report["versions"] = versions()
@@ -571,8 +849,13 @@ def run_driver(args) -> dict:
             report.setdefault("flops", {})[arch] = model_flops_per_token(arch, lengths)
             print(f"{arch}: model dir ready in {time.time() - t0:.0f}s", flush=True)
         flops = report["flops"][arch]
-        job = dict(job, arch=arch, model_dir=str(model_dirs[arch]), data_dir=str(data),
-                   work_dir=str(work / "runs" / f"{arch}-{job['name']}"))
+        job = dict(
+            job,
+            arch=arch,
+            model_dir=str(model_dirs[arch]),
+            data_dir=str(data),
+            work_dir=str(work / "runs" / f"{arch}-{job['name']}"),
+        )
         left = deadline - time.time()
         if left < args.min_job_s:
             report["jobs"].append({"job": job, "skipped": f"time budget: {left:.0f}s left"})
@@ -606,7 +889,7 @@ def run_subprocess(job: dict, timeout: float) -> dict:
         tail = (proc.stdout + proc.stderr)[-3000:]
         rc = proc.returncode
     except subprocess.TimeoutExpired as exc:
-        tail = ((exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or ""))
+        tail = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         tail = (tail + "\nTIMEOUT")[-3000:]
         rc = "timeout"
     if res_file.exists():
@@ -620,7 +903,7 @@ def run_subprocess(job: dict, timeout: float) -> dict:
 
 
 def versions() -> dict:
-    from kdsum.training import LIBRARIES, library_versions
+    from kdsum.checkpoints import LIBRARIES, library_versions
 
     return {"python": platform.python_version(), **library_versions((*LIBRARIES, "pyarrow", "triton"))}
 
@@ -629,10 +912,12 @@ def summary_line(r: dict) -> str:
     j = r["job"]
     if "tokens_per_s" not in r or r.get("tokens_per_s") is None:
         return f"{r.get('arch', '?')}/{j['name']}: FAILED {r.get('error')} {str(r.get('log_tail', ''))[-400:]}"
-    return (f"{r['arch']}/{j['name']}: {r['tokens_per_s']:.0f} tok/s (windows "
-            f"{', '.join(f'{w:.0f}' for w in r['window_tokens_per_s'])}), peak alloc "
-            f"{r.get('peak_allocated_gb', 0):.1f} / reserved {r.get('peak_reserved_gb', 0):.1f} GiB, "
-            f"MFU {100 * r.get('mfu', 0):.1f}%, attn={r.get('attn_implementation')}")
+    return (
+        f"{r['arch']}/{j['name']}: {r['tokens_per_s']:.0f} tok/s (windows "
+        f"{', '.join(f'{w:.0f}' for w in r['window_tokens_per_s'])}), peak alloc "
+        f"{r.get('peak_allocated_gb', 0):.1f} / reserved {r.get('peak_reserved_gb', 0):.1f} GiB, "
+        f"MFU {100 * r.get('mfu', 0):.1f}%, attn={r.get('attn_implementation')}"
+    )
 
 
 def ratios(jobs: list[dict]) -> dict:
@@ -654,9 +939,11 @@ def print_table(report: dict) -> None:
         j = r["job"]
         key = f"{r.get('arch', '?')}/{j['name']}"
         if r.get("tokens_per_s"):
-            print(f"{key:38s} {r['tokens_per_s']:8.0f} {100 * r.get('mfu', 0):6.1f} "
-                  f"{r.get('peak_allocated_gb', 0):6.1f} {r.get('peak_reserved_gb', 0):6.1f} "
-                  f"{r.get('attn_implementation')}")
+            print(
+                f"{key:38s} {r['tokens_per_s']:8.0f} {100 * r.get('mfu', 0):6.1f} "
+                f"{r.get('peak_allocated_gb', 0):6.1f} {r.get('peak_reserved_gb', 0):6.1f} "
+                f"{r.get('attn_implementation')}"
+            )
         else:
             print(f"{key:38s} {'-':>8s} {r.get('skipped') or r.get('error')}")
     for k, v in report.get("ratios", {}).items():
@@ -674,10 +961,20 @@ def estimate_for_job(res: dict) -> dict:
         seq = max(1, math.ceil(res["row_shapes_max"] / mb))
     else:
         seq = res["row_shapes_max"]
-    return estimate_peak_memory(dict(ARCHS[job["arch"]]), job["method"], mb, seq, job["ckpt"], job["packing"], 16,
-                                "bfloat16", lora_dropout=job.get("lora_dropout", 0.05), attention=job["attention"],
-                                loss="full" if job["recipe"] == "earlier" else "fused",
-                                name=f"{job['arch']}/{job['name']}")
+    return estimate_peak_memory(
+        dict(ARCHS[job["arch"]]),
+        job["method"],
+        mb,
+        seq,
+        job["ckpt"],
+        job["packing"],
+        16,
+        "bfloat16",
+        lora_dropout=job.get("lora_dropout", 0.05),
+        attention=job["attention"],
+        loss="full" if job["recipe"] == "earlier" else "fused",
+        name=f"{job['arch']}/{job['name']}",
+    )
 
 
 def memory_table(paths: list[str]) -> list[dict]:
@@ -691,20 +988,33 @@ def memory_table(paths: list[str]) -> list[dict]:
                 continue
             est = estimate_for_job(res)
             measured = res["peak_reserved_gb"] + res.get("non_torch_gb", 0.0)
-            rows.append({
-                "config": res["job"]["arch"] + "/" + res["job"]["name"], "file": path,
-                "micro_batch": res["job"]["micro_batch"], "seq_len": est["inputs"]["seq_len"],
-                "ckpt": res["job"]["ckpt"], "estimate_gb": est["total_gb"], "measured_gb": round(measured, 2),
-                "error_pct": round(100 * (est["total_gb"] - measured) / measured, 1),
-                "estimate_allocated_gb": est["allocated_gb"], "measured_allocated_gb": round(res["peak_allocated_gb"], 2),
-                "allocated_error_pct": round(100 * (est["allocated_gb"] - res["peak_allocated_gb"])
-                                             / res["peak_allocated_gb"], 1),
-                "parts": est["parts"]})
-    print(f"{'config':40s} {'mb x len':>10s} {'est':>6s} {'meas':>6s} {'err%':>6s} | {'est_al':>6s} {'alloc':>6s} {'err%':>6s}")
+            rows.append(
+                {
+                    "config": res["job"]["arch"] + "/" + res["job"]["name"],
+                    "file": path,
+                    "micro_batch": res["job"]["micro_batch"],
+                    "seq_len": est["inputs"]["seq_len"],
+                    "ckpt": res["job"]["ckpt"],
+                    "estimate_gb": est["total_gb"],
+                    "measured_gb": round(measured, 2),
+                    "error_pct": round(100 * (est["total_gb"] - measured) / measured, 1),
+                    "estimate_allocated_gb": est["allocated_gb"],
+                    "measured_allocated_gb": round(res["peak_allocated_gb"], 2),
+                    "allocated_error_pct": round(
+                        100 * (est["allocated_gb"] - res["peak_allocated_gb"]) / res["peak_allocated_gb"], 1
+                    ),
+                    "parts": est["parts"],
+                }
+            )
+    print(
+        f"{'config':40s} {'mb x len':>10s} {'est':>6s} {'meas':>6s} {'err%':>6s} | {'est_al':>6s} {'alloc':>6s} {'err%':>6s}"
+    )
     for r in rows:
-        print(f"{r['config']:40s} {r['micro_batch']:>3d} x {r['seq_len']:<5d} {r['estimate_gb']:6.1f} "
-              f"{r['measured_gb']:6.1f} {r['error_pct']:6.1f} | {r['estimate_allocated_gb']:6.1f} "
-              f"{r['measured_allocated_gb']:6.1f} {r['allocated_error_pct']:6.1f}")
+        print(
+            f"{r['config']:40s} {r['micro_batch']:>3d} x {r['seq_len']:<5d} {r['estimate_gb']:6.1f} "
+            f"{r['measured_gb']:6.1f} {r['error_pct']:6.1f} | {r['estimate_allocated_gb']:6.1f} "
+            f"{r['measured_allocated_gb']:6.1f} {r['allocated_error_pct']:6.1f}"
+        )
     return rows
 
 

@@ -14,9 +14,11 @@ lr 2e-5 cosine, weight decay 0.1, warmup 3%, clip 1.0) on real Korean dialogues 
 Weights are random, so the loss only shows the recipe running and the adapter learning (from ~ln(128256)=11.8);
 the throughput and memory figures are those of the real 3B shape.
 """
+
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -28,24 +30,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 REPO = Path(__file__).resolve().parents[1]
 
 LLAMA_32_3B = dict(  # meta-llama/Llama-3.2-3B config.json (public)
-    hidden_size=3072, num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8, head_dim=128,
-    intermediate_size=8192, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
-    hidden_act="silu", attention_bias=False, mlp_bias=False, initializer_range=0.02, tie_word_embeddings=True,
-    rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "high_freq_factor": 4.0,
-                     "low_freq_factor": 1.0, "original_max_position_embeddings": 8192},
+    hidden_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=24,
+    num_key_value_heads=8,
+    head_dim=128,
+    intermediate_size=8192,
+    vocab_size=128256,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+    hidden_act="silu",
+    attention_bias=False,
+    mlp_bias=False,
+    initializer_range=0.02,
+    tie_word_embeddings=True,
+    rope_parameters={
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 32.0,
+        "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192,
+    },
 )
 
 
 def prepare_prompts(csv_path: Path, prompts_dir: Path, config: dict, limit: int | None) -> tuple[list, list[str]]:
-    from kdsum.data import collect_special_tokens, read_split
+    from kdsum.config import spec_for
+    from kdsum.data import read_split
+    from kdsum.datastats import collect_special_tokens
     from kdsum.io import write_json, write_jsonl
     from kdsum.prompts import format_split
 
     records = read_split(csv_path, "train")
     if limit:
         records = records[:limit]
-    fmt = config["prompt"]["formats"]["plain"]
-    rows = format_split(records, "chat", "plain", fmt, split="train", source=str(csv_path))
+    fmt = spec_for(config, "prompts/chat-plain").format
+    rows = format_split(records, "chat", fmt.name, fmt, split="train", source=str(csv_path))
     tokens = collect_special_tokens(records)
     prompts_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(prompts_dir / "train.jsonl", rows)
@@ -57,14 +78,19 @@ def build_random_llama(records: list, tokens: list[str], base_dir: Path, vocab: 
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from kdsum.modeling import train_tokenizer
+    from kdsum.offline_models import train_tokenizer
 
     t0 = time.time()
     texts = [r["dialogue"] for r in records] + [s for r in records for s in r["summaries"]]
     tok = train_tokenizer(texts, vocab, tokens, "causal")
     assert len(tok) < LLAMA_32_3B["vocab_size"], len(tok)
-    cfg = LlamaConfig(**LLAMA_32_3B, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, dtype="bfloat16")
+    cfg = LlamaConfig(
+        **LLAMA_32_3B,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        dtype="bfloat16",
+    )
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
@@ -92,8 +118,11 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=32000, help="size of the trained BPE tokenizer")
     ap.add_argument("--limit", type=int, default=None, help="use the first N dialogues")
     ap.add_argument("--time-budget-s", type=float, default=420, help="stop training (cleanly) after this long")
-    ap.add_argument("--cpu-smoke", action="store_true",
-                    help="check the script on a CPU: tiny Llama shape, 40 dialogues, qlora runs as LoRA")
+    ap.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help="check the script on a CPU: tiny Llama shape, 40 dialogues, qlora runs as LoRA",
+    )
     args = ap.parse_args()
 
     import torch
@@ -103,8 +132,14 @@ def main() -> None:
     from kdsum.training import train
 
     if args.cpu_smoke:
-        LLAMA_32_3B.update(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           head_dim=16, intermediate_size=128)
+        LLAMA_32_3B.update(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=128,
+        )
         args.limit, args.vocab = args.limit or 40, min(args.vocab, 2000)
     else:
         assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
@@ -119,16 +154,37 @@ def main() -> None:
     print(f"built random Llama-3.2-3B shape: {build}", flush=True)
 
     spec = resolve(config, "llama-ko-3b", "default")
-    spec["source"] = str(work / "base")
-    spec["method"] = "qlora"
-    spec["lora"].update(r=16, alpha=32, dropout=0.05, target_modules="all-linear")
-    spec["quantization"].update(quant_type="nf4", double_quant=True, compute_dtype="bfloat16")
-    spec["train"].update(
-        learning_rate=2e-5, lr_scheduler_type="cosine", weight_decay=0.1, warmup_ratio=0.03, max_grad_norm=1.0,
-        per_device_batch_size=args.batch, gradient_accumulation_steps=args.grad_accum, max_steps=args.steps,
-        epochs=100, max_length=args.max_length, packing=args.packing,
-        gradient_checkpointing=not args.no_grad_checkpointing, bf16="auto", logging_steps=10,
-        save_steps=100, save_total_limit=2, seed=42,
+    spec = dataclasses.replace(
+        spec,
+        source=str(work / "base"),
+        method="qlora",
+        lora=dataclasses.replace(spec.lora, r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear"),
+        quantization=dataclasses.replace(
+            spec.quantization,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype="bfloat16",
+        ),
+        train=dataclasses.replace(
+            spec.train,
+            learning_rate=2e-5,
+            lr_scheduler_type="cosine",
+            weight_decay=0.1,
+            warmup_steps=0.03,
+            max_grad_norm=1.0,
+            per_device_train_batch_size=args.batch,
+            gradient_accumulation_steps=args.grad_accum,
+            max_steps=args.steps,
+            num_train_epochs=100,
+            max_length=args.max_length,
+            packing=args.packing,
+            gradient_checkpointing=not args.no_grad_checkpointing,
+            bf16="auto",
+            logging_steps=10,
+            save_steps=100,
+            save_total_limit=2,
+            seed=42,
+        ),
     )
 
     class TimeBudget(TrainerCallback):
@@ -146,8 +202,15 @@ def main() -> None:
                 self.stopped_at = state.global_step
 
     budget = TimeBudget(args.time_budget_s)
-    metrics = train(spec, str(work / "base"), work / "prompts", work / "train", work / "checkpoints",
-                    progress=False, callbacks=[budget])
+    metrics = train(
+        spec,
+        str(work / "base"),
+        work / "prompts",
+        work / "train",
+        work / "checkpoints",
+        progress=False,
+        callbacks=[budget],
+    )
     metrics_out = {
         "benchmark": "gpu_qlora_run",
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -164,9 +227,27 @@ def main() -> None:
     shutil.copy(work / "train" / "log_history.csv", out / "log_history.csv")
     shutil.copy(work / "train" / "model" / "adapter_config.json", out / "adapter_config.json")
     print("\n=== gpu_qlora_run ===")
-    for k in ("gpu", "method", "method_effective", "steps", "epochs", "train_tokens", "wall_time_s", "tokens_per_s",
-              "peak_memory_gb", "memory_device", "trainable_params", "total_params", "first_loss", "final_loss",
-              "best_loss", "max_grad_norm", "stopped_by_time_budget_at_step", "total_wall_s", "warnings"):
+    for k in (
+        "gpu",
+        "method",
+        "method_effective",
+        "steps",
+        "epochs",
+        "train_tokens",
+        "wall_time_s",
+        "tokens_per_s",
+        "peak_memory_gb",
+        "memory_device",
+        "trainable_params",
+        "total_params",
+        "first_loss",
+        "final_loss",
+        "best_loss",
+        "max_grad_norm",
+        "stopped_by_time_budget_at_step",
+        "total_wall_s",
+        "warnings",
+    ):
         print(f"{k:32s} {metrics_out.get(k)}")
 
 

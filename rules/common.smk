@@ -1,71 +1,111 @@
-# Helpers shared by the rules: config loading/validation and the paths of the plan (src/kdsum/plan.py).
+# The merged config, its typed job specs and the input functions of the rules.
 import os
-import sys
+import re
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-
-from kdsum import plan  # noqa: E402
-from kdsum.config import BASELINE_MODEL, ZERO_SHOT, ConfigError, load_config, resolve  # noqa: E402
-
-
-# The CLIs (and DVC) read the config *file*, so Snakemake must too: a `--config key=value` override would be seen
-# by Snakemake alone. Use a complete config file instead (--configfile).
-if workflow.config_settings.config:
-    raise ConfigError(
-        "--config key=value overrides are not supported: the pipeline's scripts and DVC read the config file. "
-        "Copy config.yaml, edit it, and pass it with --configfile."
-    )
-CONFIG_PATH = (
-    os.path.relpath(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "config.yaml"
+from kdsum.config import (
+    ZERO_SHOT,
+    BASELINE_MODEL,
+    grid,
+    load_config,
+    predict_splits,
+    scored_splits,
+    spec_for,
+    spec_keys,
+    systems,
 )
-CFG = load_config(CONFIG_PATH)  # validated against schemas/config.schema.yaml; errors name the key
+from kdsum.deps import stage_code
+from kdsum.spec import to_json
+
+# config.yaml, then --configfile overlays, then --config key=value overrides (dotted keys reach nested settings);
+# validated against schemas/config.schema.yaml, every error naming the key.
+CONFIG_FILES = list(dict.fromkeys(["config.yaml", *(os.path.relpath(f) for f in workflow.overwrite_configfiles)]))
+CFG = load_config(CONFIG_FILES, workflow.config_settings.config)
+MODELS = CFG["run"]["models"]
+GRID = grid(CFG)
+
+
+def one_of(names):
+    return "|".join(re.escape(n) for n in names)
 
 
 wildcard_constraints:
-    model="[a-z0-9]+(-[a-z0-9]+)*",
-    variant="[a-z0-9]+(-[a-z0-9]+)*",
+    model=one_of(CFG["models"]),
+    variant=one_of([*CFG["variants"], ZERO_SHOT]),
+    baseline=one_of(CFG["baselines"]) or "lead",
     split="train|dev|test",
     prompt_set="seq2seq|chat-[a-z0-9-]+",
 
 
-def spec_of(wildcards):
-    # rules without a {variant} wildcard (zero-shot) use the model's own settings
-    return resolve(CFG, wildcards.model, getattr(wildcards, "variant", ZERO_SHOT))
+def code(stage):
+    """The files `kdsum <stage>` runs: a rule input, so a code change reruns the stage (and DVC lists the same)."""
+    return stage_code(stage)
+
+
+def spec_file(name):
+    return f"results/specs/{name}.json"
+
+
+def model_spec(wildcards):
+    return spec_file(f"model/{wildcards.model}/{wildcards.variant}")
+
+
+def job(wildcards):
+    return spec_for(CFG, f"model/{wildcards.model}/{wildcards.variant}")
+
+
+def built(model):
+    return "build" in CFG["models"][model]
+
+
+def data_splits():
+    return list(spec_for(CFG, "data").splits())
 
 
 def prompts_dir(wildcards):
-    return plan.path("prompts", prompt_set=plan.prompt_set(spec_of(wildcards)))
+    return f"results/prompts/{job(wildcards).prompt_set}"
 
 
-def base_source(wildcards):
-    """The built base directory, or the configured hub id / local path."""
-    return plan.base_source(spec_of(wildcards))
+def base_dir(wildcards):
+    """A model built offline trains and predicts from its built directory; a hub model from its source."""
+    return [f"results/base/{wildcards.model}"] if built(wildcards.model) else []
 
 
-def base_input(wildcards):
-    """Only a built base is a file input; a hub id is not."""
-    spec = spec_of(wildcards)
-    return [plan.path("base", model=spec["name"])] if spec["build"] else []
+def base_args(wildcards):
+    return ["--base-dir", *base_dir(wildcards)] if built(wildcards.model) else []
 
 
-def settings(wildcards):
-    """The resolved settings of a job: a params rerun trigger for Snakemake (DVC tracks the same keys)."""
-    return plan.settings_fingerprint(CFG, wildcards.model, wildcards.variant)
+def weights(wildcards):
+    if wildcards.variant == ZERO_SHOT:
+        return base_dir(wildcards)
+    return [f"results/train/{wildcards.model}/{wildcards.variant}/model"]
 
 
-def base_prompts_dir(wildcards):
-    spec = resolve(CFG, wildcards.model, ZERO_SHOT)
-    return plan.path("prompts", prompt_set=plan.prompt_set(spec))
+def weights_args(wildcards):
+    if wildcards.variant == ZERO_SHOT:
+        return base_args(wildcards)
+    return ["--model-dir", *weights(wildcards)]
 
 
-def raw_data():
-    return {s: CFG["data"][s] for s in ("train", "dev", "test") if CFG["data"].get(s)}
-
-
-def ingest_args():
-    return " ".join(f"--{s} {p}" for s, p in raw_data().items())
+def summary_spec():
+    return spec_for(CFG, "summary")
 
 
 def summary_inputs(wildcards):
-    return plan.summary_inputs(CFG)
+    spec = summary_spec()
+    scored = [s for s in spec.systems] if spec.split else []
+    tuned = [s for s in spec.systems if s.kind == "fine-tuned"]
+    inputs = {
+        "scores": [f"results/scores/{s.model}/{s.variant}/{spec.split}.json" for s in scored],
+        "train_metrics": [f"results/train/{s.model}/{s.variant}/train_metrics.json" for s in tuned],
+        "log_histories": [f"results/train/{s.model}/{s.variant}/log_history.csv" for s in tuned],
+        "base_metrics": [f"results/base/{s.model}.json" for s in spec.systems if s.kind == "zero-shot" and s.built],
+    }
+    if "test" in predict_splits(CFG):
+        inputs["submissions"] = [
+            f"results/predictions/{s.model}/{s.variant}/submission.csv"
+            if s.kind != "baseline"
+            else f"results/predictions/{s.model}/{s.variant}/test.csv"
+            for s in spec.systems
+        ]
+    return inputs

@@ -1,7 +1,7 @@
 # The workflow as a picture: the rule graph and the job DAG of the default target, drawn with Graphviz.
 #   snakemake --cores 1 dag                   -> results/dag/rulegraph.svg, rulegraph.png, jobs.svg
 #   snakemake --cores 1 docs/rulegraph.svg    -> the same three files in docs/ (the copy the README shows)
-# The nested snakemake needs --nolock (this run holds the lock) and reads the same config file. --forceall draws
+# The nested snakemake needs --nolock (this run holds the lock) and reads the same config files. --forceall draws
 # every job, so the picture does not depend on what has already been built. Not part of `all`.
 
 
@@ -18,8 +18,7 @@ rule draw_dag:
     input:
         snakefile="Snakefile",
         rules=sorted(p.as_posix() for p in Path("rules").glob("*.smk")),
-        config=CONFIG_PATH,
-        plan="src/kdsum/plan.py",
+        config=CONFIG_FILES,
     output:
         rulegraph_svg="{dagdir}/rulegraph.svg",
         rulegraph_png="{dagdir}/rulegraph.png",
@@ -31,13 +30,13 @@ rule draw_dag:
     benchmark:
         "results/benchmarks/dag/{dagdir}.tsv"
     conda:
-        "../envs/dag.yaml"
+        "../envs/kdsum.yaml"
     shell:
         "tmp=$(mktemp -d) && trap 'rm -rf $tmp' EXIT && "
-        "python -m snakemake results/summary.csv --nolock --rulegraph dot --configfile {input.config} "
-        "> $tmp/rulegraph.dot 2> {log} && "
-        "python -m snakemake results/summary.csv --nolock --forceall --dag dot --configfile {input.config} "
-        "> $tmp/jobs.dot 2>> {log} && "
-        "dot -Tsvg $tmp/rulegraph.dot -o {output.rulegraph_svg} 2>> {log} && "
-        "dot -Tpng -Gdpi=96 $tmp/rulegraph.dot -o {output.rulegraph_png} 2>> {log} && "
-        "dot -Tsvg $tmp/jobs.dot -o {output.jobs_svg} 2>> {log}"
+        "python -m snakemake results/summary.csv --nolock --rulegraph dot --configfile {input.config:q} "
+        "> $tmp/rulegraph.dot 2> {log:q} && "
+        "python -m snakemake results/summary.csv --nolock --forceall --dag dot --configfile {input.config:q} "
+        "> $tmp/jobs.dot 2>> {log:q} && "
+        "dot -Tsvg $tmp/rulegraph.dot -o {output.rulegraph_svg:q} 2>> {log:q} && "
+        "dot -Tpng -Gdpi=96 $tmp/rulegraph.dot -o {output.rulegraph_png:q} 2>> {log:q} && "
+        "dot -Tsvg $tmp/jobs.dot -o {output.jobs_svg:q} 2>> {log:q}"

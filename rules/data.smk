@@ -1,19 +1,17 @@
 rule ingest:
     """Validate and normalise the raw splits; write data statistics."""
     input:
-        unpack(lambda wildcards: raw_data()),
-        script="scripts/ingest.py",
-        code="src/kdsum/data.py",
+        unpack(lambda wildcards: spec_for(CFG, "data").splits()),
+        spec=spec_file("data"),
+        code=code("ingest"),
     output:
-        data=expand("results/data/{split}.jsonl", split=plan.splits(CFG)),
+        data=expand("results/data/{split}.jsonl", split=data_splits()),
         stats="results/data/stats.json",
-    params:
-        args=ingest_args(),
     log:
         "results/logs/ingest/ingest.log",
     benchmark:
         "results/benchmarks/ingest/ingest.tsv"
     conda:
-        "../envs/data.yaml"
+        "../envs/kdsum.yaml"
     shell:
-        "python {input.script} {params.args} --out-dir results/data > {log} 2>&1"
+        "kdsum ingest --spec {input.spec:q} --out-dir results/data > {log:q} 2>&1"

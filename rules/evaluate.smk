@@ -1,24 +1,22 @@
 rule evaluate:
     """ROUGE-1/2/L F1 on Kiwi morphemes against every reference, with bootstrap intervals and per-dialogue scores."""
     input:
-        predictions="results/predictions/{model}/{variant}/{split}.csv",
+        predictions="results/predictions/{system}/{split}.csv",
         references="results/data/{split}.jsonl",
-        script="scripts/evaluate.py",
-        code="src/kdsum/metrics.py",
+        spec=spec_file("evaluation"),
+        code=code("evaluate"),
     output:
-        scores="results/scores/{model}/{variant}/{split}.json",
-        per_item="results/scores/{model}/{variant}/{split}_items.csv",
-    params:
-        aggregate=CFG["evaluation"]["aggregate"],
-        bootstrap=CFG["evaluation"]["bootstrap"],
-        seed=CFG["evaluation"]["seed"],
+        metrics="results/scores/{system}/{split}.json",
+        per_item="results/scores/{system}/{split}_items.csv",
+    wildcard_constraints:
+        system=f"({one_of(CFG['models'])})/({one_of([*CFG['variants'], ZERO_SHOT])})|{BASELINE_MODEL}/[a-z]+",
     log:
-        "results/logs/evaluate/{model}/{variant}/{split}.log",
+        "results/logs/evaluate/{system}/{split}.log",
     benchmark:
-        "results/benchmarks/evaluate/{model}/{variant}/{split}.tsv"
+        "results/benchmarks/evaluate/{system}/{split}.tsv"
     conda:
-        "../envs/eval.yaml"
+        "../envs/kdsum.yaml"
     shell:
-        "python {input.script} --predictions {input.predictions} --references {input.references} "
-        "--out-json {output.scores} --out-items {output.per_item} --aggregate {params.aggregate} "
-        "--bootstrap {params.bootstrap} --seed {params.seed} > {log} 2>&1"
+        "kdsum evaluate --spec {input.spec:q} --predictions {input.predictions:q} "
+        "--references {input.references:q} --out-json {output.metrics:q} --out-items {output.per_item:q} "
+        "> {log:q} 2>&1"

@@ -1,18 +1,15 @@
 rule predict:
-    """Summaries of one split by a fine-tuned model (batched, length-sorted, settings from config)."""
+    """Summaries of one split by a fine-tuned model, or by the base model for the zero-shot variant
+    (batched, length-sorted, settings from the spec)."""
     input:
         prompts=prompts_dir,
-        model="results/train/{model}/{variant}/model",
-        script="scripts/predict.py",
-        code=["src/kdsum/generation.py", "src/kdsum/modeling.py", "src/kdsum/training.py"],
+        weights=weights,
+        spec=model_spec,
+        code=code("predict"),
     output:
         "results/predictions/{model}/{variant}/{split}.csv",
-    wildcard_constraints:
-        model="(?!baseline/)[a-z0-9]+(-[a-z0-9]+)*",
-        variant="(?!zeroshot/)[a-z0-9]+(-[a-z0-9]+)*",
     params:
-        config=CONFIG_PATH,
-        settings=settings,
+        weights=weights_args,
     log:
         "results/logs/predict/{model}/{variant}/{split}.log",
     benchmark:
@@ -21,59 +18,27 @@ rule predict:
     resources:
         gpu=1,
     conda:
-        "../envs/train.yaml"
+        "../envs/kdsum.yaml"
     shell:
-        "python {input.script} --config {params.config} --model {wildcards.model} --variant {wildcards.variant} "
-        "--split {wildcards.split} --prompts-dir {input.prompts} --model-dir {input.model} --out {output} > {log} 2>&1"
-
-
-rule predict_zeroshot:
-    """Summaries by the base model without fine-tuning: the zero-shot reference row."""
-    input:
-        prompts=base_prompts_dir,
-        base=base_input,
-        script="scripts/predict.py",
-        code=["src/kdsum/generation.py", "src/kdsum/modeling.py", "src/kdsum/training.py"],
-    output:
-        "results/predictions/{model}/zeroshot/{split}.csv",
-    wildcard_constraints:
-        model="(?!baseline/)[a-z0-9]+(-[a-z0-9]+)*",
-    params:
-        config=CONFIG_PATH,
-        base=lambda wildcards: plan.base_source(resolve(CFG, wildcards.model, ZERO_SHOT)),
-        settings=lambda wildcards: plan.settings_fingerprint(CFG, wildcards.model, ZERO_SHOT),
-    log:
-        "results/logs/predict/{model}/zeroshot/{split}.log",
-    benchmark:
-        "results/benchmarks/predict/{model}/zeroshot/{split}.tsv"
-    threads: 2
-    resources:
-        gpu=1,
-    conda:
-        "../envs/train.yaml"
-    shell:
-        "python {input.script} --config {params.config} --model {wildcards.model} --variant zeroshot "
-        "--split {wildcards.split} --prompts-dir {input.prompts} --base {params.base} --out {output} > {log} 2>&1"
+        "kdsum predict --spec {input.spec:q} --split {wildcards.split:q} --prompts-dir {input.prompts:q} "
+        "{params.weights:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule baseline:
     """Cheap non-neural reference systems (lead, longest utterance)."""
     input:
         data="results/data/{split}.jsonl",
-        script="scripts/baseline.py",
-        code="src/kdsum/baselines.py",
+        code=code("baseline"),
     output:
-        "results/predictions/baseline/{name}/{split}.csv",
-    wildcard_constraints:
-        name="lead|longest",
+        "results/predictions/baseline/{baseline}/{split}.csv",
     log:
-        "results/logs/baseline/{name}/{split}.log",
+        "results/logs/baseline/{baseline}/{split}.log",
     benchmark:
-        "results/benchmarks/baseline/{name}/{split}.tsv"
+        "results/benchmarks/baseline/{baseline}/{split}.tsv"
     conda:
-        "../envs/eval.yaml"
+        "../envs/kdsum.yaml"
     shell:
-        "python {input.script} --name {wildcards.name} --data {input.data} --out {output} > {log} 2>&1"
+        "kdsum baseline --name {wildcards.baseline:q} --data {input.data:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule submission:
@@ -81,12 +46,12 @@ rule submission:
     input:
         predictions="results/predictions/{model}/{variant}/test.csv",
         data="results/data/test.jsonl",
-        script="scripts/make_submission.py",
+        code=code("submission"),
     output:
         "results/predictions/{model}/{variant}/submission.csv",
     log:
         "results/logs/submission/{model}/{variant}.log",
     conda:
-        "../envs/eval.yaml"
+        "../envs/kdsum.yaml"
     shell:
-        "python {input.script} --predictions {input.predictions} --data {input.data} --out {output} > {log} 2>&1"
+        "kdsum submission --predictions {input.predictions:q} --data {input.data:q} --out {output:q} > {log:q} 2>&1"

@@ -1,20 +1,16 @@
 rule format_prompts:
     """Prompt dataset of one model family / prompt format, with the special tokens collected from the data."""
     input:
-        data=expand("results/data/{split}.jsonl", split=plan.splits(CFG)),
-        script="scripts/format_prompts.py",
-        code="src/kdsum/prompts.py",
+        data=expand("results/data/{split}.jsonl", split=data_splits()),
+        spec=spec_file("prompts/{prompt_set}"),
+        code=code("prompts"),
     output:
         directory("results/prompts/{prompt_set}"),
-    params:
-        config=CONFIG_PATH,
-        args=lambda wildcards: plan.prompt_args(CFG, wildcards.prompt_set),
     log:
         "results/logs/prompts/{prompt_set}.log",
     benchmark:
         "results/benchmarks/prompts/{prompt_set}.tsv"
     conda:
-        "../envs/data.yaml"
+        "../envs/kdsum.yaml"
     shell:
-        "python {input.script} --config {params.config} --data-dir results/data {params.args} "
-        "--out-dir {output} > {log} 2>&1"
+        "kdsum prompts --spec {input.spec:q} --data-dir results/data --out-dir {output:q} > {log:q} 2>&1"

@@ -1,20 +1,17 @@
 rule train:
     """Fine-tune one model under one variant: full (seq2seq) or LoRA/QLoRA adapters through TRL (causal).
-    Intermediate checkpoints live in results/checkpoints (not an output) so a killed run resumes."""
+    Intermediate checkpoints live in results/checkpoints (not an output), so a killed run resumes."""
     input:
         prompts=prompts_dir,
-        base=base_input,
-        script="scripts/train.py",
-        code=["src/kdsum/training.py", "src/kdsum/modeling.py"],
+        base=base_dir,
+        spec=model_spec,
+        code=code("train"),
     output:
         model=directory("results/train/{model}/{variant}/model"),
         metrics="results/train/{model}/{variant}/train_metrics.json",
         history="results/train/{model}/{variant}/log_history.csv",
     params:
-        config=CONFIG_PATH,
-        base=base_source,
-        checkpoints="results/checkpoints/{model}/{variant}",
-        settings=settings,
+        base=base_args,
     log:
         "results/logs/train/{model}/{variant}.log",
     benchmark:
@@ -23,8 +20,8 @@ rule train:
     resources:
         gpu=1,
     conda:
-        "../envs/train.yaml"
+        "../envs/kdsum.yaml"
     shell:
-        "python {input.script} --config {params.config} --model {wildcards.model} --variant {wildcards.variant} "
-        "--prompts-dir {input.prompts} --base {params.base} --out-dir results/train/{wildcards.model}/{wildcards.variant} "
-        "--checkpoint-dir {params.checkpoints} > {log} 2>&1"
+        "kdsum train --spec {input.spec:q} --prompts-dir {input.prompts:q} {params.base:q} "
+        "--out-dir results/train/{wildcards.model:q}/{wildcards.variant:q} "
+        "--checkpoint-dir results/checkpoints/{wildcards.model:q}/{wildcards.variant:q} > {log:q} 2>&1"

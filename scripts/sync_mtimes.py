@@ -1,84 +1,8 @@
 #!/usr/bin/env python
-"""Make Snakemake accept the results DVC put in place: run after `dvc pull`, `dvc checkout`, `dvc exp apply`
-or `dvc repro`, before the next `snakemake`.
+"""Same as `kdsum sync-mtimes ...` (src/kdsum/stages/sync_mtimes.py), for those who run scripts/ directly."""
 
-Why: Snakemake decides what to rerun from file modification times (and its own records of params and code);
-DVC decides from content hashes. `dvc pull`/`dvc checkout` restore files with fresh mtimes in no particular
-order (treeverse/dvc#8602), and `dvc repro` skips a stage whose inputs came out byte-identical, leaving its
-outputs older than those inputs. Snakemake would then rebuild results that are already correct.
-
-What it does:
-1. `dvc status --json` must report nothing: DVC has then checked, by hash, that every output in the workspace
-   matches its stage's deps, params and command. Otherwise it refuses (exit 1) and names the stages, because
-   marking those outputs up to date would hide a real change: run `dvc repro` (or `dvc pull`) first.
-2. `snakemake --touch results/summary.csv`: Snakemake marks the outputs up to date in DAG order and records its
-   metadata (params, code, inputs) for them, without running anything.
-3. `snakemake --dry-run` must then plan no job (exit 1 otherwise, with its plan).
-
-    python scripts/sync_mtimes.py                 # config file: the one dvc.yaml was generated for
-    python scripts/sync_mtimes.py --configfile my.yaml --target results/summary.csv
-"""
-import argparse
-import json
-import re
-import subprocess
 import sys
-from pathlib import Path
 
-import yaml
+from kdsum.cli import run_stage
 
-NOTHING_TO_DO = "Nothing to be done"
-
-
-def dvc_config_file(dvc_yaml: Path) -> str:
-    """The params file named by dvc.yaml's stages: the config file it was generated for."""
-    stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
-    files = {key for st in stages.values() for entry in st.get("params", []) if isinstance(entry, dict)
-             for key in entry}
-    if len(files) != 1:
-        sys.exit(f"error: {dvc_yaml} names {len(files)} params files ({', '.join(sorted(files))}); "
-                 "pass --configfile")
-    return files.pop()
-
-
-def run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        sys.exit(f"error: `{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    return proc
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configfile", help="Snakemake config file (default: the params file of dvc.yaml)")
-    ap.add_argument("--target", default="results/summary.csv")
-    ap.add_argument("--dvc-yaml", default="dvc.yaml")
-    ap.add_argument("--force", action="store_true",
-                    help="skip the `dvc status` check (only when you know the workspace outputs are current)")
-    args = ap.parse_args()
-    config = args.configfile or dvc_config_file(Path(args.dvc_yaml))
-
-    if not args.force:
-        status = json.loads(run([sys.executable, "-m", "dvc", "status", "--json"]).stdout or "{}")
-        if status:
-            print("error: `dvc status` is not clean, so the workspace is not what dvc.lock records; "
-                  "run `dvc repro` (or `dvc pull`/`dvc checkout`) first. Changed stages/files:", file=sys.stderr)
-            for name, changes in status.items():
-                print(f"  {name}: {json.dumps(changes, ensure_ascii=False)}", file=sys.stderr)
-            sys.exit(1)
-        print("dvc status: clean (every output matches dvc.lock by hash)")
-
-    smk = [sys.executable, "-m", "snakemake", args.target, "--cores", "1"]
-    touched = run(smk + ["--touch", "--configfile", config])
-    total = re.search(r"^total\s+(\d+)", touched.stdout + touched.stderr, re.M)
-    print(f"snakemake --touch: marked the outputs of {total.group(1) if total else 0} job(s) up to date")
-    dry = run(smk + ["--dry-run", "--configfile", config], check=False)
-    if dry.returncode != 0 or NOTHING_TO_DO not in dry.stdout + dry.stderr:
-        print(f"error: snakemake still plans jobs for {args.target}:\n{dry.stdout[-4000:]}{dry.stderr[-4000:]}",
-              file=sys.stderr)
-        sys.exit(1)
-    print(f"snakemake --dry-run {args.target}: nothing to be done")
-
-
-if __name__ == "__main__":
-    main()
+run_stage("sync-mtimes", sys.argv[1:])

@@ -1,12 +1,27 @@
-"""Config validation: every refusal names the key; resolution merges defaults <- model <- variant."""
+"""Config: every refusal names the key; overlays and overrides merge as Snakemake's do; resolution gives typed,
+frozen job specs whose field names are the libraries' own."""
+
 import copy
+import dataclasses
+import json
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from kdsum.config import ConfigError, grid, load_config, resolve, validate_config
+from kdsum.config import (
+    ConfigError,
+    grid,
+    load_config,
+    load_schema,
+    merged_config,
+    resolve,
+    spec_for,
+    spec_names,
+    validate_config,
+)
+from kdsum.spec import GenerationArgs, Job, LoraArgs, QuantizationArgs, TrainArgs, from_dict, read_spec, to_json
 
 
 @pytest.fixture()
@@ -21,16 +36,23 @@ def refused(config) -> str:
     return str(err.value)
 
 
+def write(tmp_path, name, text) -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
 def test_shipped_config_is_valid(repo_root):
     config = load_config(repo_root / "config.yaml")
     assert config["run"]["models"] == ["tiny-bart", "tiny-llama"]
     assert config["evaluation"]["aggregate"] == "mean"
 
 
-def test_unknown_key_is_named(cfg):
-    cfg["models"]["tiny-llama"]["train"]["learning_rat"] = 1e-4
+def test_unknown_key_is_named_with_a_suggestion(cfg):
+    cfg["models"]["tiny-llama"]["train"]["epochs"] = 3
     msg = refused(cfg)
-    assert "my.yaml" in msg and "models.tiny-llama.train" in msg and "learning_rat" in msg
+    assert "my.yaml" in msg and "models.tiny-llama.train" in msg and "'epochs'" in msg
+    assert "did you mean 'num_train_epochs'" in msg
 
 
 def test_unknown_top_level_key(cfg):
@@ -39,9 +61,52 @@ def test_unknown_top_level_key(cfg):
 
 
 def test_wrong_type_is_named(cfg):
-    cfg["defaults"]["train"]["per_device_batch_size"] = "four"
+    cfg["defaults"]["train"]["per_device_train_batch_size"] = "four"
     msg = refused(cfg)
-    assert "defaults.train.per_device_batch_size" in msg and "'four'" in msg
+    assert "defaults.train.per_device_train_batch_size" in msg and "'four'" in msg
+
+
+@pytest.mark.parametrize(
+    "section,key",
+    [
+        ("train", "learning_rate"),
+        ("lora", "lora_alpha"),
+        ("generation", "max_new_tokens"),
+        ("quantization", "bnb_4bit_quant_type"),
+    ],
+)
+def test_every_default_leaf_is_required(cfg, section, key):
+    """A setting deleted from `defaults` is refused at load, naming it; never a KeyError after training."""
+    del cfg["defaults"][section][key]
+    assert f"key 'defaults.{section}.{key}'" in refused(cfg) and "is required" in refused(cfg)
+
+
+def test_schema_and_spec_types_name_the_same_settings():
+    """One definition of each setting: the schema's properties are the typed spec's fields."""
+    schema = load_schema()["$defs"]
+    for section, cls in (
+        ("train", TrainArgs),
+        ("lora", LoraArgs),
+        ("quantization", QuantizationArgs),
+        ("generation", GenerationArgs),
+    ):
+        assert set(schema[section]["properties"]) == {f.name for f in dataclasses.fields(cls)}, section
+
+
+def test_training_keys_are_the_library_fields():
+    from peft import LoraConfig
+    from transformers import GenerationConfig, TrainingArguments
+
+    ta = {f.name for f in dataclasses.fields(TrainingArguments)}
+    own = {"max_length", "packing", "max_target_length", "attention"}  # SFTConfig's or the pipeline's own
+    assert {f.name for f in dataclasses.fields(TrainArgs)} - own <= ta
+    assert {f.name for f in dataclasses.fields(LoraArgs)} <= {f.name for f in dataclasses.fields(LoraConfig)}
+    gen = GenerationConfig()
+    assert all(
+        hasattr(gen, f.name)
+        for f in dataclasses.fields(GenerationArgs)
+        if f.name not in ("batch_size", "block_foreign_scripts")
+    )
 
 
 def test_model_name_must_be_a_slug(cfg):
@@ -79,22 +144,57 @@ def test_reserved_names(cfg):
     assert "zeroshot" in refused(cfg)
 
 
+def test_inconsistent_values_are_refused_at_load(cfg):
+    cfg["models"]["tiny-llama"]["generation"]["max_new_tokens"] = 900  # above its train.max_length (768)
+    msg = refused(cfg)
+    assert "max_length" in msg and "max_new_tokens" in msg and "tiny-llama" in msg
+    cfg["models"]["tiny-llama"]["generation"]["max_new_tokens"] = 64
+    cfg["defaults"]["train"]["warmup_steps"] = 1.5  # a share must be below 1; whole steps are integers
+    assert "defaults.train.warmup_steps" in refused(cfg)
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path, repo_root):
+    text = (repo_root / "config.yaml").read_text(encoding="utf-8")
+    dup = write(
+        tmp_path,
+        "dup.yaml",
+        text.replace("  train: data/sample/train.csv\n", "  train: data/sample/train.csv\n  train: other.csv\n", 1),
+    )
+    with pytest.raises(ConfigError, match=r"dup.yaml: not valid YAML: duplicate key 'train'.*line"):
+        load_config(dup)
+
+
+def test_overlay_files_and_dotted_overrides_merge_in_order(tmp_path, repo_root):
+    overlay = write(tmp_path, "overlay.yaml", "models:\n  tiny-llama:\n    train: {learning_rate: 0.05}\n")
+    config = load_config(
+        [repo_root / "config.yaml", overlay], {"run.models": ["tiny-llama"], "models__tiny-llama__lora__r": 4}
+    )
+    assert config["run"]["models"] == ["tiny-llama"] and config["run"]["variants"] == ["default"]
+    job = resolve(config, "tiny-llama", "default")
+    assert job.train.learning_rate == 0.05 and job.lora.r == 4
+    assert job.train.num_train_epochs == 6 and job.lora.lora_alpha == 32  # the rest from config.yaml
+    with pytest.raises(ConfigError, match="run.models"):
+        load_config(repo_root / "config.yaml", {"run": {"models": ["nope"]}})
+    assert merged_config([repo_root / "config.yaml"], {"evaluation": {"seed": 3}})["evaluation"]["seed"] == 3
+
+
 def test_resolve_merges_defaults_model_and_variant(repo_root):
     config = load_config(repo_root / "config.yaml")
-    spec = resolve(config, "tiny-llama", "lr-1e-4")
-    assert spec["train"]["learning_rate"] == 1e-4            # variant wins
-    assert spec["train"]["epochs"] == config["models"]["tiny-llama"]["train"]["epochs"]   # model over defaults
-    assert spec["train"]["max_grad_norm"] == 1.0             # defaults fill the rest
-    assert spec["lora"] == {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
+    job = resolve(config, "tiny-llama", "lr-1e-4")
+    assert isinstance(job, Job) and job.name == "tiny-llama/lr-1e-4"
+    assert job.train.learning_rate == 1e-4  # variant wins
+    assert job.train.num_train_epochs == config["models"]["tiny-llama"]["train"]["num_train_epochs"]
+    assert job.train.max_grad_norm == 1.0  # defaults fill the rest
+    assert job.lora == LoraArgs(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
     qwen = resolve(config, "qwen2-5-7b", "default")
-    assert qwen["method"] == "qlora" and qwen["quantization"]["quant_type"] == "nf4"
-    assert qwen["train"]["learning_rate"] == 2e-5 and qwen["train"]["lr_scheduler_type"] == "cosine"
+    assert qwen.method == "qlora" and qwen.quantization.bnb_4bit_quant_type == "nf4"
+    assert qwen.train.learning_rate == 2e-5 and qwen.train.lr_scheduler_type == "cosine"
     # hub chat models train on packed rows: 8 bins x accumulation 2 of 1,024 tokens (~64 dialogues) per step
-    assert qwen["train"]["packing"] is True and qwen["train"]["attention"] == "auto"
-    assert qwen["train"]["per_device_batch_size"] * qwen["train"]["gradient_accumulation_steps"] == 16
-    llama = resolve(config, "llama-ko-3b", "default")
-    llama["train"]["packing"] = False  # the YAML anchor shares one mapping: a resolved spec must be a copy
-    assert resolve(config, "qwen2-5-7b", "default")["train"]["packing"] is True
+    assert qwen.train.packing is True and qwen.train.attention == "auto"
+    assert qwen.train.per_device_train_batch_size * qwen.train.gradient_accumulation_steps == 16
+    with pytest.raises(dataclasses.FrozenInstanceError):  # the YAML anchor's shared mapping cannot leak
+        qwen.train.packing = False
+    assert resolve(config, "tiny-bart", "default").prompt is None and job.prompt_set == "chat-plain"
     with pytest.raises(ConfigError, match="does not apply"):
         resolve(config, "tiny-bart", "packed")
 
@@ -102,15 +202,94 @@ def test_resolve_merges_defaults_model_and_variant(repo_root):
 def test_grid_expands_models_by_variants(repo_root):
     config = load_config(repo_root / "config.yaml")
     config["run"]["variants"] = ["default", "packed", "lr-1e-4"]
-    assert grid(config) == [("tiny-bart", "default"), ("tiny-bart", "lr-1e-4"), ("tiny-llama", "default"),
-                            ("tiny-llama", "packed"), ("tiny-llama", "lr-1e-4")]
+    assert grid(config) == [
+        ("tiny-bart", "default"),
+        ("tiny-bart", "lr-1e-4"),
+        ("tiny-llama", "default"),
+        ("tiny-llama", "packed"),
+        ("tiny-llama", "lr-1e-4"),
+    ]
+
+
+def test_every_spec_round_trips_through_its_file(repo_root, tmp_path):
+    config = load_config(repo_root / "config.yaml")
+    for name in spec_names(config):
+        spec = spec_for(config, name)
+        path = tmp_path / f"{name.replace('/', '_')}.json"
+        path.write_text(to_json(spec), encoding="utf-8")
+        assert read_spec(path, type(spec)) == spec, name
+    assert from_dict(json.loads(to_json(resolve(config, "tiny-llama", "zeroshot")))).variant == "zeroshot"
+
+
+def test_spec_stage_writes_the_same_file_under_both_engines(repo_root, tmp_path):
+    """Snakemake hands the spec it resolved (--json); DVC's stage resolves it from the file: same bytes."""
+    config = load_config(repo_root / "config.yaml")
+    for name in ("model/tiny-llama/default", "data", "summary"):
+        a, b = tmp_path / "a.json", tmp_path / "b.json"
+        for extra, out in ((["--configfile", "config.yaml"], a), (["--json", to_json(spec_for(config, name))], b)):
+            proc = subprocess.run(
+                [sys.executable, "-m", "kdsum", "spec", name, *extra, "--out", str(out)],
+                cwd=repo_root,
+                capture_output=True,
+                text=True,
+            )
+            assert proc.returncode == 0, proc.stderr
+        assert a.read_bytes() == b.read_bytes(), name
 
 
 def test_snakemake_refuses_bad_config(repo_root, tmp_path, cfg):
     cfg["models"]["tiny-llama"]["train"]["learning_rat"] = 1e-4
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(bad)],
-                          cwd=repo_root, capture_output=True, text=True)
+    bad = write(tmp_path, "bad.yaml", yaml.safe_dump(cfg, allow_unicode=True))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", bad],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
-    assert "models.tiny-llama.train" in proc.stderr + proc.stdout and "learning_rat" in proc.stderr + proc.stdout
+    out = proc.stderr + proc.stdout
+    assert "models.tiny-llama.train" in out and "learning_rat" in out and "learning_rate" in out
+
+
+def _dry_run(repo_root, *args) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "1", "results/summary.csv", *args],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_snakemake_config_override_narrows_the_run(repo_root):
+    """`--config`: Snakemake users' first habit. Its keys cannot hold dots, so `__` separates nested keys; the
+    nested YAML form works too, with its numbers kept numbers."""
+    for override in ("run__models=[tiny-llama]", "run={models: [tiny-llama]}"):
+        plan = _dry_run(repo_root, "--config", override)
+        assert "tiny-llama" in plan and "tiny-bart" not in plan, override
+    assert "tiny-bart" in _dry_run(repo_root)
+    plan = _dry_run(
+        repo_root,
+        "-p",
+        "--config",
+        "models={tiny-llama: {train: {learning_rate: 0.05}}}",
+        "models__tiny-bart__lora__r=4",
+    )
+    assert 'learning_rate": 0.05' in plan  # a number in the spec the engine hands over, not a string
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--cores",
+            "1",
+            "--config",
+            "models__tiny-llama__train__learning_rate=fast",
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "models.tiny-llama.train.learning_rate" in bad.stdout + bad.stderr

@@ -1,4 +1,4 @@
-"""Tests for kdsum.data (ingestion) and scripts/ingest.py, on real files on disk.
+"""Tests for kdsum.data (ingestion) and the ``kdsum ingest`` stage, on real files on disk.
 
 Fixtures live in tests/fixtures/data/: one small malformed file per refusal, plus
 byte-level encoding variants produced by tests/fixtures/data/make_fixtures.py.
@@ -24,7 +24,10 @@ from kdsum.data import (
     normalize_dialogue,
     parse_turns,
     read_split,
+    split_stats,
 )
+from kdsum.errors import KdsumError
+from kdsum.spec import DataSpec, to_json
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = Path(__file__).resolve().parent / "fixtures" / "data"
@@ -150,9 +153,7 @@ def test_fixture_bytes_match_generator() -> None:
     assert b"\r\n" in (FIX / "bom_crlf.csv").read_bytes()
 
 
-@pytest.mark.parametrize(
-    ("name", "encoding"), [("plain_cp949.csv", "cp949"), ("bom_crlf.csv", "utf-8-sig")]
-)
+@pytest.mark.parametrize(("name", "encoding"), [("plain_cp949.csv", "cp949"), ("bom_crlf.csv", "utf-8-sig")])
 def test_encodings_ingest_to_identical_records(name: str, encoding: str, tmp_path: Path) -> None:
     ref_stats = ingest_splits({"train": fx("plain_utf8.csv")}, tmp_path / "ref")
     stats = ingest_splits({"train": fx(name)}, tmp_path / "alt")
@@ -249,10 +250,27 @@ def test_collect_special_tokens_ordering() -> None:
         {"dialogue": "#Person10#: x #Zeta#\n#Person2#: y #PErson2#", "summaries": ["#Alpha# and #Person3#"]},
         {"dialogue": "#Person1#: z", "summaries": []},
     ]
-    # Persons numerically (2 before 10), then masks; "#PErson2#" has a digit so is neither.
+    # Persons numerically (2 before 10), then masks alphabetically. "#PErson2#" is not a speaker tag (case) but
+    # it is a data token of the one pattern (kdsum.text), which scoring keeps whole: so it is a mask here too.
     assert collect_special_tokens(records) == [
-        "#Person1#", "#Person2#", "#Person3#", "#Person10#", "#Alpha#", "#Zeta#",
+        "#Person1#", "#Person2#", "#Person3#", "#Person10#", "#Alpha#", "#PErson2#", "#Zeta#",
     ]  # fmt: skip
+
+
+def test_special_tokens_are_the_data_tokens_scoring_keeps_whole() -> None:
+    # One pattern (kdsum.text.DATA_TOKEN_PATTERN) for the tokenizer's special tokens and for scoring: a mask with
+    # digits such as #Address2# reaches the tokenizer, and "#Person1# :" / "#a b#" / "#1#" are not tokens.
+    from kdsum.metrics import MASK_PATTERN
+    from kdsum.text import DATA_TOKEN_PATTERN
+
+    assert MASK_PATTERN == DATA_TOKEN_PATTERN
+    records = [{"dialogue": "#Person1#: #Address2#로 와요 #1# #a b#", "summaries": ["#CardNumber# 확인"]}]
+    assert collect_special_tokens(records) == ["#Person1#", "#Address2#", "#CardNumber#"]
+    # and stats.json counts masks with the same pattern
+    turns = [{"speaker": "#Person1#", "text": "#Address2#로 와요"}]
+    record = {"fname": "x", "dialogue": "#Person1#: #Address2#로 와요", "turns": turns, "summaries": ["#Address2#"],
+              "topic": None}  # fmt: skip
+    assert split_stats([record])["masks"] == {"#Address2#": 2}
 
 
 # --------------------------------------------------------------------------- outputs & stats
@@ -308,7 +326,11 @@ def test_allow_leakage_records_pairs(tmp_path: Path) -> None:
         {"train": fx("plain_utf8.csv"), "dev": fx("leak_dev.csv")}, tmp_path / "out", allow_leakage=True
     )
     assert stats["leakage"] == [
-        {"splits": ["train", "dev"], "files": [fx("plain_utf8.csv"), fx("leak_dev.csv")], "pairs": [["train_c", "dev_7"]]}
+        {
+            "splits": ["train", "dev"],
+            "files": [fx("plain_utf8.csv"), fx("leak_dev.csv")],
+            "pairs": [["train_c", "dev_7"]],
+        }
     ]
 
 
@@ -321,24 +343,61 @@ def test_load_split_rejects_raw_files() -> None:
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    # No PYTHONPATH and a foreign cwd: the script must find src/ by itself.
+    # No PYTHONPATH and a foreign cwd: the installed package must be found by itself.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "ingest.py"), *args],
+        [sys.executable, "-m", "kdsum", "ingest", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
 
+def _spec(path: Path, **splits: str) -> str:
+    path.write_text(to_json(DataSpec(train=splits["train"], dev=splits.get("dev"), test=splits.get("test"))))
+    return str(path)
+
+
+def test_data_errors_are_kdsum_errors() -> None:
+    assert issubclass(DataError, KdsumError) and issubclass(DataError, ValueError)
+
+
 def test_cli_success_and_refusal(tmp_path: Path) -> None:
-    ok = _cli(["--train", fx("plain_utf8.csv"), "--dev", fx("dev_multi_ref.csv"), "--out-dir", "res/data"], tmp_path)
+    spec = _spec(tmp_path / "ok.json", train=fx("plain_utf8.csv"), dev=fx("dev_multi_ref.csv"))
+    ok = _cli(["--spec", spec, "--out-dir", "res/data"], tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert sorted(p.name for p in (tmp_path / "res" / "data").iterdir()) == ["dev.jsonl", "stats.json", "train.jsonl"]
+    assert "train=3, dev=2" in ok.stderr
 
-    bad = _cli(["--train", fx("plain_utf8.csv"), "--dev", fx("leak_dev.csv"), "--out-dir", "bad"], tmp_path)
+    spec = _spec(tmp_path / "bad.json", train=fx("plain_utf8.csv"), dev=fx("leak_dev.csv"))
+    bad = _cli(["--spec", spec, "--out-dir", "bad"], tmp_path)
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: leakage:")
     assert "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+    # --allow-leakage: written, with a warning naming the splits
+    leak = _cli(["--spec", spec, "--out-dir", "leak", "--allow-leakage"], tmp_path)
+    assert leak.returncode == 0, leak.stderr
+    assert "warning: 1 dialogue(s) shared by train and dev" in leak.stderr
+
+    # a spec file of the wrong kind, or none: one line, exit 2
+    (tmp_path / "wrong.json").write_text('{"kind": "EvaluationArgs", "aggregate": "mean", "bootstrap": 0, "seed": 0}')
+    for name in ("wrong.json", "missing.json"):
+        p = _cli(["--spec", str(tmp_path / name), "--out-dir", "x"], tmp_path)
+        assert p.returncode == 2 and p.stderr.startswith("error: ") and name in p.stderr
+        assert "Traceback" not in p.stderr and not (tmp_path / "x").exists()
+
+
+def test_cli_raw_paths_never_meet_a_shell(tmp_path: Path) -> None:
+    # The raw paths travel in the spec file: spaces and $(...) in a path are just characters.
+    odd = tmp_path / "raw data $(touch pwned); x"
+    odd.mkdir()
+    (odd / "train file.csv").write_bytes((FIX / "plain_utf8.csv").read_bytes())
+    spec = _spec(tmp_path / "spec.json", train=str(odd / "train file.csv"))
+    p = _cli(["--spec", spec, "--out-dir", "out"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert not (tmp_path / "pwned").exists()
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["source_files"] == {"train": str(odd / "train file.csv")}
 
 
 # --------------------------------------------------------------------------- real data

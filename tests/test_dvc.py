@@ -1,20 +1,20 @@
-"""DVC as a front door of the pipeline (docs/DVC.md).
+"""DVC as a front door of the pipeline (docs/DVC.md): dvc.yaml is derived from the Snakemake rules.
 
 Fast tests (no pipeline run, a few seconds each):
-* dvc.yaml is generated from the plan and current (`make_dvc.py --check`);
+* dvc.yaml is current (`kdsum dvc-yaml --check`), and a stale one is refused in one line naming the command;
 * DVC and Snakemake describe the same pipeline: the outputs of `snakemake --forceall -n` and of `dvc dag --outs`,
-  the shell commands (minus Snakemake's ` > log 2>&1`) and the edges between jobs agree, for config.yaml and for
-  the fast test config;
-* params are scoped (a hyperparameter of one model reaches that model's train/predict stages only), code deps
-  cover the kdsum modules each script imports, metrics are JSON, checkpoints/logs are never outputs;
-* the DAG pictures (rules/dag.smk) render, and docs/rulegraph.svg shows every rule.
+  the shell commands (minus Snakemake's ` > log 2>&1`; the spec stages read config.yaml themselves under DVC) and
+  each stage's deps (code files included) agree, for config.yaml and for the fast test config;
+* params live on the spec stages only and are scoped (a hyperparameter of one model reaches that model's specs);
+* outputs, metrics and plots are what DVC should track; the DAG pictures (rules/dag.smk) render.
 
-Slow tests (`-m slow`; one copy of the repo shared by the module, tests/fixtures/config.fast.yaml): a full
-`dvc repro`, a no-op second one, metrics and plots, Snakemake agreeing after DVC (scripts/sync_mtimes.py),
-push/pull through a local remote (with a user's own raw data added by `dvc add`), `dvc exp run -S` on one
-model's learning rate (exactly that model's fine-tuned stages rerun), and an edit of one training summary
-(exactly the stages whose inputs changed rerun).
+Slow tests (`-m slow`; one copy of the repo whose config.yaml is config.yaml + tests/fixtures/config.fast.yaml):
+a full `dvc repro`, a no-op second one, metrics and plots, Snakemake agreeing after DVC (`kdsum sync-mtimes`),
+push/pull through a local remote, `dvc exp run -S` on one model's learning rate (exactly that model's jobs rerun),
+an edit of one training summary (exactly the stages whose inputs changed rerun), a model added to run.models
+(`dvc repro` stops first, naming `kdsum dvc-yaml`), and a learning rate changed by `snakemake --config`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,14 +32,34 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kdsum.config import load_config, merged_config
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = "tests/fixtures/config.fast.yaml"
 TARGET = "results/summary.csv"
-RULES = ["ingest", "format_prompts", "build_base", "train", "predict", "predict_zeroshot", "baseline",
-         "submission", "evaluate", "summary"]
-ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-       "GIT_AUTHOR_NAME": "kdsum-test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
-       "GIT_COMMITTER_NAME": "kdsum-test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
+KDSUM = [sys.executable, "-m", "kdsum"]
+RULES = [
+    "spec",
+    "ingest",
+    "format_prompts",
+    "build_base",
+    "train",
+    "predict",
+    "baseline",
+    "submission",
+    "evaluate",
+    "summary",
+]
+ENV = {
+    **os.environ,
+    "DVC_NO_ANALYTICS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "GIT_AUTHOR_NAME": "kdsum-test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "kdsum-test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
 FIGURES: dict[str, float | int | list] = {}  # measured figures, printed at the end of the module (pytest -s)
 
 
@@ -47,8 +67,10 @@ FIGURES: dict[str, float | int | list] = {}  # measured figures, printed at the 
 def sh(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        pytest.fail(f"`{' '.join(cmd)}` failed ({proc.returncode}) in {cwd}:\n"
-                    f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
+        pytest.fail(
+            f"`{' '.join(cmd)}` failed ({proc.returncode}) in {cwd}:\n"
+            f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -67,8 +89,13 @@ def git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 def copy_repo(dst: Path) -> Path:
     """A fresh checkout in ``dst``: tracked and untracked-but-not-ignored files (no results/, no cache), committed
     to a new git repository (DVC experiments need a commit)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         if (ROOT / rel).is_file():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +104,16 @@ def copy_repo(dst: Path) -> Path:
     git(dst, "add", "-A")
     git(dst, "commit", "-q", "-m", "copy")
     return dst
+
+
+def fast_copy(dst: Path) -> Path:
+    """A copy whose config.yaml is the fast config (DVC's params file is one file), dvc.yaml derived for it."""
+    work = copy_repo(dst)
+    merged = merged_config([ROOT / "config.yaml", ROOT / FAST])
+    (work / "config.yaml").write_text(yaml.safe_dump(merged, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    sh([*KDSUM, "dvc-yaml"], work)
+    git(work, "commit", "-q", "-am", "the fast config, and dvc.yaml derived for it")
+    return work
 
 
 def ran_stages(output: str) -> list[str]:
@@ -102,9 +139,9 @@ def dvc_dag_outs(cwd: Path) -> set[str]:
     return set(re.findall(r'^"([^"]+)";$', dot, re.M))
 
 
-def snakemake_jobs(cwd: Path, config: str) -> list[dict]:
+def snakemake_jobs(cwd: Path, *args: str) -> list[dict]:
     """Jobs of `snakemake --forceall -n -p results/summary.csv`: rule, input, output, log, shell command."""
-    out = smk(cwd, TARGET, "--forceall", "--dry-run", "--printshellcmds", "--configfile", config).stdout
+    out = smk(cwd, TARGET, "--forceall", "--dry-run", "--printshellcmds", *args).stdout
     jobs: list[dict] = []
     for line in out.splitlines():
         if m := re.match(r"^(?:local)?rule (\w+):$", line):
@@ -113,6 +150,7 @@ def snakemake_jobs(cwd: Path, config: str) -> list[dict]:
             jobs[-1][m.group(1)] = m.group(2).split(", ")
         elif jobs and line.startswith("Shell command: "):
             jobs[-1]["cmd"] = line.removeprefix("Shell command: ").strip()
+    jobs = [j for j in jobs if j["rule"] != "all"]
     assert jobs, f"no jobs parsed from the dry run:\n{out[-3000:]}"
     missing = [j["rule"] for j in jobs if j["cmd"] is None]
     assert not missing, f"no shell command parsed for {missing}:\n{out[-3000:]}"
@@ -144,9 +182,9 @@ def lock_hashes(lock: dict) -> dict[str, dict]:
     return out
 
 
-def nothing_to_do(cwd: Path, config: str) -> tuple[bool, str, float]:
+def nothing_to_do(cwd: Path, *args: str) -> tuple[bool, str, float]:
     start = time.perf_counter()
-    proc = smk(cwd, TARGET, "--dry-run", "--configfile", config)
+    proc = smk(cwd, TARGET, "--dry-run", *args)
     wall = time.perf_counter() - start
     text = proc.stdout + proc.stderr
     return "Nothing to be done" in text, text, wall
@@ -158,21 +196,21 @@ def planned_jobs(text: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ fast tests
-def test_dvc_yaml_is_generated_and_current():
-    proc = subprocess.run([sys.executable, "scripts/make_dvc.py", "--check"], cwd=ROOT, capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr + "\nrun `python scripts/make_dvc.py` and commit dvc.yaml"
-    assert (ROOT / "dvc.yaml").read_text(encoding="utf-8").startswith("# GENERATED by `python scripts/make_dvc.py")
+def test_dvc_yaml_is_derived_and_current():
+    proc = subprocess.run([*KDSUM, "dvc-yaml", "--check"], cwd=ROOT, capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, proc.stderr + "\nrun `kdsum dvc-yaml` and commit dvc.yaml"
+    assert (ROOT / "dvc.yaml").read_text(encoding="utf-8").startswith("# GENERATED from the Snakemake rules")
 
 
-def test_check_fails_on_a_stale_file(tmp_path):
+def test_check_refuses_a_stale_file_in_one_line(tmp_path):
     out = tmp_path / "dvc.yaml"
-    gen = [sys.executable, "scripts/make_dvc.py", "--config", FAST, "--out", str(out)]
-    assert subprocess.run(gen, cwd=ROOT, capture_output=True).returncode == 0
-    assert subprocess.run(gen + ["--check"], cwd=ROOT, capture_output=True).returncode == 0
-    out.write_text(out.read_text(encoding="utf-8") + "# a hand edit\n", encoding="utf-8")
-    proc = subprocess.run(gen + ["--check"], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 1 and "stale" in proc.stderr
+    gen = [*KDSUM, "dvc-yaml", "--out", str(out)]
+    assert subprocess.run(gen, cwd=ROOT, capture_output=True, env=ENV).returncode == 0
+    assert subprocess.run(gen + ["--check"], cwd=ROOT, capture_output=True, env=ENV).returncode == 0
+    out.write_text(out.read_text(encoding="utf-8").replace("  summary:\n", "  summary_old:\n"), encoding="utf-8")
+    proc = subprocess.run(gen + ["--check"], cwd=ROOT, capture_output=True, text=True, env=ENV)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "kdsum dvc-yaml" in lines[0], proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -181,142 +219,136 @@ def structure_copy(tmp_path_factory) -> Path:
     return copy_repo(tmp_path_factory.mktemp("structure") / "kdsum")
 
 
-def _dvc_yaml_for(work: Path, config: str) -> dict:
-    """config.yaml: the committed dvc.yaml; another config: the one make_dvc.py generates for it."""
-    if config == "config.yaml":
-        shutil.copy2(ROOT / "dvc.yaml", work / "dvc.yaml")
-    else:
-        sh([sys.executable, "scripts/make_dvc.py", "--config", config, "--out", "dvc.yaml"], work)
-    return load_yaml(work / "dvc.yaml")
-
-
 @pytest.fixture(scope="module", params=["config.yaml", FAST])
 def both_doors(request, structure_copy) -> dict:
     """dvc.yaml stages, `dvc dag --outs` and the Snakemake dry-run jobs of one config."""
-    config = request.param
-    doc = _dvc_yaml_for(structure_copy, config)
-    return {"config": config, "stages": doc["stages"], "plots": doc.get("plots", []),
-            "dag_outs": dvc_dag_outs(structure_copy), "jobs": snakemake_jobs(structure_copy, config)}
+    if request.param == FAST:
+        merged = merged_config([ROOT / "config.yaml", ROOT / FAST])
+        (structure_copy / "config.yaml").write_text(yaml.safe_dump(merged, allow_unicode=True), encoding="utf-8")
+        sh([*KDSUM, "dvc-yaml"], structure_copy)
+    doc = load_yaml(structure_copy / "dvc.yaml")
+    return {
+        "config": request.param,
+        "stages": doc["stages"],
+        "plots": doc.get("plots", []),
+        "dag_outs": dvc_dag_outs(structure_copy),
+        "jobs": snakemake_jobs(structure_copy),
+        "cfg": load_config(structure_copy / "config.yaml"),
+    }
+
+
+def _dvc_only(stages: dict) -> dict:
+    return {n: st for n, st in stages.items() if n != "check_dag"}
 
 
 def test_same_outputs(both_doors):
     smk_outs = [o for j in both_doors["jobs"] for o in j["output"]]
-    dvc_outs = [o for st in both_doors["stages"].values() for o in dvc_outputs(st)]
+    stages = _dvc_only(both_doors["stages"])
+    dvc_outs = [o for st in stages.values() for o in dvc_outputs(st)]
     assert len(smk_outs) == len(set(smk_outs)) and len(dvc_outs) == len(set(dvc_outs))
-    assert set(smk_outs) == both_doors["dag_outs"], {
+    assert set(smk_outs) | {"results/specs/dag.txt"} == both_doors["dag_outs"], {
         "only snakemake": sorted(set(smk_outs) - both_doors["dag_outs"]),
-        "only dvc dag": sorted(both_doors["dag_outs"] - set(smk_outs))}
-    assert set(dvc_outs) == both_doors["dag_outs"]
-    assert len(both_doors["jobs"]) == len(both_doors["stages"])
+        "only dvc dag": sorted(both_doors["dag_outs"] - set(smk_outs)),
+    }
+    assert set(dvc_outs) == set(smk_outs)
+    assert len(both_doors["jobs"]) == len(stages)
     assert {j["rule"] for j in both_doors["jobs"]} == set(RULES)
 
 
 def test_same_commands(both_doors):
-    smk_cmds = Counter(without_log(j) for j in both_doors["jobs"])
-    dvc_cmds = Counter(st["cmd"] for st in both_doors["stages"].values())
-    assert smk_cmds == dvc_cmds, {"only snakemake": sorted(smk_cmds - dvc_cmds),
-                                  "only dvc": sorted(dvc_cmds - smk_cmds)}
-    # and job by job: the stage that writes the same files runs the same command
-    by_outs = {frozenset(dvc_outputs(st)): (name, st) for name, st in both_doors["stages"].items()}
+    """Every stage runs its rule's command; a spec stage resolves from config.yaml instead of the engine's JSON."""
+    by_outs = {frozenset(dvc_outputs(st)): (name, st) for name, st in _dvc_only(both_doors["stages"]).items()}
     for job in both_doors["jobs"]:
         name, st = by_outs[frozenset(job["output"])]
-        assert st["cmd"] == without_log(job), name
+        if job["rule"] == "spec":
+            spec = re.match(r"^kdsum spec (\S+) --json ", job["cmd"]).group(1)
+            assert st["cmd"] == f"kdsum spec {spec} --configfile config.yaml --out {job['output'][0]}", name
+        else:
+            assert st["cmd"] == without_log(job), name
+    assert Counter(j["rule"] for j in both_doors["jobs"] if j["rule"] != "spec") == Counter(
+        n.split("_")[0] if not n.startswith(("build_base", "format_prompts")) else "_".join(n.split("_")[:2])
+        for n in _dvc_only(both_doors["stages"])
+        if not n.startswith("spec_")
+    )
 
 
-def test_same_edges_and_dvc_deps_cover_snakemake_inputs(both_doors):
-    """Each stage consumes the same pipeline files as its Snakemake job (the DAGs are the same graph), and its
-    deps include every file input of the job (scripts, kdsum modules, raw data)."""
-    produced = both_doors["dag_outs"]
-    by_outs = {frozenset(dvc_outputs(st)): (name, st) for name, st in both_doors["stages"].items()}
+def test_same_deps_code_included(both_doors):
+    """Each stage lists exactly its job's inputs: the pipeline files it consumes and the code it runs (the stage
+    module and every kdsum module it imports), so a code edit reruns the same stages under both engines."""
+    by_outs = {frozenset(dvc_outputs(st)): (name, st) for name, st in _dvc_only(both_doors["stages"]).items()}
     for job in both_doors["jobs"]:
         name, st = by_outs[frozenset(job["output"])]
-        deps = set(st["deps"])
-        assert {i for i in job["input"] if i in produced} == {d for d in deps if d in produced}, name
-        assert set(job["input"]) <= deps, (name, sorted(set(job["input"]) - deps))
+        extra = {"results/specs/dag.txt"} if job["rule"] == "spec" else set()
+        assert set(st["deps"]) == set(job["input"]) | extra, (name, set(st["deps"]) ^ set(job["input"]))
+        stage = {"format_prompts": "prompts", "build_base": "build_base"}.get(job["rule"], job["rule"])
+        assert f"src/kdsum/stages/{stage}.py" in st["deps"], name
+        assert "src/kdsum/cli.py" in st["deps"] and "src/kdsum/__init__.py" not in st["deps"], name
+    predict = next(st for n, st in both_doors["stages"].items() if n.startswith("predict_"))
+    assert {"src/kdsum/generation.py", "src/kdsum/spec.py"} <= set(predict["deps"])
+    assert "src/kdsum/config.py" not in predict["deps"]  # stages read their spec, never the config
 
 
-def _params_cover(keys: list[str], dotted: str) -> bool:
-    return any(dotted == k or dotted.startswith(k + ".") for k in keys)
+def test_every_stage_but_the_specs_is_free_of_config(both_doors):
+    for name, st in both_doors["stages"].items():
+        if name.startswith("spec_"):
+            assert "results/specs/dag.txt" in st["deps"], name
+        elif name != "check_dag":
+            assert "params" not in st and "config.yaml" not in st["cmd"], name
+    assert both_doors["stages"]["check_dag"]["deps"][0] == "config.yaml"
 
 
 def _stage_params(stage: dict) -> list[str]:
     return [k for entry in stage.get("params", []) for keys in entry.values() for k in keys]
 
 
-@pytest.mark.parametrize("config", ["config.yaml", FAST])
-def test_params_are_scoped_to_one_model(config):
-    """A hyperparameter of one model reaches exactly that model's train stage and fine-tuned predict stages
-    (the zero-shot rows, the other model, the baselines and the data stages do not read it)."""
-    sys.path.insert(0, str(ROOT / "src"))
-    from kdsum.config import load_config
-    from kdsum.dvcgen import dvc_stages
-
-    cfg = load_config(ROOT / config)
-    stages = dvc_stages(cfg, config)
+def test_params_are_scoped_to_one_model(both_doors):
+    """A hyperparameter of one model reaches exactly that model's spec stages."""
+    cfg, stages = both_doors["cfg"], both_doors["stages"]
     for model in cfg["run"]["models"]:
-        hit = {name for name, st in stages.items()
-               if _params_cover(_stage_params(st), f"models.{model}.train.learning_rate")}
-        expected = {f"train_{model}_{v}" for v in cfg["run"]["variants"]}
-        expected |= {f"predict_{model}_{v}_{s}" for v in cfg["run"]["variants"] for s in cfg["run"]["splits"]}
+        key = f"models.{model}.train.learning_rate"
+        hit = {n for n, st in stages.items() if any(key == k or key.startswith(k + ".") for k in _stage_params(st))}
+        expected = {f"spec_model_{model}_{v}" for v in [*cfg["run"]["variants"], "zeroshot"]}
         assert hit == expected, model
-    for name, st in stages.items():  # every config key a stage reads lives in the config file it was made for
-        assert all(list(entry) == [config] for entry in st.get("params", [])), name
-    assert _stage_params(stages["ingest"]) == ["data"]
-    assert {k for n, st in stages.items() if n.startswith("evaluate_") for k in _stage_params(st)} == {"evaluation"}
-
-
-def test_code_deps_follow_the_imports():
-    doc = load_yaml(ROOT / "dvc.yaml")["stages"]
-    for name, st in doc.items():
-        script = st["cmd"].split()[1]
-        assert st["deps"][0] == script, name
-        assert "src/kdsum/__init__.py" not in st["deps"]
-        reads_config = " --config " in st["cmd"]
-        assert ("schemas/config.schema.yaml" in st["deps"]) == reads_config, name
-    must = {"ingest": ["data.py"], "prompts_": ["prompts.py", "config.py"], "base_": ["modeling.py", "config.py"],
-            "train_": ["training.py", "modeling.py", "config.py", "io.py"],
-            "predict_": ["generation.py", "modeling.py", "config.py"], "baseline_": ["baselines.py"],
-            "evaluate_": ["metrics.py", "io.py"], "summary": ["summary.py", "plan.py", "config.py"]}
-    for prefix, modules in must.items():
-        names = [n for n in doc if n.startswith(prefix)]
-        assert names, prefix
-        for name in names:
-            assert {f"src/kdsum/{m}" for m in modules} <= set(doc[name]["deps"]), name
+    assert _stage_params(stages["spec_data"]) == ["data"]
+    assert _stage_params(stages["spec_evaluation"]) == ["evaluation"]
+    for st in stages.values():
+        assert all(list(entry) == ["config.yaml"] for entry in st.get("params", []))
 
 
 def test_code_deps_scan(tmp_path):
     """The import scan: function-level, `from kdsum import x`, relative and transitive imports."""
-    sys.path.insert(0, str(ROOT / "src"))
-    from kdsum.dvcgen import code_deps
+    from kdsum.deps import code_deps
 
     (tmp_path / "src/kdsum").mkdir(parents=True)
-    (tmp_path / "scripts").mkdir()
     (tmp_path / "src/kdsum/__init__.py").write_text("")
     (tmp_path / "src/kdsum/a.py").write_text("from .b import x\n")
     (tmp_path / "src/kdsum/b.py").write_text("from kdsum import c\nx = 1\n")
     (tmp_path / "src/kdsum/c.py").write_text("import json\n")
     (tmp_path / "src/kdsum/unused.py").write_text("")
-    (tmp_path / "scripts/s.py").write_text("import sys\n\ndef main():\n    from kdsum.a import x\n")
-    assert code_deps("scripts/s.py", tmp_path) == ["scripts/s.py", "src/kdsum/a.py", "src/kdsum/b.py",
-                                                   "src/kdsum/c.py"]
+    (tmp_path / "src/kdsum/s.py").write_text("import sys\n\ndef main():\n    from kdsum.a import x\n")
+    assert code_deps("src/kdsum/s.py", tmp_path) == [
+        "src/kdsum/s.py",
+        "src/kdsum/a.py",
+        "src/kdsum/b.py",
+        "src/kdsum/c.py",
+    ]
 
 
 def test_outputs_metrics_and_plots_are_what_dvc_should_track():
+    from kdsum.config import grid
+
     doc = load_yaml(ROOT / "dvc.yaml")
     stages = doc["stages"]
     outs = [o for st in stages.values() for o in dvc_outputs(st)]
     # intermediate trainer checkpoints, logs and benchmarks are never outputs; the final model dirs are
     assert not [o for o in outs if o.startswith(("results/checkpoints", "results/logs", "results/benchmarks"))]
-    sys.path.insert(0, str(ROOT / "src"))
-    from kdsum.config import grid, load_config
-
     jobs = grid(load_config(ROOT / "config.yaml"))
     assert {o for o in outs if o.endswith("/model")} == {f"results/train/{m}/{v}/model" for m, v in jobs}
     metrics = [next(iter(m)) if isinstance(m, dict) else m for st in stages.values() for m in st.get("metrics", [])]
     assert metrics and all(m.endswith(".json") for m in metrics)
     assert {f"results/scores/{m}/{v}/dev.json" for m, v in jobs} <= set(metrics)
-    # every output is cached (results/ is git-ignored: the cache/remote is where results are versioned)
-    for st in stages.values():
+    assert "results/data/stats.json" not in metrics  # data statistics are not scores
+    for st in stages.values():  # every output is cached: results/ is git-ignored
         for key in ("outs", "metrics"):
             assert all(isinstance(e, str) for e in st.get(key, [])), st
     plots = {next(iter(p)): next(iter(p.values())) for p in doc["plots"]}
@@ -339,26 +371,26 @@ def test_rulegraph_in_docs_shows_every_rule():
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz (dot) is not installed")
-def test_dag_rule_renders_pictures(structure_copy):
+def test_dag_rule_renders_pictures(tmp_path):
     """`snakemake --cores 1 dag` (rules/dag.smk) writes the rule graph (SVG, PNG) and the job DAG (SVG)."""
-    smk(structure_copy, "--cores", "1", "dag")
-    d = structure_copy / "results/dag"
+    work = copy_repo(tmp_path / "kdsum")
+    smk(work, "--cores", "1", "dag")
+    d = work / "results/dag"
     assert (d / "rulegraph.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rulegraph = (d / "rulegraph.svg").read_text(encoding="utf-8")
     assert all(f">{rule}<" in rulegraph for rule in RULES)
     jobs = (d / "jobs.svg").read_text(encoding="utf-8")
-    assert jobs.count('class="node"') == len(load_yaml(ROOT / "dvc.yaml")["stages"])  # one node per job
-    assert (structure_copy / "results/benchmarks/dag/results/dag.tsv").exists()
-    assert (structure_copy / "results/logs/dag/results/dag.log").exists()
+    stages = load_yaml(ROOT / "dvc.yaml")["stages"]
+    assert jobs.count('class="node"') == len(stages) - 1  # a node per job; check_dag is DVC's own
+    assert (work / "results/benchmarks/dag/results/dag.tsv").exists()
+    assert (work / "results/logs/dag/results/dag.log").exists()
 
 
 # ------------------------------------------------------------------------------------------------ slow: e2e
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory) -> Path:
-    """A fresh copy, dvc.yaml generated for the fast config and committed, then one full `dvc repro`."""
-    work = copy_repo(tmp_path_factory.mktemp("dvc") / "kdsum")
-    sh([sys.executable, "scripts/make_dvc.py", "--config", FAST, "--out", "dvc.yaml"], work)
-    git(work, "commit", "-q", "-am", "dvc.yaml for the fast test config")
+    """A fresh copy whose config.yaml is the fast one, dvc.yaml derived for it, then one full `dvc repro`."""
+    work = fast_copy(tmp_path_factory.mktemp("dvc") / "kdsum")
     start = time.perf_counter()
     proc = dvc(work, "repro")
     FIGURES["full dvc repro (fast config), s"] = round(time.perf_counter() - start, 1)
@@ -373,7 +405,7 @@ def test_first_repro_runs_every_stage(dvc_repo):
     ran = ran_stages((dvc_repo / ".first_repro.log").read_text(encoding="utf-8"))
     stages = load_yaml(dvc_repo / "dvc.yaml")["stages"]
     assert sorted(ran) == sorted(stages)
-    assert ran[0] == "ingest" and ran[-1] == "summary"
+    assert ran[0] == "check_dag" and ran[-1] == "summary"
     assert (dvc_repo / TARGET).exists()
     lock = load_yaml(dvc_repo / "dvc.lock")
     assert set(lock["stages"]) == set(stages)
@@ -392,8 +424,9 @@ def test_second_repro_runs_nothing(dvc_repo):
 @pytest.mark.slow
 def test_checkpoints_are_not_outputs_but_models_are_cached(dvc_repo):
     lock = load_yaml(dvc_repo / "dvc.lock")
-    paths = [o["path"] for st in lock["stages"].values() for key in ("outs", "metrics", "plots")
-             for o in st.get(key, [])]
+    paths = [
+        o["path"] for st in lock["stages"].values() for key in ("outs", "metrics", "plots") for o in st.get(key, [])
+    ]
     assert not [p for p in paths if p.startswith("results/checkpoints")]
     for model_dir in ("results/train/tiny-bart/default/model", "results/train/tiny-llama/default/model"):
         out = next(o for st in lock["stages"].values() for o in st.get("outs", []) if o["path"] == model_dir)
@@ -421,18 +454,18 @@ def test_metrics_and_plots(dvc_repo, tmp_path):
 
 @pytest.mark.slow
 def test_snakemake_agrees_after_dvc_run_and_lint_is_clean(dvc_repo):
-    ok, text, _ = nothing_to_do(dvc_repo, FAST)
+    ok, text, _ = nothing_to_do(dvc_repo)
     FIGURES["snakemake jobs planned right after dvc repro (before sync_mtimes)"] = 0 if ok else planned_jobs(text)
-    sync = sh([sys.executable, "scripts/sync_mtimes.py"], dvc_repo)
+    sync = sh([*KDSUM, "sync-mtimes"], dvc_repo)
     assert "nothing to be done" in sync.stdout
-    ok, text, wall = nothing_to_do(dvc_repo, FAST)
+    ok, text, wall = nothing_to_do(dvc_repo)
     assert ok, text[-3000:]
     FIGURES["no-op snakemake -n, s"] = round(wall, 1)
     start = time.perf_counter()
-    run = smk(dvc_repo, TARGET, "--cores", "1", "--configfile", FAST)
+    run = smk(dvc_repo, TARGET, "--cores", "1")
     FIGURES["no-op snakemake run, s"] = round(time.perf_counter() - start, 1)
     assert "Nothing to be done" in run.stdout + run.stderr
-    lint = smk(dvc_repo, "--lint", "--configfile", FAST)
+    lint = smk(dvc_repo, "--lint")
     assert "Congratulations" in lint.stdout + lint.stderr
     # the markers Snakemake writes into directory outputs are .dvcignored: DVC still sees the run it recorded
     assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
@@ -444,8 +477,8 @@ def test_sync_mtimes_refuses_when_dvc_status_is_dirty(dvc_repo):
     saved = victim.read_bytes()
     victim.write_bytes(saved + b"x,y\n")
     try:
-        proc = sh([sys.executable, "scripts/sync_mtimes.py"], dvc_repo, check=False)
-        assert proc.returncode == 1 and "baseline_lead_dev" in proc.stderr
+        proc = sh([*KDSUM, "sync-mtimes"], dvc_repo, check=False)
+        assert proc.returncode == 2 and "baseline_lead_dev" in proc.stderr
     finally:
         victim.write_bytes(saved)
     assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
@@ -469,13 +502,18 @@ def test_push_pull_round_trip_restores_data_and_models(dvc_repo, tmp_path):
     assert git(dvc_repo, "ls-files", "data/sample/train.csv").stdout.strip() == "data/sample/train.csv"
     assert not (dvc_repo / "data/sample/train.csv.dvc").exists()
 
-    before = {p: tree_md5(dvc_repo / p) for p in ("results/train/tiny-llama/default/model",
-                                                  "results/train/tiny-bart/default/model", "results/base/tiny-bart")}
+    before = {
+        p: tree_md5(dvc_repo / p)
+        for p in (
+            "results/train/tiny-llama/default/model",
+            "results/train/tiny-bart/default/model",
+            "results/base/tiny-bart",
+        )
+    }
     before_files = {p: md5(dvc_repo / p) for p in (TARGET, "results/data/train.jsonl", "data/raw/dialogues.csv")}
     dvc(dvc_repo, "push")
     lock = load_yaml(dvc_repo / "dvc.lock")
-    adapter = next(o for o in lock["stages"]["train_tiny-llama_default"]["outs"]
-                   if o["path"].endswith("/model"))["md5"]
+    adapter = next(o for o in lock["stages"]["train_tiny-llama_default"]["outs"] if o["path"].endswith("/model"))["md5"]
     for h in (adapter, raw_md5):
         assert (remote / "files/md5" / h[:2] / h[2:]).exists(), h
 
@@ -492,10 +530,10 @@ def test_push_pull_round_trip_restores_data_and_models(dvc_repo, tmp_path):
 
     # DVC restored the files with new mtimes in no particular order: Snakemake would rebuild; the documented
     # step (scripts/sync_mtimes.py) makes it see the results as current
-    ok, text, _ = nothing_to_do(dvc_repo, FAST)
+    ok, text, _ = nothing_to_do(dvc_repo)
     FIGURES["snakemake jobs planned after dvc pull (before sync_mtimes)"] = 0 if ok else planned_jobs(text)
-    sh([sys.executable, "scripts/sync_mtimes.py"], dvc_repo)
-    ok, text, _ = nothing_to_do(dvc_repo, FAST)
+    sh([*KDSUM, "sync-mtimes"], dvc_repo)
+    ok, text, _ = nothing_to_do(dvc_repo)
     assert ok, text[-3000:]
     assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
 
@@ -511,30 +549,50 @@ def test_exp_run_on_one_models_learning_rate_reruns_that_model_only(dvc_repo):
     preds = {s: dvc_repo / f"results/predictions/tiny-llama/default/{s}.csv" for s in ("dev", "test")}
     old = {s: md5(p) for s, p in preds.items()}
     start = time.perf_counter()
-    proc = dvc(dvc_repo, "exp", "run", "-S", f"{FAST}:models.tiny-llama.train.learning_rate=0.05")
+    proc = dvc(dvc_repo, "exp", "run", "-S", "config.yaml:models.tiny-llama.train.learning_rate=0.05")
     FIGURES["dvc exp run -S (tiny-llama learning rate), s"] = round(time.perf_counter() - start, 1)
     ran = ran_stages(proc.stdout)
     FIGURES["stages rerun by the learning-rate change"] = ran
     changed = {s for s, p in preds.items() if md5(p) != old[s]}
-    expected = {"train_tiny-llama_default", "predict_tiny-llama_default_dev", "predict_tiny-llama_default_test",
-                "summary"}
+    expected = {
+        "check_dag",
+        "spec_model_tiny-llama_default",
+        "train_tiny-llama_default",
+        "predict_tiny-llama_default_dev",
+        "predict_tiny-llama_default_test",
+        "summary",
+    }
     # DVC compares content: scoring/submission rerun when the new model's predictions differ
     expected |= {"evaluate_tiny-llama_default_dev"} if "dev" in changed else set()
     expected |= {"submission_tiny-llama_default"} if "test" in changed else set()
     assert sorted(ran) == sorted(expected), (ran, changed)
     assert len(ran) == len(set(ran))
-    assert load_yaml(dvc_repo / FAST)["models"]["tiny-llama"]["train"]["learning_rate"] == 0.05
-    assert load_yaml(dvc_repo / "dvc.lock")["stages"]["train_tiny-llama_default"]["params"][FAST][
-        "models.tiny-llama"]["train"]["learning_rate"] == 0.05
+    assert load_yaml(dvc_repo / "config.yaml")["models"]["tiny-llama"]["train"]["learning_rate"] == 0.05
+    assert (
+        load_yaml(dvc_repo / "dvc.lock")["stages"]["spec_model_tiny-llama_default"]["params"]["config.yaml"][
+            "models.tiny-llama"
+        ]["train"]["learning_rate"]
+        == 0.05
+    )
+    assert (
+        json.loads((dvc_repo / "results/specs/model/tiny-llama/default.json").read_text())["train"]["learning_rate"]
+        == 0.05
+    )
     # the experiment is recorded (an exp ref on the commit) with its params and metrics
-    exps = [r["data"] for commit in json.loads(dvc(dvc_repo, "exp", "show", "--json").stdout)
-            for e in commit.get("experiments") or [] for r in e["revs"]]
-    assert [x["params"][FAST]["data"]["models"]["tiny-llama"]["train"]["learning_rate"] for x in exps] == [0.05]
+    exps = [
+        r["data"]
+        for commit in json.loads(dvc(dvc_repo, "exp", "show", "--json").stdout)
+        for e in commit.get("experiments") or []
+        for r in e["revs"]
+    ]
+    assert [x["params"]["config.yaml"]["data"]["models"]["tiny-llama"]["train"]["learning_rate"] for x in exps] == [
+        0.05
+    ]
     assert "results/scores/tiny-llama/default/dev.json" in exps[0]["metrics"]
     assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
     # Snakemake follows: its params record is refreshed by the documented step, then nothing to do
-    sh([sys.executable, "scripts/sync_mtimes.py"], dvc_repo)
-    assert nothing_to_do(dvc_repo, FAST)[0]
+    sh([*KDSUM, "sync-mtimes"], dvc_repo)
+    assert nothing_to_do(dvc_repo)[0]
 
 
 def _edit_one_summary(path: Path) -> None:
@@ -568,5 +626,36 @@ def test_raw_data_edit_reruns_exactly_what_depends_on_it(dvc_repo):
     assert not [n for n in ran if n.startswith("baseline_")]
     assert after["ingest"]["data/sample/train.csv"] != before["ingest"]["data/sample/train.csv"]
     assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
-    sh([sys.executable, "scripts/sync_mtimes.py"], dvc_repo)
-    assert nothing_to_do(dvc_repo, FAST)[0]
+    sh([*KDSUM, "sync-mtimes"], dvc_repo)
+    assert nothing_to_do(dvc_repo)[0]
+
+
+@pytest.mark.slow
+def test_snakemake_config_override_reruns_exactly_that_models_jobs(dvc_repo):
+    """`snakemake --config models.tiny-llama.train.learning_rate=...` after a complete run plans that model's
+    spec, training and everything downstream of its model, and nothing of the other model."""
+    sh([*KDSUM, "sync-mtimes"], dvc_repo)
+    lr = load_yaml(dvc_repo / "config.yaml")["models"]["tiny-llama"]["train"]["learning_rate"]
+    text = nothing_to_do(dvc_repo, "--config", f"models.tiny-llama.train.learning_rate={lr * 2}")[1]
+    planned = dict(re.findall(r"^(\w+)\s+(\d+)$", text.split("Job stats:")[1].split("total")[0], re.M))
+    assert planned == {"spec": "2", "train": "1", "predict": "4", "evaluate": "2", "submission": "2", "summary": "1"}, (
+        text[-3000:]
+    )
+    assert "tiny-bart" not in text.split("Job stats:")[0].replace("results/scores/tiny-bart", "")
+
+
+@pytest.mark.slow
+def test_a_model_added_to_run_stops_dvc_repro_first(dvc_repo):
+    """A change of the DAG's shape in config.yaml: `dvc repro` stops at its first stage, naming the command."""
+    config = load_yaml(dvc_repo / "config.yaml")
+    saved = (dvc_repo / "config.yaml").read_text(encoding="utf-8")
+    config["run"]["variants"] = ["default", "constant-lr"]
+    (dvc_repo / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    try:
+        proc = dvc(dvc_repo, "repro", check=False)
+        assert proc.returncode != 0
+        assert ran_stages(proc.stdout) == ["check_dag"], proc.stdout[-2000:]
+        assert "run `kdsum dvc-yaml --configfile config.yaml`, then `dvc repro`" in proc.stdout + proc.stderr
+    finally:
+        (dvc_repo / "config.yaml").write_text(saved, encoding="utf-8")
+    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}

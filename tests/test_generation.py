@@ -1,13 +1,15 @@
-"""Prediction stage: kdsum.generation, kdsum.baselines and scripts/predict.py, baseline.py, make_submission.py.
+"""Prediction stage: kdsum.generation, kdsum.blocking, kdsum.modeling.load_for_generation, kdsum.baselines and the
+stages `kdsum predict`, `kdsum baseline`, `kdsum submission`.
 
 The models are tiny (one layer, hidden size 32) and built here in seconds from the sample data with the
 project's own tokenizer training, so no hub access and no prebuilt results are needed. Where a test needs a
 model to behave in a known way, a forward hook forces its logits (the prompt's content cannot leak into the
 output that way, and a forced Latin token must disappear under foreign-script blocking).
 """
+
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,112 +19,136 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from kdsum.baselines import BaselineError, lead, longest, run_baseline
-from kdsum.config import load_config, resolve
-from kdsum.data import collect_special_tokens, load_split, read_split
+from kdsum.blocking import foreign_token_mask, has_foreign_text
+from kdsum.config import load_config, resolve, spec_for
+from kdsum.data import ingest_splits, load_split, read_split
+from kdsum.datastats import collect_special_tokens
 from kdsum.generation import (
     GenerationError,
     chat_prompt_text,
     decode_new_tokens,
     encode_rows,
     fit_chat_prompt,
-    foreign_token_mask,
     generate_summaries,
-    has_foreign_text,
     input_budget,
     length_sorted_order,
-    load_for_generation,
     map_sorted_batches,
     pad_batch,
     postprocess,
     read_prompt_rows,
     split_user_message,
 )
-from kdsum.io import read_jsonl, write_jsonl
-from kdsum.prompts import format_chat_prompt, format_user_message
+from kdsum.io import read_jsonl, write_jsonl, write_text
+from kdsum.modeling import load_for_generation
+from kdsum.prompts import format_chat_prompt, format_user_message, write_prompt_set
+from kdsum.spec import to_json
 
 # One thread: on a shared 2-core machine a second OpenMP thread made generation 10x slower (spin-waiting).
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SCRIPTS = ROOT / "scripts"
-TINY = {"seq2seq": dict(vocab_size=600, d_model=32, layers=1, heads=2, ffn_dim=64),
-        "causal": dict(vocab_size=600, hidden_size=32, layers=1, heads=2, intermediate_size=64)}
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false"}
-_SCRIPT_MODULES: dict[str, object] = {}
+TINY = {
+    "seq2seq": dict(vocab_size=600, d_model=32, layers=1, heads=2, ffn_dim=64, seed=0),
+    "causal": dict(vocab_size=600, hidden_size=32, layers=1, heads=2, intermediate_size=64, seed=0),
+}
+FAMILY_MODEL = {"seq2seq": "tiny-bart", "causal": "tiny-llama"}
+TEST_GENERATION = dict(max_new_tokens=6, batch_size=8, no_repeat_ngram_size=0)
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(ROOT / "src"),
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
-def run_script(name: str, *args) -> subprocess.CompletedProcess:
-    """The script in a fresh interpreter (exit status and stderr as a user sees them)."""
-    return subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+def run_kdsum(stage: str, *args) -> subprocess.CompletedProcess:
+    """``python -m kdsum STAGE ...`` in a fresh interpreter (exit status and stderr as a user sees them)."""
+    return subprocess.run(
+        [sys.executable, "-m", "kdsum", stage, *map(str, args)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-def invoke(name: str, *args) -> int:
-    """The script's ``run_cli(main)`` in this process (importing torch and transformers once, not per call);
+def invoke(stage: str, *args) -> int:
+    """``kdsum STAGE ...`` through kdsum.cli in this process (importing torch and transformers once, not per call);
     returns the exit status."""
-    from kdsum.cli import run_cli
+    from kdsum.cli import main
 
-    mod = _SCRIPT_MODULES.get(name)
-    if mod is None:
-        spec = importlib.util.spec_from_file_location(f"_script_{Path(name).stem}", SCRIPTS / name)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        _SCRIPT_MODULES[name] = mod
-    saved = sys.argv
-    sys.argv = [name, *map(str, args)]
     try:
-        run_cli(mod.main)
+        main([stage, *map(str, args)])
         return 0
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = saved
 
 
-def call_script(capsys, name: str, *args) -> tuple[int, str, str]:
+def call_kdsum(capsys, stage: str, *args) -> tuple[int, str, str]:
     capsys.readouterr()
-    code = invoke(name, *args)
+    code = invoke(stage, *args)
     out, err = capsys.readouterr()
     return code, out, err
 
 
+def _with(job, **generation):
+    return dataclasses.replace(job, generation=dataclasses.replace(job.generation, **generation))
+
+
 # --------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
-def work(tmp_path_factory) -> Path:
-    """Sample data ingested and formatted (chat-plain and seq2seq), a test config with small generation."""
+def config() -> dict:
+    return load_config(ROOT / "config.yaml")
+
+
+def job_for(config, model: str, variant: str):
+    """The job of ``model`` under ``variant`` with the tests' small generation settings."""
+    return _with(resolve(config, model, variant), **TEST_GENERATION)
+
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory, config) -> Path:
+    """Sample data ingested and formatted (chat-plain and seq2seq); the spec files of the tiny models' jobs."""
     root = tmp_path_factory.mktemp("pred")
-    sample = ROOT / "data" / "sample"
-    assert invoke("ingest.py", "--train", sample / "train.csv", "--dev", sample / "dev.csv",
-                  "--test", sample / "test.csv", "--out-dir", root / "data") == 0
-    config = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
-    for m in ("tiny-llama", "tiny-bart"):
-        config["models"][m]["generation"] = {"max_new_tokens": 6, "batch_size": 8, "no_repeat_ngram_size": 0}
-    (root / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    for fam, extra, out in (("chat", ["--format", "plain"], "chat-plain"), ("seq2seq", [], "seq2seq")):
-        assert invoke("format_prompts.py", "--config", root / "config.yaml", "--data-dir", root / "data",
-                      "--family", fam, *extra, "--out-dir", root / "prompts" / out) == 0
+    ingest_splits({s: ROOT / "data" / "sample" / f"{s}.csv" for s in ("train", "dev", "test")}, root / "data")
+    for name in ("chat-plain", "seq2seq"):
+        write_prompt_set(spec_for(config, f"prompts/{name}"), root / "data", root / "prompts" / name)
+    for model in ("tiny-llama", "tiny-bart"):
+        for variant in ("default", "zeroshot"):
+            write_text(root / "specs" / "model" / model / f"{variant}.json", to_json(job_for(config, model, variant)))
+    write_text(root / "specs" / "base" / "tiny-llama.json", to_json(spec_for(config, "base/tiny-llama")))
     return root
 
 
-def _build(work: Path, family: str) -> Path:
+def spec_path(work: Path, model: str, variant: str) -> Path:
+    return work / "specs" / "model" / model / f"{variant}.json"
+
+
+def _build(work: Path, config, family: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    from kdsum.modeling import build_config, set_seed, train_tokenizer
+    from kdsum.modeling import set_seed
+    from kdsum.offline_models import build_config, train_tokenizer
 
     out = work / "base" / family
     if out.exists():
         return out
     records = load_split(work / "data" / "train.jsonl")
-    tok = train_tokenizer([r["dialogue"] for r in records] + [s for r in records for s in r["summaries"]],
-                          TINY[family]["vocab_size"], collect_special_tokens(records), family)
+    build = dataclasses.replace(resolve(config, FAMILY_MODEL[family], "default").build, **TINY[family])
+    tok = train_tokenizer(
+        [r["dialogue"] for r in records] + [s for r in records for s in r["summaries"]],
+        build.vocab_size,
+        collect_special_tokens(records),
+        family,
+    )
     set_seed(0)
     auto = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
-    model = auto.from_config(build_config(family, TINY[family], tok))
+    model = auto.from_config(build_config(family, build, tok))
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(out)
@@ -131,13 +157,13 @@ def _build(work: Path, family: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def causal_base(work) -> Path:
-    return _build(work, "causal")
+def causal_base(work, config) -> Path:
+    return _build(work, config, "causal")
 
 
 @pytest.fixture(scope="session")
-def seq2seq_base(work) -> Path:
-    return _build(work, "seq2seq")
+def seq2seq_base(work, config) -> Path:
+    return _build(work, config, "seq2seq")
 
 
 @pytest.fixture(scope="session")
@@ -158,14 +184,9 @@ def lora_dir(work, causal_base) -> Path:
 
 
 @pytest.fixture(scope="session")
-def config(work) -> dict:
-    return load_config(work / "config.yaml")
-
-
-@pytest.fixture(scope="session")
 def causal(config, causal_base):
-    spec = resolve(config, "tiny-llama", "zeroshot")
-    return spec, load_for_generation(spec, base=causal_base)
+    spec = job_for(config, "tiny-llama", "zeroshot")
+    return spec, load_for_generation(spec, base_dir=causal_base)
 
 
 class ForceTokens:
@@ -222,11 +243,16 @@ def test_pad_batch_left_and_right():
 
 
 def test_split_user_message_matches_the_prompt_layout():
-    rec = {"turns": [{"speaker": "#Person1#", "text": "안녕."}, {"speaker": "#Person2#", "text": "네."}],
-           "topic": "인사"}
+    rec = {
+        "turns": [{"speaker": "#Person1#", "text": "안녕."}, {"speaker": "#Person2#", "text": "네."}],
+        "topic": "인사",
+    }
     content = format_user_message(rec, {"question": "요약해 주세요.", "topic": True})
-    assert split_user_message(content) == ("[Conversation]\n", "#Person1#: 안녕.\n#Person2#: 네.",
-                                           "\n\n[Question]\n요약해 주세요.\n주제: 인사")
+    assert split_user_message(content) == (
+        "[Conversation]\n",
+        "#Person1#: 안녕.\n#Person2#: 네.",
+        "\n\n[Question]\n요약해 주세요.\n주제: 인사",
+    )
     assert split_user_message("다른 형식의 프롬프트") is None
 
 
@@ -247,7 +273,9 @@ def test_causal_inputs_end_with_generation_prompt_and_are_left_padded(causal, wo
 def test_long_prompt_cuts_the_conversation_not_the_question(causal):
     _, lm = causal
     tok = lm.tokenizer
-    turns = [{"speaker": f"#Person{1 + i % 2}#", "text": f"{i}번째 발화입니다. 오늘 날씨가 정말 좋네요."} for i in range(40)]
+    turns = [
+        {"speaker": f"#Person{1 + i % 2}#", "text": f"{i}번째 발화입니다. 오늘 날씨가 정말 좋네요."} for i in range(40)
+    ]
     fmt = {"system": "요약 도우미.", "question": "위 대화를 요약해 주세요.", "topic": False}
     messages = format_chat_prompt({"turns": turns}, fmt)
     full = tok(chat_prompt_text(tok, messages), add_special_tokens=False)["input_ids"]
@@ -256,8 +284,9 @@ def test_long_prompt_cuts_the_conversation_not_the_question(causal):
     assert cut and len(ids) <= budget
 
     def encoded(k):  # the prompt with the first k turns of the conversation, question and markup intact
-        return tok(chat_prompt_text(tok, format_chat_prompt({"turns": turns[:k]}, fmt)),
-                   add_special_tokens=False)["input_ids"]
+        return tok(chat_prompt_text(tok, format_chat_prompt({"turns": turns[:k]}, fmt)), add_special_tokens=False)[
+            "input_ids"
+        ]
 
     kept = next(k for k in range(1, 40) if encoded(k) == ids)  # StopIteration: not a whole-turn prefix
     assert len(encoded(kept + 1)) > budget  # as many whole turns as fit
@@ -277,23 +306,36 @@ def test_seq2seq_inputs_are_framed_and_cut_like_training(config, seq2seq_base, w
     short, n_cut = encode_rows(rows, tok, "seq2seq", 20)
     assert n_cut == 3 and all(len(e) == 20 and e[-1] == tok.eos_token_id for e in short)
     assert [e[:19] for e in short] == [e[:19] for e in enc]  # the beginning is kept
-    assert input_budget(resolve(config, "tiny-bart", "default")) == 512  # encoder budget: max_length alone
-    assert input_budget(resolve(config, "tiny-llama", "default")) == 768 - 6  # shared with the new tokens
+    assert input_budget(job_for(config, "tiny-bart", "default")) == 512  # encoder budget: max_length alone
+    assert input_budget(job_for(config, "tiny-llama", "default")) == 768 - 6  # shared with the new tokens
 
 
 # --------------------------------------------------------------------------------------------- outputs
-@pytest.mark.parametrize("raw, expected", [
-    ("  #Person1#는   집에\n\n갑니다.  ", "#Person1#는 집에 갑니다."),
-    ("요약: #Person2#가 예약합니다.", "#Person2#가 예약합니다."),
-    ("요약 : 요약: 두 번 붙은 라벨", "두 번 붙은 라벨"),
-    ("[요약]\n#Person1#가 묻습니다.", "#Person1#가 묻습니다."),
-    ("Summary: 영어 라벨", "영어 라벨"),
-    ("대화 요약: 긴 라벨", "긴 라벨"),
-    ("요약하면 둘이 만납니다.", "요약하면 둘이 만납니다."),  # not a label
-    ("#Person1#: 요약: 중간의 라벨은 그대로", "#Person1#: 요약: 중간의 라벨은 그대로"),
-    ("\t\u3000 ", ""),
-], ids=["whitespace", "label", "double-label", "bracket-label", "english-label", "long-label", "not-a-label",
-        "label-inside", "blank"])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("  #Person1#는   집에\n\n갑니다.  ", "#Person1#는 집에 갑니다."),
+        ("요약: #Person2#가 예약합니다.", "#Person2#가 예약합니다."),
+        ("요약 : 요약: 두 번 붙은 라벨", "두 번 붙은 라벨"),
+        ("[요약]\n#Person1#가 묻습니다.", "#Person1#가 묻습니다."),
+        ("Summary: 영어 라벨", "영어 라벨"),
+        ("대화 요약: 긴 라벨", "긴 라벨"),
+        ("요약하면 둘이 만납니다.", "요약하면 둘이 만납니다."),  # not a label
+        ("#Person1#: 요약: 중간의 라벨은 그대로", "#Person1#: 요약: 중간의 라벨은 그대로"),
+        ("\t\u3000 ", ""),
+    ],
+    ids=[
+        "whitespace",
+        "label",
+        "double-label",
+        "bracket-label",
+        "english-label",
+        "long-label",
+        "not-a-label",
+        "label-inside",
+        "blank",
+    ],
+)
 def test_postprocess_exact(raw, expected):
     assert postprocess(raw) == expected
 
@@ -314,7 +356,7 @@ def test_generation_left_pads_and_decodes_only_new_tokens(causal, work, monkeypa
     rows = read_prompt_rows(work / "prompts" / "chat-plain" / "dev.jsonl", "causal")[:5]
     target = tok("#Person1#는 집에 갑니다.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert tok.unk_token_id not in target
-    spec = {**spec, "generation": {**spec["generation"], "batch_size": 2, "max_new_tokens": 12}}
+    spec = _with(spec, batch_size=2, max_new_tokens=12)
     calls, generate = [], lm.model.generate
 
     def spy(**kwargs):
@@ -353,8 +395,11 @@ def test_foreign_token_mask_spares_specials_and_data_tokens(causal):
         assert not mask[tok.convert_tokens_to_ids(t)], t
     specials = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
     assert not mask[sorted(specials)].any()
-    latin = [i for i, t in enumerate(tok.batch_decode([[i] for i in range(len(tok))]))
-             if any("a" <= c.lower() <= "z" for c in t) and i not in specials and not t.strip().startswith("#")]
+    latin = [
+        i
+        for i, t in enumerate(tok.batch_decode([[i] for i in range(len(tok))]))
+        if any("a" <= c.lower() <= "z" for c in t) and i not in specials and not t.strip().startswith("#")
+    ]
     assert latin and mask[latin].all()
     korean = tok.convert_tokens_to_ids("는")
     assert not mask[korean]
@@ -376,7 +421,7 @@ def test_blocking_removes_a_forced_latin_token(causal, work):
 def test_lora_adapter_is_applied_and_merged(config, lora_dir, causal_base):
     from transformers import AutoModelForCausalLM
 
-    spec = resolve(config, "tiny-llama", "default")
+    spec = job_for(config, "tiny-llama", "default")
     lm = load_for_generation(spec, model_dir=lora_dir, device="cpu")
     assert lm.merged and lm.adapter == str(lora_dir) and lm.base == str(causal_base)
     assert not any("lora" in n for n, _ in lm.model.named_parameters())
@@ -391,10 +436,11 @@ def test_adapter_with_tokens_added_in_training_loads_identically(config, causal_
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from kdsum.modeling import add_data_tokens, load_tokenizer
-    from kdsum.training import lora_config, resize_for_new_tokens
+    from kdsum.embeddings import add_data_tokens, resize_for_new_tokens
+    from kdsum.modeling import load_tokenizer
+    from kdsum.training import lora_config
 
-    spec = resolve(config, "tiny-llama", "default")
+    spec = job_for(config, "tiny-llama", "default")
     tok = load_tokenizer(str(causal_base), "tiny-llama", "causal")
     model = AutoModelForCausalLM.from_pretrained(causal_base)
     new = add_data_tokens(tok, ["#Person9#"])
@@ -427,12 +473,24 @@ def _check_csv(path: Path, prompts: Path) -> pd.DataFrame:
 
 def test_predict_cli_zeroshot_causal(work, causal_base, capsys):
     out = work / "pred" / "tiny-llama" / "zeroshot" / "dev.csv"
-    code, stdout, stderr = call_script(
-        capsys, "predict.py", "--config", work / "config.yaml", "--model", "tiny-llama", "--variant", "zeroshot",
-        "--split", "dev", "--prompts-dir", work / "prompts" / "chat-plain", "--base", causal_base, "--out", out,
-        "--no-progress")
+    code, stdout, stderr = call_kdsum(
+        capsys,
+        "predict",
+        "--spec",
+        spec_path(work, "tiny-llama", "zeroshot"),
+        "--split",
+        "dev",
+        "--prompts-dir",
+        work / "prompts" / "chat-plain",
+        "--base-dir",
+        causal_base,
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 0, stderr
-    assert "24 dialogues in" in stderr and "dialogues/s" in stderr and "adapter: none" in stderr
+    assert "tiny-llama/zeroshot dev: 24 dialogues in" in stderr and "dialogues/s" in stderr
+    assert "adapter: none" in stderr and f"wrote {out}" in stdout
     df = _check_csv(out, work / "prompts" / "chat-plain" / "dev.jsonl")
     assert len(df) == 24
 
@@ -440,51 +498,73 @@ def test_predict_cli_zeroshot_causal(work, causal_base, capsys):
 def test_predict_cli_lora_adapter_end_to_end(work, lora_dir):
     """A real interpreter, as Snakemake / DVC run it: adapter found, base taken from its config, merged."""
     out = work / "pred" / "tiny-llama" / "default" / "test.csv"
-    r = run_script("predict.py", "--config", work / "config.yaml", "--model", "tiny-llama", "--variant",
-                   "default", "--split", "test", "--prompts-dir", work / "prompts" / "chat-plain",
-                   "--model-dir", lora_dir, "--out", out)
+    r = run_kdsum(
+        "predict",
+        "--spec",
+        spec_path(work, "tiny-llama", "default"),
+        "--split",
+        "test",
+        "--prompts-dir",
+        work / "prompts" / "chat-plain",
+        "--model-dir",
+        lora_dir,
+        "--out",
+        out,
+    )
     assert r.returncode == 0, r.stderr
-    assert f"adapter: {lora_dir} (merged)" in r.stderr and "generate tiny-llama" in r.stderr  # progress bar
+    assert f"adapter: {lora_dir} (merged)" in r.stderr and "generate tiny-llama/default" in r.stderr  # progress bar
     df = _check_csv(out, work / "prompts" / "chat-plain" / "test.jsonl")
     assert len(df) == 24 and df["fname"].is_unique
 
 
 def test_predict_cli_seq2seq_model_dir(work, seq2seq_base, capsys):
     out = work / "pred" / "tiny-bart" / "default" / "dev.csv"
-    code, _, stderr = call_script(
-        capsys, "predict.py", "--config", work / "config.yaml", "--model", "tiny-bart", "--variant", "default",
-        "--split", "dev", "--prompts-dir", work / "prompts" / "seq2seq", "--model-dir", seq2seq_base,
-        "--out", out, "--no-progress")
+    code, _, stderr = call_kdsum(
+        capsys,
+        "predict",
+        "--spec",
+        spec_path(work, "tiny-bart", "default"),
+        "--split",
+        "dev",
+        "--prompts-dir",
+        work / "prompts" / "seq2seq",
+        "--model-dir",
+        seq2seq_base,
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 0, stderr
     _check_csv(out, work / "prompts" / "seq2seq" / "dev.jsonl")
 
 
+# (spec, arguments, message); SPEC(M/V) is the job's spec file, BASE the tiny causal base
 REFUSALS = [
-    (["--model", "nope", "--variant", "default"], "unknown model 'nope'"),
-    (["--model", "tiny-llama", "--variant", "nope"], "unknown variant 'nope'"),
-    (["--model", "tiny-llama", "--variant", "default"], "--model-dir is required"),
-    (["--model", "tiny-llama", "--variant", "default", "--model-dir", "/nonexistent/model"],
-     "model directory not found: /nonexistent/model"),
-    (["--model", "tiny-llama", "--variant", "zeroshot"], "needs --base"),
-    (["--model", "tiny-llama", "--variant", "zeroshot", "--base", "BASE", "--split", "empty"], "has no rows"),
-    (["--model", "tiny-llama", "--variant", "zeroshot", "--base", "BASE", "--split", "nosplit"],
-     "prompt file not found"),
-    (["--model", "tiny-bart", "--variant", "zeroshot", "--base", "BASE"], "needs seq2seq prompts"),
+    ("missing/default", [], "spec file not found"),
+    ("BASESPEC", [], "expected Job, found kind 'BaseSpec'"),
+    ("tiny-llama/default", [], "--model-dir is required"),
+    ("tiny-llama/default", ["--model-dir", "/nonexistent/model"], "model directory not found: /nonexistent/model"),
+    ("tiny-llama/zeroshot", ["--model-dir", "/nonexistent/model"], "generates with the base model alone"),
+    ("tiny-llama/zeroshot", [], "needs --base-dir"),
+    ("tiny-llama/zeroshot", ["--base-dir", "BASE", "--split", "empty"], "has no rows"),
+    ("tiny-llama/zeroshot", ["--base-dir", "BASE", "--split", "nosplit"], "prompt file not found"),
+    ("tiny-bart/zeroshot", ["--base-dir", "BASE"], "needs seq2seq prompts"),
 ]
 
 
-def _refusal_args(work, causal_base, args):
+def _refusal_args(work, causal_base, spec, args):
     prompts = work / "prompts" / "chat-plain"
     (prompts / "empty.jsonl").write_text("", encoding="utf-8")
+    spec = work / "specs" / "base" / "tiny-llama.json" if spec == "BASESPEC" else spec_path(work, *spec.split("/"))
     args = [str(causal_base) if a == "BASE" else a for a in args]
     split = [] if "--split" in args else ["--split", "dev"]
-    return ["--config", work / "config.yaml", *args, *split, "--prompts-dir", prompts]
+    return ["--spec", spec, *args, *split, "--prompts-dir", prompts]
 
 
-@pytest.mark.parametrize("args, message", REFUSALS, ids=[m for _, m in REFUSALS])
-def test_predict_cli_refusals(work, causal_base, capsys, args, message):
+@pytest.mark.parametrize("spec, args, message", REFUSALS, ids=[m for _, _, m in REFUSALS])
+def test_predict_cli_refusals(work, causal_base, capsys, spec, args, message):
     out = work / "refused" / "x.csv"
-    code, _, stderr = call_script(capsys, "predict.py", *_refusal_args(work, causal_base, args), "--out", out)
+    code, _, stderr = call_kdsum(capsys, "predict", *_refusal_args(work, causal_base, spec, args), "--out", out)
     assert code == 2, stderr
     assert stderr.startswith("error: ") and message in stderr
     assert not out.exists()
@@ -492,15 +572,18 @@ def test_predict_cli_refusals(work, causal_base, capsys, args, message):
 
 def test_predict_cli_refusal_in_a_real_interpreter(work, causal_base):
     out = work / "refused" / "y.csv"
-    r = run_script("predict.py", *_refusal_args(work, causal_base, REFUSALS[1][0]), "--out", out)
-    assert r.returncode == 2 and r.stderr.startswith("error: ") and "unknown variant 'nope'" in r.stderr
+    r = run_kdsum("predict", *_refusal_args(work, causal_base, *REFUSALS[1][:2]), "--out", out)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "expected Job, found kind 'BaseSpec'" in r.stderr
     assert "Traceback" not in r.stderr and not out.exists()
 
 
 # --------------------------------------------------------------------------------------------- baselines
 TURNS = [
     {"speaker": "#Person1#", "text": "안녕하세요, 하늘정형외과입니다. 무엇을 도와드릴까요? 지금은 점심시간이에요."},
-    {"speaker": "#Person2#", "text": "무릎이 아파서 예약하고 싶어요. 이번 주 금요일 오후 4시에 가능할까요? 오전은 회사 때문에 어려워요."},
+    {
+        "speaker": "#Person2#",
+        "text": "무릎이 아파서 예약하고 싶어요. 이번 주 금요일 오후 4시에 가능할까요? 오전은 회사 때문에 어려워요.",
+    },
     {"speaker": "#Person1#", "text": "네."},
     {"speaker": "#Person2#", "text": "#PhoneNumber#로 연락 주세요. 이름은 김민지예요. 감사합니다!"},
 ]
@@ -525,15 +608,17 @@ def test_baselines_exact():
 
 def test_baseline_cli(work, capsys):
     out = work / "pred" / "baseline" / "longest" / "dev.csv"
-    code, _, err = call_script(capsys, "baseline.py", "--name", "longest", "--data", work / "data" / "dev.jsonl",
-                               "--out", out)
+    code, _, err = call_kdsum(
+        capsys, "baseline", "--name", "longest", "--data", work / "data" / "dev.jsonl", "--out", out
+    )
     assert code == 0, err
     df = pd.read_csv(out, dtype=str, keep_default_na=False)
     recs = load_split(work / "data" / "dev.jsonl")
     assert df["fname"].tolist() == [x["fname"] for x in recs]
     assert df["summary"].tolist() == [longest(x["turns"]) for x in recs]
-    code, _, err = call_script(capsys, "baseline.py", "--name", "first", "--data", work / "data" / "dev.jsonl",
-                               "--out", out.with_name("x.csv"))
+    code, _, err = call_kdsum(
+        capsys, "baseline", "--name", "first", "--data", work / "data" / "dev.jsonl", "--out", out.with_name("x.csv")
+    )
     assert code == 2 and err.startswith("error: unknown baseline 'first'")
     assert not out.with_name("x.csv").exists()
 
@@ -547,10 +632,10 @@ def _predictions(path: Path, fnames: list[str], summaries: list[str]) -> Path:
 def test_make_submission_layout_and_refusals(work, tmp_path, capsys):
     data = work / "data" / "test.jsonl"
     fnames = [r["fname"] for r in load_split(data)]
-    summaries = [f"요약, \"{i}\"" for i in range(len(fnames))]
+    summaries = [f'요약, "{i}"' for i in range(len(fnames))]
     pred = _predictions(tmp_path / "p.csv", fnames[::-1], summaries[::-1])  # any order in, test order out
     out = tmp_path / "sub" / "submission.csv"
-    code, _, err = call_script(capsys, "make_submission.py", "--predictions", pred, "--data", data, "--out", out)
+    code, _, err = call_kdsum(capsys, "submission", "--predictions", pred, "--data", data, "--out", out)
     assert code == 0, err
     raw = out.read_bytes()
     assert raw.startswith(b",fname,summary\n0,") and raw.endswith(b"\n") and b"\r" not in raw
@@ -559,13 +644,12 @@ def test_make_submission_layout_and_refusals(work, tmp_path, capsys):
     assert df["fname"].tolist() == fnames and df["summary"].tolist() == summaries
 
     for bad, message in [
-        (_predictions(tmp_path / "missing.csv", fnames[1:], summaries[1:]), f"no prediction for 1 test fname(s)"),
+        (_predictions(tmp_path / "missing.csv", fnames[1:], summaries[1:]), "no prediction for 1 test fname(s)"),
         (_predictions(tmp_path / "extra.csv", fnames + ["test_999"], summaries + ["x"]), "not in"),
         (_predictions(tmp_path / "dup.csv", fnames + fnames[:1], summaries + ["x"]), "duplicated fname"),
     ]:
         refused = tmp_path / "refused" / "submission.csv"
-        code, _, err = call_script(capsys, "make_submission.py", "--predictions", bad, "--data", data,
-                                   "--out", refused)
+        code, _, err = call_kdsum(capsys, "submission", "--predictions", bad, "--data", data, "--out", refused)
         assert code == 2 and err.startswith("error: ") and message in err, err
         assert not refused.exists() and not (refused.parent.exists() and any(refused.parent.iterdir()))
 
@@ -580,8 +664,9 @@ def test_make_submission_matches_sample_submission(tmp_path, capsys):
     expected = pd.read_csv(sample, index_col=0)
     pred = _predictions(tmp_path / "p.csv", expected["fname"].tolist(), expected["summary"].tolist())
     out = tmp_path / "submission.csv"
-    code, _, err = call_script(capsys, "make_submission.py", "--predictions", pred, "--data",
-                               tmp_path / "test.jsonl", "--out", out)
+    code, _, err = call_kdsum(
+        capsys, "submission", "--predictions", pred, "--data", tmp_path / "test.jsonl", "--out", out
+    )
     assert code == 0, err
     got = pd.read_csv(out, index_col=0)
     assert len(got) == 499 and list(got.columns) == list(expected.columns) == ["fname", "summary"]

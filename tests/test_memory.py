@@ -1,28 +1,48 @@
-"""The GPU-memory planner (kdsum.memory): its arithmetic on known configurations, and the refusal message."""
+"""The GPU-memory planner (kdsum.memory): its arithmetic on known configurations; the pre-flight check and its
+refusal message (kdsum.preflight)."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
+from kdsum.config import load_config, resolve
 from kdsum.memory import (
     GIB,
-    MemoryPlanError,
-    check_fits,
-    check_spec_fits,
-    estimate_for_spec,
     estimate_peak_memory,
     lora_parameter_count,
     matmul_parameter_count,
     model_dims,
     parameter_counts,
 )
+from kdsum.preflight import MemoryPlanError, check_fits, check_spec_fits, estimate_for_spec
+
+CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 
 # Public configurations (config.json of meta-llama/Llama-3.2-3B and Qwen/Qwen2.5-7B), the fields the planner reads.
-LLAMA_3B = dict(model_type="llama", hidden_size=3072, num_hidden_layers=28, num_attention_heads=24,
-                num_key_value_heads=8, head_dim=128, intermediate_size=8192, vocab_size=128256,
-                tie_word_embeddings=True)
-QWEN_7B = dict(model_type="qwen2", hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, intermediate_size=18944, vocab_size=152064, tie_word_embeddings=False)
+LLAMA_3B = dict(
+    model_type="llama",
+    hidden_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=24,
+    num_key_value_heads=8,
+    head_dim=128,
+    intermediate_size=8192,
+    vocab_size=128256,
+    tie_word_embeddings=True,
+)
+QWEN_7B = dict(
+    model_type="qwen2",
+    hidden_size=3584,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    intermediate_size=18944,
+    vocab_size=152064,
+    tie_word_embeddings=False,
+)
 
 
 def test_parameter_counts_match_the_published_sizes():
@@ -67,8 +87,8 @@ def test_adapter_and_optimizer_bytes():
     n = lora_parameter_count(d, 16)
     lora = estimate_peak_memory(LLAMA_3B, "lora", 1, 128, False, False, 16)
     qlora = estimate_peak_memory(LLAMA_3B, "qlora", 1, 128, False, False, 16)
-    assert lora["parts"]["lora+optimizer"] == pytest.approx(n * 16 / GIB, abs=1e-3)   # fp32 p, g, m, v
-    assert qlora["parts"]["lora+optimizer"] == pytest.approx(n * 8 / GIB, abs=1e-3)   # bf16 (TRL casts)
+    assert lora["parts"]["lora+optimizer"] == pytest.approx(n * 16 / GIB, abs=1e-3)  # fp32 p, g, m, v
+    assert qlora["parts"]["lora+optimizer"] == pytest.approx(n * 8 / GIB, abs=1e-3)  # bf16 (TRL casts)
 
 
 def test_activations_scale_with_tokens_and_layers():
@@ -136,33 +156,45 @@ def test_check_fits_passes_and_refuses():
     with pytest.raises(MemoryPlanError) as err:
         check_fits(est, available_gb=79.0, device_name="NVIDIA H100 80GB HBM3")
     msg = str(err.value)
-    for part in ("qwen2-5-7b", "lora", "micro-batch 16", "1024 tokens", "gradient checkpointing off",
-                 f"{est['total_gb']:.1f} GiB", "NVIDIA H100 80GB HBM3 has 79.0 GiB free", "per_device_batch_size",
-                 "gradient_accumulation_steps", "gradient_checkpointing"):
+    for part in (
+        "qwen2-5-7b",
+        "lora",
+        "micro-batch 16",
+        "1024 tokens",
+        "gradient checkpointing off",
+        f"{est['total_gb']:.1f} GiB",
+        "NVIDIA H100 80GB HBM3 has 79.0 GiB free",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "gradient_checkpointing",
+    ):
         assert part in msg, part
 
 
 def test_suggestions_fit():
     est = estimate_peak_memory(LLAMA_3B, "lora", 32, 1024, False, True, name="llama-ko-3b")
-    with pytest.raises(MemoryPlanError, match=r"lower train\.per_device_batch_size to (\d+)") as err:
+    with pytest.raises(MemoryPlanError, match=r"lower train\.per_device_train_batch_size to (\d+)") as err:
         check_fits(est, available_gb=40.0)
-    mb = int(__import__("re").search(r"per_device_batch_size to (\d+)", str(err.value)).group(1))
+    mb = int(__import__("re").search(r"per_device_train_batch_size to (\d+)", str(err.value)).group(1))
     assert estimate_peak_memory(LLAMA_3B, "lora", mb, 1024, False, True)["total_gb"] <= 40.0 * 0.95
 
 
 def test_check_fits_without_cuda_checks_nothing(monkeypatch):
-    import kdsum.memory as memory
+    import kdsum.preflight as preflight
 
-    monkeypatch.setattr(memory, "free_gpu_memory_gb", lambda device=None: None)
+    monkeypatch.setattr(preflight, "free_gpu_memory_gb", lambda device=None: None)
     res = check_fits(estimate_peak_memory(LLAMA_3B, "lora", 1, 128, False, False))
     assert res["checked"] is False
 
 
 def _spec(**train):
-    t = dict(per_device_batch_size=4, max_length=1024, gradient_checkpointing=True, packing=False)
+    """llama-ko-3b (qlora, LoRA r=16, dropout 0.05, double quantization) with these train settings."""
+    t = dict(per_device_train_batch_size=4, max_length=1024, gradient_checkpointing=True, packing=False)
     t.update(train)
-    return {"name": "llama-ko-3b", "family": "causal", "method": "qlora", "train": t,
-            "lora": {"r": 16, "alpha": 32, "dropout": 0.05}, "quantization": {"double_quant": True}}
+    job = resolve(load_config(CONFIG), "llama-ko-3b", "default")
+    assert job.method == "qlora" and job.lora.r == 16 and job.lora.lora_dropout == 0.05
+    assert job.quantization.bnb_4bit_use_double_quant
+    return dataclasses.replace(job, train=dataclasses.replace(job.train, **t))
 
 
 def test_estimate_for_spec_reads_the_train_block():
@@ -178,12 +210,16 @@ def test_check_spec_fits_reads_a_local_config_and_refuses(tmp_path):
     res = check_spec_fits(_spec(), str(tmp_path), available_gb=79.0)
     assert res["checked"] and res["fits"]
     with pytest.raises(MemoryPlanError, match="llama-ko-3b"):
-        check_spec_fits(_spec(per_device_batch_size=64, gradient_checkpointing=False, packing=True), str(tmp_path),
-                        available_gb=79.0)
+        check_spec_fits(
+            _spec(per_device_train_batch_size=64, gradient_checkpointing=False, packing=True),
+            str(tmp_path),
+            available_gb=79.0,
+        )
 
 
 def test_check_spec_fits_skips_seq2seq_and_unreadable_sources(tmp_path):
-    assert check_spec_fits(dict(_spec(), family="seq2seq", method="full"), "x", available_gb=10.0)["checked"] is False
+    seq2seq = dataclasses.replace(_spec(), family="seq2seq", method="full")
+    assert check_spec_fits(seq2seq, "x", available_gb=10.0)["checked"] is False
     assert check_spec_fits(_spec(), str(tmp_path / "missing"), available_gb=10.0)["checked"] is False
 
 
@@ -207,30 +243,42 @@ MEASURED_H100 = [
 
 
 @pytest.mark.parametrize("model,method,mb,seq,ckpt,packing,attention,loss,measured,allocated", MEASURED_H100)
-def test_estimate_within_15_percent_of_measured_h100_peaks(model, method, mb, seq, ckpt, packing, attention, loss,
-                                                           measured, allocated):
+def test_estimate_within_15_percent_of_measured_h100_peaks(
+    model, method, mb, seq, ckpt, packing, attention, loss, measured, allocated
+):
     cfg = {"llama-3b": LLAMA_3B, "qwen-7b": QWEN_7B}[model]
-    est = estimate_peak_memory(cfg, method, mb, seq, ckpt, packing, 16, "bfloat16", lora_dropout=0.05,
-                               attention=attention, loss=loss)
+    est = estimate_peak_memory(
+        cfg, method, mb, seq, ckpt, packing, 16, "bfloat16", lora_dropout=0.05, attention=attention, loss=loss
+    )
     assert abs(est["total_gb"] - measured) / measured < 0.15
     assert abs(est["allocated_gb"] - allocated) / allocated < 0.15
 
 
 def test_training_preflight_refuses_a_job_that_cannot_fit(tmp_path, repo_root):
-    """The training stage's pre-flight check (kdsum.training.build_trainer calls check_spec_fits before loading):
+    """The training stage's pre-flight check (kdsum.training.build_trainer calls kdsum.preflight.check_spec_fits before loading):
     a Llama-3.2-3B-shaped LoRA job with a 1,024-token micro-batch of 64 cannot fit a 16 GB card."""
     from transformers import LlamaConfig
 
-    from kdsum.config import load_config, resolve
-    from kdsum.memory import MemoryPlanError, check_spec_fits
-
-    LlamaConfig(hidden_size=3072, num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8,
-                intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True).save_pretrained(tmp_path)
+    LlamaConfig(
+        hidden_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+    ).save_pretrained(tmp_path)
     spec = resolve(load_config(repo_root / "config.yaml"), "llama-ko-3b", "default")
-    spec["train"].update(per_device_batch_size=64, gradient_checkpointing=False)
+    spec = dataclasses.replace(
+        spec, train=dataclasses.replace(spec.train, per_device_train_batch_size=64, gradient_checkpointing=False)
+    )
     with pytest.raises(MemoryPlanError) as err:
         check_spec_fits(spec, str(tmp_path), method="lora", available_gb=16.0)
     assert "llama-ko-3b" in str(err.value)
-    ok = check_spec_fits(resolve(load_config(repo_root / "config.yaml"), "llama-ko-3b", "default"), str(tmp_path),
-                         method="qlora", available_gb=80.0)
+    ok = check_spec_fits(
+        resolve(load_config(repo_root / "config.yaml"), "llama-ko-3b", "default"),
+        str(tmp_path),
+        method="qlora",
+        available_gb=80.0,
+    )
     assert ok["checked"] and ok["fits"]

@@ -1,4 +1,4 @@
-"""Tests for kdsum.metrics (Korean-morpheme ROUGE, guards, bootstrap) and the two scoring CLIs.
+"""Tests for kdsum.metrics (Korean-morpheme ROUGE, guards, bootstrap) and the two scoring stages (evaluate, compare).
 
 Run: cd /work/main && PYTHONPATH=src python3 -m pytest tests/test_metrics.py -q
 """
@@ -6,7 +6,7 @@ Run: cd /work/main && PYTHONPATH=src python3 -m pytest tests/test_metrics.py -q
 from __future__ import annotations
 
 import csv
-import importlib.util
+import dataclasses
 import json
 import os
 import random
@@ -19,6 +19,9 @@ import pandas as pd
 import pytest
 from rouge_score import rouge_scorer, tokenizers
 
+from kdsum.cli import main as kdsum_main
+from kdsum.config import load_config, spec_for
+from kdsum.errors import KdsumError
 from kdsum.metrics import (
     KiwiMorphemeTokenizer,
     TokenizationError,
@@ -33,6 +36,7 @@ from kdsum.metrics import (
     prediction_length,
     rouge_scores,
 )
+from kdsum.spec import to_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -185,9 +189,10 @@ def test_english_default_tokenizer_matches_rouge_score():
         ("", ["An empty prediction scores zero."]),
         ("Nothing in common here", ["Totally different words"]),
         ("the the the the", ["the cat the dog the end"]),
-        ("Tom and Mary go to the movies on Friday night.", ["Mary and Tom will see a movie Friday.",
-                                                          "Tom invites Mary to the cinema.",
-                                                          "They go to the movies."]),
+        (
+            "Tom and Mary go to the movies on Friday night.",
+            ["Mary and Tom will see a movie Friday.", "Tom invites Mary to the cinema.", "They go to the movies."],
+        ),
     ]
     default = tokenizers.DefaultTokenizer(use_stemmer=False)
     for agg in ("mean", "max"):
@@ -230,7 +235,7 @@ def test_guard_refuses_tokenizers_that_lose_hangul():
             rouge_scores([korean], [[korean]], tokenizer=tok)
         with pytest.raises(TokenizationError):
             check_tokenizer(tok, korean)
-    assert issubclass(TokenizationError, ValueError)
+    assert issubclass(TokenizationError, ValueError) and issubclass(TokenizationError, KdsumError)
     # texts without Hangul may tokenise empty: an empty prediction is a real 0, not an error
     df = rouge_scores(["", "!!!"], [["민수는 학교에 갔다."], ["민수는 학교에 갔다."]])
     assert df[KEYS].to_numpy().tolist() == [[0.0] * 3, [0.0] * 3]
@@ -319,7 +324,7 @@ def test_every_score_equals_rouge_score_on_random_token_sequences():
     tok = WhitespaceTokenizer()
     for agg in ("mean", "max"):
         df = rouge_scores(preds, refs, aggregate=agg, tokenizer=tok)
-        for i, (p, r) in enumerate(zip(preds, refs)):
+        for i, (p, r) in enumerate(zip(preds, refs, strict=True)):
             assert row(df, i) == naive_scores(p, r, tok, agg), (agg, i)  # exact, not approx
         assert df["n_refs"].tolist() == [len(r) for r in refs]
         assert df["pred_tokens"].tolist() == [len(p.split()) for p in preds]
@@ -332,7 +337,7 @@ def test_no_items_gives_an_empty_table():
 
 
 def test_ngram_keys_that_would_overflow_are_refused():
-    from kdsum.metrics import _ngram_table
+    from kdsum.rouge import _ngram_table
 
     codes = np.array([0, 1], dtype=np.int64)
     with pytest.raises(OverflowError, match="int64"):
@@ -342,10 +347,16 @@ def test_ngram_keys_that_would_overflow_are_refused():
 def test_importing_metrics_does_not_import_nltk():
     """rouge_score.tokenizers pulls in nltk and scipy.stats (about 1 s): only the rouge-score
     default tokenizer needs it, so evaluate and predict jobs do not pay for it."""
-    code = ("import sys; import kdsum.metrics as m; assert 'nltk' not in sys.modules, 'nltk imported'; "
-            "m.resolve_tokenizer('rouge-score-default'); assert 'nltk' in sys.modules")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    code = (
+        "import sys; import kdsum.metrics as m; assert 'nltk' not in sys.modules, 'nltk imported'; "
+        "m.resolve_tokenizer('rouge-score-default'); assert 'nltk' in sys.modules"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -375,7 +386,7 @@ def test_fast_path_equals_naive_loop_on_real_korean():
     preds, refs = _korean_pairs(50)
     for agg in ("mean", "max"):
         df = rouge_scores(preds, refs, aggregate=agg, tokenizer=KIWI)
-        for i, (p, r) in enumerate(zip(preds, refs)):
+        for i, (p, r) in enumerate(zip(preds, refs, strict=True)):
             assert row(df, i) == naive_scores(p, r, KIWI, agg), i  # exact, not approx
     assert df[KEYS].stack().between(0, 1).all() and df["rouge1"].mean() > 0.2
 
@@ -447,8 +458,10 @@ def test_prediction_length():
     assert out["mean_chars"] == pytest.approx((11 + 0) / 2)
     assert out["mean_morphemes"] == pytest.approx((len(KIWI.tokenize("민수는 학교에 갔다.")) + 0) / 2)
     # the evaluate CLI passes the counts the scoring already made instead of tokenising again
-    assert prediction_length(["민수는 학교에 갔다.", ""], token_counts=[7, 0]) == {"mean_chars": 5.5,
-                                                                              "mean_morphemes": 3.5}
+    assert prediction_length(["민수는 학교에 갔다.", ""], token_counts=[7, 0]) == {
+        "mean_chars": 5.5,
+        "mean_morphemes": 3.5,
+    }
     with pytest.raises(ValueError, match="token_counts"):
         prediction_length(["a", "b"], token_counts=[1])
 
@@ -456,11 +469,13 @@ def test_prediction_length():
 # --------------------------------------------------------------------------- CLIs
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_kdsum_script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _evaluation_spec(tmp: Path, **changes) -> Path:
+    """The config's evaluation spec (kdsum.config.spec_for), with ``changes``, as a spec file."""
+    spec = dataclasses.replace(spec_for(load_config(ROOT / "config.yaml"), "evaluation"), **changes)
+    path = tmp / "specs" / "evaluation.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_json(spec), encoding="utf-8")
+    return path
 
 
 def _write_inputs(tmp: Path, preds: dict[str, str], refs: dict[str, list[str] | None]) -> tuple[Path, Path]:
@@ -489,12 +504,30 @@ def test_evaluate_cli_end_to_end(tmp_path):
     preds = {"dev_2": "#Person2#는 Jimmy를 만난다.", "dev_0": "민수가 학교에 갔다.", "dev_1": ""}
     p, r = _write_inputs(tmp_path, preds, REFS)
     out_json, out_items = tmp_path / "out" / "S.json", tmp_path / "out" / "I.csv"
+    spec = _evaluation_spec(tmp_path, aggregate="mean", bootstrap=200, seed=0)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--predictions", str(p), "--references", str(r),
-         "--out-json", str(out_json), "--out-items", str(out_items), "--bootstrap", "200"],
-        capture_output=True, text=True, cwd=tmp_path,  # cwd elsewhere: the script finds src/ itself
+        [
+            sys.executable,
+            "-m",
+            "kdsum",
+            "evaluate",
+            "--spec",
+            str(spec),
+            "--predictions",
+            str(p),
+            "--references",
+            str(r),
+            "--out-json",
+            str(out_json),
+            "--out-items",
+            str(out_items),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # cwd elsewhere: the installed package is found
     )
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("n=3 ROUGE-1 ") and "(mean over references)" in proc.stdout
     s = json.loads(out_json.read_text(encoding="utf-8"))
     items = pd.read_csv(out_items)
     assert list(items.columns) == ["fname", "rouge1", "rouge2", "rougeL", "rouge_sum", "n_refs"]
@@ -504,6 +537,7 @@ def test_evaluate_cli_end_to_end(tmp_path):
     assert items.loc[0, ["rouge1", "rouge2", "rougeL"]].tolist() == pytest.approx(expected0)
     assert items.loc[1, "rouge_sum"] == 0.0  # the empty prediction is scored, as 0
     assert s["n"] == 3 and s["aggregate"] == "mean" and s["empty_predictions"] == 1
+    assert s["bootstrap"] == 200 and s["seed"] == 0  # the spec's settings
     assert s["rouge_sum"] == pytest.approx(items["rouge_sum"].mean())
     assert s["rouge1"] == pytest.approx(items["rouge1"].mean())
     lo, hi = s["rouge_sum_ci"]
@@ -516,9 +550,27 @@ def test_evaluate_cli_end_to_end(tmp_path):
     # one Kiwi thread gives the same files
     out_json1, out_items1 = tmp_path / "out1" / "S.json", tmp_path / "out1" / "I.csv"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--predictions", str(p), "--references", str(r),
-         "--out-json", str(out_json1), "--out-items", str(out_items1), "--bootstrap", "200", "--threads", "1"],
-        capture_output=True, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "kdsum",
+            "evaluate",
+            "--spec",
+            str(spec),
+            "--predictions",
+            str(p),
+            "--references",
+            str(r),
+            "--out-json",
+            str(out_json1),
+            "--out-items",
+            str(out_items1),
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     assert out_json1.read_bytes() == out_json.read_bytes() and out_items1.read_bytes() == out_items.read_bytes()
@@ -526,14 +578,23 @@ def test_evaluate_cli_end_to_end(tmp_path):
         assert key in s
 
 
+def _exit_code(argv: list[str]) -> int:
+    """``kdsum ARGV`` in this process: the exit status (0 when the stage returns)."""
+    try:
+        kdsum_main(argv)
+    except SystemExit as exc:
+        return exc.code
+    return 0
+
+
 def test_evaluate_cli_errors_write_nothing(tmp_path, capsys):
-    evaluate = _load_script("evaluate")
     out_json, out_items = tmp_path / "out" / "S.json", tmp_path / "out" / "I.csv"
     outs = ["--out-json", str(out_json), "--out-items", str(out_items)]
+    spec = str(_evaluation_spec(tmp_path))
 
     def run(preds, refs):
         p, r = _write_inputs(tmp_path, preds, refs)
-        code = evaluate.main(["--predictions", str(p), "--references", str(r), *outs])
+        code = _exit_code(["evaluate", "--spec", spec, "--predictions", str(p), "--references", str(r), *outs])
         return code, capsys.readouterr().err, p, r
 
     # a reference without a prediction
@@ -545,9 +606,23 @@ def test_evaluate_cli_errors_write_nothing(tmp_path, capsys):
     assert code == 2 and "dev_9" in err and "not in references" in err
     # a thread count below 1
     p, r = _write_inputs(tmp_path, {"dev_0": "x", "dev_1": "y", "dev_2": "z"}, REFS)
-    code = evaluate.main(["--predictions", str(p), "--references", str(r), *outs, "--threads", "0"])
+    code = _exit_code(
+        ["evaluate", "--spec", spec, "--predictions", str(p), "--references", str(r), *outs, "--threads", "0"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: --threads must be >= 1")
+    # a predictions file that is not a CSV, and a missing one: one line naming the file
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"\xff\xfe\x00broken")
+    for path in (bad, tmp_path / "missing.csv"):
+        code = _exit_code(["evaluate", "--spec", spec, "--predictions", str(path), "--references", str(r), *outs])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and str(path) in err and "Traceback" not in err
+    # a spec file of another kind
+    other = tmp_path / "summary.json"
+    other.write_text(to_json(spec_for(load_config(ROOT / "config.yaml"), "summary")), encoding="utf-8")
+    code = _exit_code(["evaluate", "--spec", str(other), "--predictions", str(p), "--references", str(r), *outs])
+    assert code == 2 and "expected EvaluationArgs" in capsys.readouterr().err
     # a test split: no summaries
     code, err, _, r = run({"test_0": "x"}, {"test_0": None})
     assert code == 2 and "no reference summaries" in err and "test split" in err and str(r) in err
@@ -563,17 +638,24 @@ def test_compare_systems_cli(tmp_path):
     # B is better by ~5 points, listed in another order: pairing must be on fname
     b = pd.DataFrame({"fname": fnames, "rouge_sum": a + 5 + rng.normal(0, 2, 100)}).iloc[::-1]
     b.to_csv(tmp_path / "B.csv", index=False)
-    script = str(ROOT / "scripts" / "compare_systems.py")
-    proc = subprocess.run([sys.executable, script, str(tmp_path / "A.csv"), str(tmp_path / "B.csv"), "--n", "500"],
-                          capture_output=True, text=True)
+    stage = [sys.executable, "-m", "kdsum", "compare"]
+    proc = subprocess.run(
+        [*stage, str(tmp_path / "A.csv"), str(tmp_path / "B.csv"), "--n", "500"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     expected = (b.set_index("fname").loc[fnames, "rouge_sum"].to_numpy() - a).mean()  # ~ +5
     assert f"mean difference (B - A): {expected:+.4f}" in proc.stdout
     assert "p-value" in proc.stdout and "0.0000" in proc.stdout
     b.iloc[:-1].to_csv(tmp_path / "B_short.csv", index=False)
-    proc = subprocess.run([sys.executable, script, str(tmp_path / "A.csv"), str(tmp_path / "B_short.csv")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [*stage, str(tmp_path / "A.csv"), str(tmp_path / "B_short.csv")], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: fname sets differ") and "dev_0" in proc.stderr
+    proc = subprocess.run(
+        [*stage, str(tmp_path / "A.csv"), str(tmp_path / "B.csv"), "--metric", "rouge9"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "rouge9" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 # --------------------------------------------------------------------------- real data
@@ -587,8 +669,10 @@ def test_dialogsum_reference_vs_other_references():
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     df = rouge_scores([r["summary1"] for r in records], [[r["summary2"], r["summary3"]] for r in records])
     s = corpus_summary(df, n_resamples=200)
-    print(f"\nDialogSum test, summary1 vs summaries 2-3 (Kiwi tokens): R1 {s['rouge1']:.2f} "
-          f"R2 {s['rouge2']:.2f} RL {s['rougeL']:.2f} sum {s['rouge_sum']:.2f} CI {s['rouge_sum_ci']}")
+    print(
+        f"\nDialogSum test, summary1 vs summaries 2-3 (Kiwi tokens): R1 {s['rouge1']:.2f} "
+        f"R2 {s['rouge2']:.2f} RL {s['rougeL']:.2f} sum {s['rouge_sum']:.2f} CI {s['rouge_sum_ci']}"
+    )
     assert len(df) == 500 and (df["n_refs"] == 2).all()
     # human-vs-human agreement on DialogSum is about R1 ~ 50, R2 ~ 25, RL ~ 40-45
     assert 40 < s["rouge1"] < 60 and 15 < s["rouge2"] < 35 and 30 < s["rougeL"] < 55

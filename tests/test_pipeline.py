@@ -3,6 +3,7 @@
 Checks every promised output, that fine-tuned rows beat the zero-shot rows, that the submission matches the
 competition format, and that a second run has nothing to do.
 """
+
 import json
 import shutil
 import subprocess
@@ -18,8 +19,11 @@ pytestmark = pytest.mark.slow
 
 def _copy_repo(src: Path, dst: Path) -> Path:
     """A fresh checkout: the tracked and untracked-but-not-ignored files, nothing from results/."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=src, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=src, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -32,8 +36,12 @@ def _copy_repo(src: Path, dst: Path) -> Path:
 def pipeline_run(repo_root, tmp_path_factory):
     work = _copy_repo(repo_root, tmp_path_factory.mktemp("clone") / "kdsum")
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "results/summary.csv"], cwd=work,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "results/summary.csv"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
     wall = time.time() - start
     if proc.returncode != 0:
         logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((work / "results/logs").rglob("*.log")))
@@ -44,15 +52,26 @@ def pipeline_run(repo_root, tmp_path_factory):
 
 def test_every_output_is_there(pipeline_run):
     work, _ = pipeline_run
-    for rel in ["results/data/stats.json", "results/prompts/seq2seq/special_tokens.json",
-                "results/prompts/chat-plain/train.jsonl", "results/base/tiny-llama/config.json",
-                "results/train/tiny-llama/default/model/adapter_config.json",
-                "results/train/tiny-bart/default/model/config.json",
-                "results/train/tiny-llama/default/train_metrics.json", "results/train/tiny-bart/default/log_history.csv",
-                "results/predictions/tiny-llama/default/dev.csv", "results/predictions/tiny-llama/zeroshot/test.csv",
-                "results/predictions/baseline/lead/dev.csv", "results/predictions/tiny-bart/default/submission.csv",
-                "results/scores/tiny-bart/default/dev.json", "results/scores/tiny-bart/default/dev_items.csv",
-                "results/summary.csv", "results/summary.md", "results/plots/scores.png", "results/plots/loss.png"]:
+    for rel in [
+        "results/data/stats.json",
+        "results/prompts/seq2seq/special_tokens.json",
+        "results/prompts/chat-plain/train.jsonl",
+        "results/base/tiny-llama/config.json",
+        "results/train/tiny-llama/default/model/adapter_config.json",
+        "results/train/tiny-bart/default/model/config.json",
+        "results/train/tiny-llama/default/train_metrics.json",
+        "results/train/tiny-bart/default/log_history.csv",
+        "results/predictions/tiny-llama/default/dev.csv",
+        "results/predictions/tiny-llama/zeroshot/test.csv",
+        "results/predictions/baseline/lead/dev.csv",
+        "results/predictions/tiny-bart/default/submission.csv",
+        "results/scores/tiny-bart/default/dev.json",
+        "results/scores/tiny-bart/default/dev_items.csv",
+        "results/summary.csv",
+        "results/summary.md",
+        "results/plots/scores.png",
+        "results/plots/loss.png",
+    ]:
         assert (work / rel).exists(), rel
     # a log per rule run
     assert len(list((work / "results/logs").rglob("*.log"))) >= 20
@@ -61,11 +80,31 @@ def test_every_output_is_there(pipeline_run):
 def test_summary_has_every_system_and_fine_tuning_helps(pipeline_run):
     work, _ = pipeline_run
     df = pd.read_csv(work / "results/summary.csv")
-    assert set(df["system"]) == {"tiny-bart/default", "tiny-llama/default", "tiny-bart/zeroshot",
-                                 "tiny-llama/zeroshot", "baseline/lead", "baseline/longest"}
-    for col in ["rouge1", "rouge2", "rougeL", "rouge_sum", "rouge_sum_lo", "rouge_sum_hi", "mean_chars",
-                "foreign_script_share", "total_params", "trainable_params", "train_time_s", "tokens_per_s",
-                "peak_memory_gb", "kind", "method"]:
+    assert set(df["system"]) == {
+        "tiny-bart/default",
+        "tiny-llama/default",
+        "tiny-bart/zeroshot",
+        "tiny-llama/zeroshot",
+        "baseline/lead",
+        "baseline/longest",
+    }
+    for col in [
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "rouge_sum",
+        "rouge_sum_lo",
+        "rouge_sum_hi",
+        "mean_chars",
+        "foreign_script_share",
+        "total_params",
+        "trainable_params",
+        "train_time_s",
+        "tokens_per_s",
+        "peak_memory_gb",
+        "kind",
+        "method",
+    ]:
         assert col in df, col
     s = df.set_index("system")
     assert (s["rouge_sum"] > 0).all(), "a Korean ROUGE of 0 means the tokenizer dropped Hangul"
@@ -87,8 +126,12 @@ def test_submission_matches_competition_format(pipeline_run, shared_data):
 
 def test_second_run_has_nothing_to_do(pipeline_run):
     work, _ = pipeline_run
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "results/summary.csv"], cwd=work,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "results/summary.csv"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
@@ -100,8 +143,9 @@ def test_lint_is_clean(repo_root):
 
 def test_html_report_has_summary_plots_and_rule_graph(pipeline_run):
     work, _ = pipeline_run
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--report", "results/report.html"], cwd=work,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--report", "results/report.html"], cwd=work, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (work / "results/report.html").read_text(encoding="utf-8")
     for needle in ("summary.csv", "scores.png", "loss.png", "rulegraph", "format_prompts"):

@@ -24,19 +24,25 @@ from typing import Any
 
 import torch
 
+from kdsum.errors import KdsumError
+from kdsum.spec import Job
+
 VARLEN = "kdsum_varlen"
 CHOICES = ("auto", "sdpa", "eager", "varlen")
 
 
-def resolve_attention(spec: dict) -> str:
+class AttentionError(KdsumError, ValueError):
+    """A ``train.attention`` value the pipeline does not know."""
+
+
+def resolve_attention(job: Job) -> str:
     """The attention implementation a training job uses: 'sdpa', 'eager' or 'varlen' (see module docstring)."""
-    t = spec["train"]
-    choice = t.get("attention", "auto")
+    choice = job.train.attention
     if choice not in CHOICES:
-        raise ValueError(f"model '{spec.get('name')}': train.attention must be one of {CHOICES}, got {choice!r}")
+        raise AttentionError(f"model '{job.model}': train.attention must be one of {CHOICES}, got {choice!r}")
     if choice != "auto":
         return choice
-    packed_causal = spec.get("family") == "causal" and bool(t.get("packing", False))
+    packed_causal = job.family == "causal" and job.train.packing
     return "varlen" if packed_causal and torch.cuda.is_available() else "sdpa"
 
 
@@ -79,12 +85,13 @@ def _flash_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale):
     # CPU reference: each sequence on its own through SDPA
     outs = []
     rep = q.shape[1] // k.shape[1]
-    for s, e in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+    for s, e in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True):
         qs, ks, vs = (x[s:e].transpose(0, 1) for x in (q, k, v))
         if rep > 1:
             ks, vs = ks.repeat_interleave(rep, dim=0), vs.repeat_interleave(rep, dim=0)
-        outs.append(torch.nn.functional.scaled_dot_product_attention(
-            qs, ks, vs, is_causal=True, scale=scale).transpose(0, 1))
+        outs.append(
+            torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale).transpose(0, 1)
+        )
     return torch.cat(outs, dim=0)
 
 
@@ -95,6 +102,7 @@ def _flash_varlen_autograd():
     """torch without ``torch.nn.attention.varlen``: the aten flash op and its backward as an autograd Function."""
     global _AUTOGRAD_FN
     if _AUTOGRAD_FN is None:
+
         class FlashVarlen(torch.autograd.Function):
             @staticmethod
             def forward(ctx, q, k, v, cu_q, cu_k, max_q, max_k, scale):
@@ -102,7 +110,8 @@ def _flash_varlen_autograd():
                     rep = q.shape[1] // k.shape[1]
                     k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
                 out, lse, rng, unused, _ = torch.ops.aten._flash_attention_forward(
-                    q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False, scale=scale)
+                    q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False, scale=scale
+                )
                 ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, rng, unused)
                 ctx.args = (max_q, max_k, scale)
                 return out
@@ -112,16 +121,17 @@ def _flash_varlen_autograd():
                 q, k, v, out, lse, cu_q, cu_k, rng, unused = ctx.saved_tensors
                 max_q, max_k, scale = ctx.args
                 dq, dk, dv = torch.ops.aten._flash_attention_backward(
-                    grad.contiguous(), q, k, v, out, lse, cu_q, cu_k, max_q, max_k, 0.0, True, rng, unused,
-                    scale=scale)
+                    grad.contiguous(), q, k, v, out, lse, cu_q, cu_k, max_q, max_k, 0.0, True, rng, unused, scale=scale
+                )
                 return dq, dk, dv, None, None, None, None, None
 
         _AUTOGRAD_FN = FlashVarlen
     return _AUTOGRAD_FN
 
 
-def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                             is_causal=None, **kwargs):
+def varlen_attention_forward(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs
+):
     """transformers' attention interface (query/key/value: [B, H, T, D]). Padding-free packed rows (B == 1, no
     mask, no cache) go through the varlen kernel; anything else through transformers' SDPA function."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -139,8 +149,9 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     if cu_q is None or attention_mask is not None or B != 1 or not self_attention or dropout:
         if attention_mask is None and self_attention:
             is_causal = True if is_causal is None else is_causal
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     cu_q = cu_q.to(device=query.device, dtype=torch.int32)
     cu_k = (cu_k if cu_k is not None else cu_q).to(device=query.device, dtype=torch.int32)
     max_q = int(max_q) if max_q is not None else int(cu_q.diff().max())
@@ -158,16 +169,24 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     return out.to(in_dtype).reshape(1, T, H, D), None
 
 
-def varlen_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
-                attention_mask=None, **kwargs):
+def varlen_mask(
+    batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, attention_mask=None, **kwargs
+):
     """No mask for padding-free rows (the kernel reads the boundaries); the SDPA mask when there is padding."""
     from transformers.masking_utils import causal_mask_function, sdpa_mask
 
     if attention_mask is None:
         return None
-    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
-                     kv_offset=kv_offset, mask_function=mask_function or causal_mask_function,
-                     attention_mask=attention_mask, **kwargs)
+    return sdpa_mask(
+        batch_size=batch_size,
+        q_length=q_length,
+        kv_length=kv_length,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        mask_function=mask_function or causal_mask_function,
+        attention_mask=attention_mask,
+        **kwargs,
+    )
 
 
 def register_varlen() -> str:

@@ -11,28 +11,23 @@ Definitions (on the ingested turns, ``[{"speaker": "#Person1#", "text": ...}]``)
 * ``longest``: the longest utterance, by characters of its text (ties: the earliest), whole, speaker tag kept:
   ``#Person2#: <utterance>``.
 
-Kiwi is loaded once per process (about a second).
+Kiwi is loaded once per process (about a second; ``kdsum.kiwi.sentence_kiwi``).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+
+from kdsum.errors import KdsumError
+from kdsum.kiwi import sentence_kiwi as get_kiwi
 
 __all__ = ["BASELINES", "LEAD_MIN_CHARS", "BaselineError", "get_kiwi", "lead", "longest", "run_baseline"]
 
 LEAD_MIN_CHARS = 20
 
 
-class BaselineError(ValueError):
+class BaselineError(KdsumError, ValueError):
     """An unknown baseline, or a dialogue it cannot summarize."""
-
-
-@lru_cache(maxsize=1)
-def get_kiwi():
-    from kiwipiepy import Kiwi
-
-    return Kiwi()
 
 
 def _spoken(turns: Sequence[dict]) -> list[dict]:

@@ -1,32 +1,156 @@
-"""Load, validate and resolve the pipeline configuration.
+"""Load, validate and resolve the pipeline configuration into typed job specs (kdsum.spec).
 
-One validator serves Snakemake (``rules/common.smk``) and the CLIs that DVC calls, so both front doors refuse
-the same bad config with the same message, naming the offending key.
+The config is config.yaml, then any overlay files (``--configfile``), then ``key=value`` overrides (Snakemake's
+``--config``, whose keys cannot hold dots: ``run__models=[tiny-llama]`` reaches ``run.models``, as does
+``'run={models: [tiny-llama]}'``). The schema
+(schemas/config.schema.yaml) checks every key; the leaves of ``defaults`` are all required there, so each setting
+is defaulted in exactly one place. Only the ``spec`` stage reads the config; every other stage reads its spec.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
+from kdsum.errors import KdsumError
+from kdsum.spec import (
+    BASELINE_MODEL,
+    ZERO_SHOT,
+    BaseSpec,
+    BuildArgs,
+    DataSpec,
+    EvaluationArgs,
+    GenerationArgs,
+    Job,
+    LoraArgs,
+    PromptFormat,
+    PromptSetSpec,
+    QuantizationArgs,
+    SummarySpec,
+    SystemRow,
+    TrainArgs,
+    prompt_set_name,
+)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "schemas" / "config.schema.yaml"
-
-ZERO_SHOT = "zeroshot"          # reserved variant name: the base model without fine-tuning
-BASELINE_MODEL = "baseline"     # reserved model name: non-neural reference systems
+DEFAULT_CONFIG = "config.yaml"
 SLUG_PATTERN = "^[a-z0-9]+(-[a-z0-9]+)*$"
 SETTING_KEYS = ("prompt_format", "train", "lora", "quantization", "generation")
+SECTION_TYPES = {"train": TrainArgs, "lora": LoraArgs, "quantization": QuantizationArgs, "generation": GenerationArgs}
 
 
-class ConfigError(ValueError):
-    """A config file that the pipeline refuses; the message names the file and key."""
+class ConfigError(KdsumError):
+    """A config the pipeline refuses; the message names the file and key."""
 
 
+# ------------------------------------------------------------------------------------------------ YAML
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's last-one-wins on a repeated key hides a typo: refuse it."""
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges; its keys may be overridden
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as fh:
+        schema = yaml.safe_load(fh)
+    # every leaf of `defaults` is required: a setting missing there is refused at load, not at training
+    for section in SECTION_TYPES:
+        sub = schema["properties"]["defaults"]["properties"][section]
+        props = schema["$defs"][section]["properties"]
+        sub["required"] = sorted(props)
+    return schema
+
+
+# ------------------------------------------------------------------------------------------------ merging
+def deep_merge(base: dict, override: Mapping) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _scalars_typed(value: Any) -> Any:
+    """Snakemake's --config parses a nested value with YAML's BaseLoader, which keeps every scalar a string:
+    give `{train: {learning_rate: 0.05}}` its number back (a string that reads as no other scalar stays one)."""
+    if isinstance(value, Mapping):
+        return {k: _scalars_typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scalars_typed(v) for v in value]
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return parsed if isinstance(parsed, (bool, int, float)) or parsed is None else value
+    return value
+
+
+def nest_dotted(overrides: Mapping[str, Any]) -> dict:
+    """``{"run.models": [...]}`` or ``{"run__models": [...]}`` (Snakemake's --config keys cannot hold dots)
+    -> ``{"run": {"models": [...]}}``; keys without a separator stay as they are."""
+    out: dict = {}
+    for key, value in overrides.items():
+        parts = str(key).replace("__", ".").split(".")
+        value = _scalars_typed(value) if isinstance(value, (Mapping, list)) else value
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{key}': '{part}' is set twice, once as a value")
+        node[parts[-1]] = deep_merge(node.get(parts[-1], {}), value) if isinstance(value, Mapping) else value
+    return out
+
+
+def merged_config(files: Iterable[str | os.PathLike], overrides: Mapping[str, Any] | None = None) -> dict:
+    """The config the engine sees: files merged in order, then overrides."""
+    config: dict = {}
+    for path in files:
+        data = read_yaml(path)
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+        config = deep_merge(config, data)
+    return deep_merge(config, nest_dotted(overrides or {}))
+
+
+# ------------------------------------------------------------------------------------------------ validation
 def _key_path(path) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
@@ -43,60 +167,67 @@ def _validator_with_defaults(schema: dict):
                     instance[prop] = copy.deepcopy(sub["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
-    cls = jsonschema.validators.extend(base, {"properties": set_defaults})
-    return cls(schema)
+    return jsonschema.validators.extend(base, {"properties": set_defaults})(schema)
 
 
-def load_schema() -> dict:
-    with open(SCHEMA_PATH, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+def _similar(key: str, allowed: list[str]) -> list[str]:
+    """Allowed keys a typo or an old name most likely meant (`epochs` -> `num_train_epochs`)."""
+    return difflib.get_close_matches(key, allowed, 1) or [a for a in allowed if key in a or a in key][:1]
 
 
-def validate_config(config: dict, source: str = "config") -> dict:
-    """Validate ``config`` in place against the schema (filling defaults) and check cross-references.
+def _message(err) -> str:
+    if err.validator == "additionalProperties":
+        allowed = list(err.schema.get("properties", {}))
+        extra = [k for k in err.instance if k not in allowed]
+        hints = [f"'{k}' (did you mean '{m[0]}'?)" if (m := _similar(k, allowed)) else f"'{k}'" for k in extra]
+        return f"unknown key {', '.join(hints)}"
+    if err.validator == "required":
+        return err.message.replace("is a required property", "is required")
+    if err.validator == "pattern" and err.validator_value == SLUG_PATTERN:
+        return f"{err.message}: names must be slugs (lowercase letters, digits and single hyphens)"
+    if err.validator == "not" and len(err.path) == 1:
+        return f"{err.instance!r} is a reserved name (zeroshot and baseline are used by the pipeline)"
+    if err.validator == "oneOf" and len(err.path) == 2 and err.path[0] == "models":
+        return "a model needs exactly one of `source` (hub id or local path) or `build` (built offline)"
+    return err.message
 
-    Raises ConfigError naming ``source`` and the dotted key of the first problem.
-    """
+
+def validate_config(config: Any, source: str = "config") -> dict:
+    """Validate ``config`` in place against the schema (filling defaults) and check cross-references."""
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(config).__name__}")
-    validator = _validator_with_defaults(load_schema())
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path))))
+    errors = sorted(
+        _validator_with_defaults(load_schema()).iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path)))
+    )
     if errors:
         err = errors[0]
         key = _key_path(err.path)
-        message = err.message
-        if err.validator == "additionalProperties":
-            message = f"unknown key ({err.message})"
-        elif err.validator == "pattern" and err.validator_value == SLUG_PATTERN:
-            message = f"{err.message}: names must be slugs (lowercase letters, digits and single hyphens)"
-        elif err.validator == "not" and len(err.path) == 1:
-            message = f"{err.instance!r} is a reserved name (zeroshot and baseline are used by the pipeline)"
-        elif err.validator == "oneOf" and len(err.path) == 2 and err.path[0] == "models":
-            message = "a model needs exactly one of `source` (hub id or local path) or `build` (built offline)"
-        raise ConfigError(f"{source}: invalid value at key '{key}': {message}")
+        if err.validator == "required":
+            key = _key_path([*err.path, err.message.split("'")[1]])
+        raise ConfigError(f"{source}: invalid value at key '{key}': {_message(err)}")
     _check_references(config, source)
     return config
 
 
 def _check_references(config: dict, source: str) -> None:
     models, variants, formats = config["models"], config["variants"], config["prompt"]["formats"]
-    for i, name in enumerate(config["run"]["models"]):
-        if name not in models:
-            raise ConfigError(
-                f"{source}: key 'run.models[{i}]' names unknown model '{name}' (known: {', '.join(sorted(models))})"
-            )
-    for i, name in enumerate(config["run"]["variants"]):
-        if name not in variants:
-            raise ConfigError(
-                f"{source}: key 'run.variants[{i}]' names unknown variant '{name}' "
-                f"(known: {', '.join(sorted(variants))})"
-            )
+    for section, known in (("models", models), ("variants", variants)):
+        for i, name in enumerate(config["run"][section]):
+            if name not in known:
+                raise ConfigError(
+                    f"{source}: key 'run.{section}[{i}]' names unknown {section[:-1]} '{name}' "
+                    f"(known: {', '.join(sorted(known))})"
+                )
     fmt_keys = [("defaults.prompt_format", config["defaults"]["prompt_format"])]
     fmt_keys += [(f"models.{m}.prompt_format", e["prompt_format"]) for m, e in models.items() if "prompt_format" in e]
-    fmt_keys += [(f"variants.{v}.prompt_format", e["prompt_format"]) for v, e in variants.items() if "prompt_format" in e]
+    fmt_keys += [
+        (f"variants.{v}.prompt_format", e["prompt_format"]) for v, e in variants.items() if "prompt_format" in e
+    ]
     for key, fmt in fmt_keys:
         if fmt not in formats:
-            raise ConfigError(f"{source}: key '{key}' names unknown prompt format '{fmt}' (known: {', '.join(formats)})")
+            raise ConfigError(
+                f"{source}: key '{key}' names unknown prompt format '{fmt}' (known: {', '.join(formats)})"
+            )
     for name, entry in models.items():
         if entry["method"] != "full" and entry["family"] == "seq2seq":
             raise ConfigError(f"{source}: key 'models.{name}.method': seq2seq models are fully fine-tuned; use `full`")
@@ -106,71 +237,178 @@ def _check_references(config: dict, source: str) -> None:
             need = ("d_model", "ffn_dim") if entry["family"] == "seq2seq" else ("hidden_size", "intermediate_size")
             for k in need + ("vocab_size", "layers", "heads"):
                 if k not in entry["build"]:
-                    raise ConfigError(f"{source}: key 'models.{name}.build.{k}' is required for a {entry['family']} build")
+                    raise ConfigError(
+                        f"{source}: key 'models.{name}.build.{k}' is required for a {entry['family']} build"
+                    )
+    for model, variant in grid(config):
+        settings = resolve_settings(config, model, variant)
+        max_length, new_tokens = settings["train"]["max_length"], settings["generation"]["max_new_tokens"]
+        if models[model]["family"] == "causal" and max_length <= new_tokens:
+            raise ConfigError(
+                f"{source}: key 'train.max_length' ({max_length}) of models.{model} under variant "
+                f"'{variant}' must exceed 'generation.max_new_tokens' ({new_tokens}): the summary "
+                f"would leave no room for the dialogue"
+            )
 
 
-def load_config(path: str | os.PathLike = "config.yaml") -> dict:
-    """Read and validate a config file; errors name the file and key."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            config = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return validate_config(config, source=str(path))
+def load_config(
+    files: str | os.PathLike | Iterable[str | os.PathLike] = DEFAULT_CONFIG, overrides: Mapping[str, Any] | None = None
+) -> dict:
+    """Read, merge and validate config files (+ overrides); errors name the file and key."""
+    files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    source = " + ".join(map(str, files)) + (" + overrides" if overrides else "")
+    return validate_config(merged_config(files, overrides), source=source)
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
+# ------------------------------------------------------------------------------------------------ resolution
 def variant_applies(config: dict, model: str, variant: str) -> bool:
     families = config["variants"][variant].get("families")
     return families is None or config["models"][model]["family"] in families
 
 
-def resolve(config: dict, model: str, variant: str = "default") -> dict:
-    """The full settings of one job: defaults <- model entry <- variant overrides.
+def grid(config: dict) -> list[tuple[str, str]]:
+    """The (model, variant) training jobs that the run section selects."""
+    return [(m, v) for m in config["run"]["models"] for v in config["run"]["variants"] if variant_applies(config, m, v)]
 
-    ``variant == "zeroshot"`` gives the model's own settings (no variant), used to generate without fine-tuning.
-    """
+
+def resolve_settings(config: dict, model: str, variant: str) -> dict:
+    """defaults <- model entry <- variant overrides, as plain mappings (``zeroshot``: no variant)."""
     if model not in config["models"]:
         raise ConfigError(f"unknown model '{model}' (known: {', '.join(sorted(config['models']))})")
     entry = config["models"][model]
-    spec = {k: copy.deepcopy(config["defaults"][k]) for k in SETTING_KEYS}
-    spec = deep_merge(spec, {k: entry[k] for k in SETTING_KEYS if k in entry})
+    settings = {k: copy.deepcopy(config["defaults"][k]) for k in SETTING_KEYS}
+    settings = deep_merge(settings, {k: entry[k] for k in SETTING_KEYS if k in entry})
     if variant != ZERO_SHOT:
         if variant not in config["variants"]:
             raise ConfigError(f"unknown variant '{variant}' (known: {', '.join(sorted(config['variants']))})")
         if not variant_applies(config, model, variant):
             raise ConfigError(f"variant '{variant}' does not apply to {entry['family']} model '{model}'")
-        overrides = {k: v for k, v in config["variants"][variant].items() if k != "families"}
-        spec = deep_merge(spec, overrides)
-    spec.update(
-        name=model,
+        settings = deep_merge(settings, {k: v for k, v in config["variants"][variant].items() if k != "families"})
+    return settings
+
+
+def _prompt_format(config: dict, name: str) -> PromptFormat:
+    fmt = config["prompt"]["formats"][name]
+    return PromptFormat(name=name, system=fmt["system"], question=fmt["question"], topic=fmt["topic"])
+
+
+def resolve(config: dict, model: str, variant: str = "default") -> Job:
+    """The typed spec of one job: a model under a variant, or ``zeroshot``."""
+    s = resolve_settings(config, model, variant)
+    entry = config["models"][model]
+    family = entry["family"]
+    return Job(
+        model=model,
         variant=variant,
-        family=entry["family"],
+        family=family,
         method=entry["method"],
         source=entry.get("source"),
-        build=copy.deepcopy(entry.get("build")),
+        build=BuildArgs(**entry["build"]) if entry.get("build") else None,
+        prompt=_prompt_format(config, s["prompt_format"]) if family == "causal" else None,
+        **{k: cls(**s[k]) for k, cls in SECTION_TYPES.items()},
     )
-    spec["prompt"] = copy.deepcopy(config["prompt"]["formats"][spec["prompt_format"]])
-    return spec
 
 
-def grid(config: dict) -> list[tuple[str, str]]:
-    """The (model, variant) training jobs that the run section selects."""
-    return [
-        (m, v)
-        for m in config["run"]["models"]
-        for v in config["run"]["variants"]
-        if variant_applies(config, m, v)
+def systems(config: dict) -> list[SystemRow]:
+    """Every row of the summary: trained (model, variant), zero-shot (model, 'zeroshot'), baselines."""
+    rows = []
+    for m, v in grid(config) + (
+        [(m, ZERO_SHOT) for m in config["run"]["models"]] if config["run"]["zero_shot"] else []
+    ):
+        e = config["models"][m]
+        rows.append(
+            SystemRow(
+                name=f"{m}/{v}",
+                model=m,
+                variant=v,
+                kind="zero-shot" if v == ZERO_SHOT else "fine-tuned",
+                family=e["family"],
+                method="none" if v == ZERO_SHOT else e["method"],
+                source=e.get("source"),
+                built="build" in e,
+            )
+        )
+    rows += [
+        SystemRow(name=f"{BASELINE_MODEL}/{b}", model=BASELINE_MODEL, variant=b, kind="baseline")
+        for b in config["baselines"]
     ]
+    return rows
+
+
+def predict_splits(config: dict) -> list[str]:
+    return [s for s in config["run"]["splits"] if config["data"].get(s)]
+
+
+def scored_splits(config: dict) -> list[str]:
+    # the competition's test split carries no references: predictions and a submission file only
+    return [s for s in predict_splits(config) if s == "dev"]
+
+
+def prompt_sets(config: dict) -> list[str]:
+    jobs = [resolve(config, m, v) for m, v in grid(config)] + [
+        resolve(config, m, ZERO_SHOT) for m in config["run"]["models"]
+    ]
+    return sorted({j.prompt_set for j in jobs})
+
+
+def spec_for(config: dict, name: str) -> Any:
+    """The spec called ``name``: data | evaluation | summary | prompts/P | base/M | model/M/V."""
+    parts = name.split("/")
+    if name == "data":
+        d = config["data"]
+        return DataSpec(train=d["train"], dev=d.get("dev"), test=d.get("test"))
+    if name == "evaluation":
+        return EvaluationArgs(**config["evaluation"])
+    if name == "summary":
+        return SummarySpec(split=(scored_splits(config) or [None])[0], systems=systems(config))
+    if parts[0] == "prompts" and len(parts) == 2:
+        if parts[1] == "seq2seq":
+            return PromptSetSpec(name="seq2seq", family="seq2seq", format=None)
+        fmt = parts[1].removeprefix("chat-")
+        if not parts[1].startswith("chat-") or fmt not in config["prompt"]["formats"]:
+            raise ConfigError(f"unknown prompt set '{parts[1]}'")
+        return PromptSetSpec(name=prompt_set_name("causal", fmt), family="causal", format=_prompt_format(config, fmt))
+    if parts[0] == "base" and len(parts) == 2:
+        entry = config["models"].get(parts[1])
+        if not entry or "build" not in entry:
+            raise ConfigError(f"model '{parts[1]}' has no `build` section: nothing to build")
+        return BaseSpec(model=parts[1], family=entry["family"], build=BuildArgs(**entry["build"]))
+    if parts[0] == "model" and len(parts) == 3:
+        return resolve(config, parts[1], parts[2])
+    raise ConfigError(f"unknown spec '{name}' (data, evaluation, summary, prompts/P, base/M, model/M/V)")
+
+
+def spec_keys(config: dict, name: str) -> list[str]:
+    """The config keys that spec ``name`` reads: its DVC params, so `dvc exp run -S` reruns exactly its jobs."""
+    parts = name.split("/")
+    if name in ("data", "evaluation"):
+        return [name]
+    if name == "summary":
+        return ["run", "baselines", "data"] + [
+            f"models.{m}.{k}"
+            for m in config["run"]["models"]
+            for k in ("family", "method", "source")
+            if k in config["models"][m]
+        ]
+    if parts[0] == "prompts":
+        return [] if parts[1] == "seq2seq" else [f"prompt.formats.{parts[1].removeprefix('chat-')}"]
+    if parts[0] == "base":
+        return [f"models.{parts[1]}.build", f"models.{parts[1]}.family"]
+    model, variant = parts[1], parts[2]
+    job = resolve(config, model, variant)
+    keys = [f"models.{model}", "defaults"] + ([f"variants.{variant}"] if variant != ZERO_SHOT else [])
+    return keys + ([f"prompt.formats.{job.prompt.name}"] if job.prompt else [])
+
+
+def spec_names(config: dict) -> list[str]:
+    """Every spec the default target needs."""
+    names = ["data", "summary"] + [f"prompts/{p}" for p in prompt_sets(config)]
+    names += [f"base/{m}" for m in config["run"]["models"] if "build" in config["models"][m]]
+    names += [f"model/{m}/{v}" for m, v in grid(config)]
+    if config["run"]["zero_shot"]:
+        names += [f"model/{m}/{ZERO_SHOT}" for m in config["run"]["models"]]
+    return names + (["evaluation"] if scored_splits(config) else [])
+
+
+def as_plain(spec: Any) -> dict:
+    return dataclasses.asdict(spec)

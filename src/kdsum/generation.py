@@ -1,23 +1,11 @@
-"""Prediction: load a trained (or zero-shot) model and generate one summary per dialogue.
-
-Loading (:func:`load_for_generation`)
--------------------------------------
-* causal, fine-tuned: ``results/train/M/V/model`` is a PEFT LoRA adapter. The base comes from ``--base`` or else
-  from the adapter's ``adapter_config.json`` (``base_model_name_or_path``); the adapter is applied with
-  ``PeftModel.from_pretrained`` and merged (``merge_and_unload``) unless the base is 4-bit (QLoRA on CUDA), where
-  merging would dequantize and the adapter stays separate. When the training stage added data tokens to the
-  tokenizer, the base is first grown exactly as training grew it (``kdsum.training.resize_for_new_tokens``). A
-  model directory without an adapter config is loaded as a full model.
-* seq2seq, fine-tuned: the model directory is a full model.
-* zero-shot (variant ``zeroshot``): the base model alone (the built base directory, or the configured source).
-* The tokenizer comes from the model directory when it has one (the trainer saves it there), else from the base.
+"""Prediction: one summary per dialogue from a loaded model (kdsum.modeling.load_for_generation).
 
 Inputs (:func:`encode_rows`)
 ----------------------------
 * chat rows: the prompt messages rendered with the tokenizer's chat template and its assistant generation prompt
   (``add_generation_prompt=True``), then tokenized without adding special tokens again (the template has them).
-* seq2seq rows: the dialogue (``source``), framed ``<s> ... </s>`` and right-truncated by
-  ``kdsum.training.encode_seq2seq``, the function the training stage encodes its sources with.
+* seq2seq rows: the dialogue (``source``), framed ``<s> ... </s>`` and right-truncated by :func:`encode_seq2seq`,
+  the function the training stage encodes its sources with.
 * Truncation. Causal input budget = ``train.max_length - generation.max_new_tokens`` (the two share the context),
   capped by the model's position limit; seq2seq encoder budget = ``train.max_length`` (the decoder's
   ``max_new_tokens`` does not share the encoder's context). When a chat prompt is too long, the *conversation* is
@@ -29,79 +17,42 @@ Inputs (:func:`encode_rows`)
 Generation (:func:`generate_summaries`)
 ---------------------------------------
 Rows are sorted by input length, longest first (an out-of-memory batch fails at the start, not after an hour),
-generated in batches of ``generation.batch_size`` with the settings of ``spec["generation"]`` passed explicitly
-(greedy unless ``num_beams > 1``; ``do_sample=False``), and the results are put back in the input order. Causal
-batches are padded on the left so that every row's new tokens start at the same position.
+generated in batches of ``generation.batch_size`` with the job's generation settings passed explicitly (greedy
+unless ``num_beams > 1``; ``do_sample=False``), and the results are put back in the input order. Causal batches
+are padded on the left (:func:`pad_batch`) so that every row's new tokens start at the same position.
+Foreign-script blocking (``generation.block_foreign_scripts``): kdsum.blocking.
 
 Post-processing (:func:`postprocess`)
 -------------------------------------
 Only the new tokens are decoded (the prompt never reaches the output), with special tokens skipped; data tokens
 such as ``#Person1#`` are ordinary added tokens and survive. Then whitespace runs are collapsed, the text is
 stripped, and a leading label such as ``요약:`` / ``Summary:`` / ``[요약]`` is removed.
-
-Foreign-script blocking (:func:`foreign_token_mask`, :class:`BlockTokensProcessor`)
------------------------------------------------------------------------------------
-With ``generation.block_foreign_scripts`` every vocabulary entry whose decoded text contains Latin letters
-(incl. full-width), Han characters, Japanese kana, emoji or URL pieces is suppressed, the same classes that
-``kdsum.metrics.has_foreign_script`` counts as foreign. Exempt: special tokens (the end-of-turn token must stay
-reachable), data tokens (``#Person1#``, ``#PhoneNumber#``; text matching ``#[A-Za-z]+\\d*#``), and, when a
-tokenizer splits a data token into pieces, those pieces. The mask is computed once per tokenizer and applied as a
-precomputed additive bias (0 / -inf): on a 152k vocabulary at batch 16 that costs about 1.5 ms per step on CPU,
-against about 45 ms for ``masked_fill`` with the boolean mask and about 400 ms for ``suppress_tokens`` (which
-rebuilds an ``isin`` mask over the vocabulary at every step), measured with 2 threads on a shared CPU.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
-from kdsum.metrics import FOREIGN_CHAR_PATTERN
+from kdsum.errors import KdsumError
+from kdsum.spec import Job
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-__all__ = [
-    "GenerationError",
-    "LoadedModel",
-    "BlockTokensProcessor",
-    "input_budget",
-    "length_sorted_order",
-    "map_sorted_batches",
-    "chat_prompt_text",
-    "split_user_message",
-    "fit_chat_prompt",
-    "encode_rows",
-    "pad_batch",
-    "foreign_token_mask",
-    "has_foreign_text",
-    "generation_kwargs",
-    "postprocess",
-    "decode_new_tokens",
-    "generate_summaries",
-    "load_for_generation",
-    "read_prompt_rows",
-]
-
 # The user message of kdsum.prompts.format_user_message: "[Conversation]\n{turns}\n\n[Question]\n{question}".
 CONVERSATION_HEADER = "[Conversation]\n"
 QUESTION_HEADER = "\n\n[Question]\n"
-
-DATA_TOKEN_PATTERN = r"#[A-Za-z]+\d*#"
-_DATA_TOKEN_RE = re.compile(DATA_TOKEN_PATTERN)
-# Latin (ASCII + full-width), Han, kana, emoji and URL pieces: the classes kdsum.metrics counts as foreign.
-# Latin-1 / extended Latin letters (é, ß) are included too: a Korean summary has no use for them.
-# Token pieces are matched, so URL fragments ("://", "https") count on their own here.
-_FOREIGN_RE = re.compile(r"://|https?|www\.|[\u00c0-\u024f]|" + FOREIGN_CHAR_PATTERN)
+MIN_INPUT_BUDGET = 16
 # A leading label the model may put before the summary: "요약:", "요약 :", "Summary:", "[요약]", "답변:" ...
 _LABEL_RE = re.compile(
     r"^\s*(?:\[\s*(?:대화\s*)?요약(?:문)?\s*\]|\[\s*summary\s*\]|"
@@ -110,8 +61,8 @@ _LABEL_RE = re.compile(
 )
 
 
-class GenerationError(RuntimeError):
-    """A prediction job that cannot run (missing model directory, empty split, prompt too long ...)."""
+class GenerationError(KdsumError):
+    """A prediction job that cannot run (empty split, prompt too long, a tokenizer without eos ...)."""
 
 
 # --------------------------------------------------------------------------------------------- ordering
@@ -120,8 +71,14 @@ def length_sorted_order(lengths: Sequence[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
-def map_sorted_batches(items: Sequence[T], lengths: Sequence[int], batch_size: int,
-                       fn: Callable[[list[T]], list[R]], progress: bool = False, desc: str = "generate") -> list[R]:
+def map_sorted_batches(
+    items: Sequence[T],
+    lengths: Sequence[int],
+    batch_size: int,
+    fn: Callable[[list[T]], list[R]],
+    progress: bool = False,
+    desc: str = "generate",
+) -> list[R]:
     """Apply ``fn`` to batches of ``items`` taken longest first; return the results in the input order.
 
     ``fn`` gets a list of items and must return one result per item, in the same order.
@@ -136,11 +93,11 @@ def map_sorted_batches(items: Sequence[T], lengths: Sequence[int], batch_size: i
     results: list[Any] = [None] * len(items)
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, file=sys.stderr):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         out = fn([items[i] for i in idx])
         if len(out) != len(idx):
             raise RuntimeError(f"batch function returned {len(out)} results for {len(idx)} items")
-        for i, r in zip(idx, out):
+        for i, r in zip(idx, out, strict=True):
             results[i] = r
     return results
 
@@ -153,21 +110,33 @@ def _max_positions(model) -> int | None:
     return getattr(cfg, "max_position_embeddings", None)
 
 
-def input_budget(spec: dict, model=None) -> int:
+def input_budget(job: Job, model=None) -> int:
     """How many input tokens a row may have: see the module docstring (Truncation)."""
-    max_length = int(spec["train"]["max_length"])
+    max_length, new_tokens = job.train.max_length, job.generation.max_new_tokens
     max_pos = _max_positions(model)
-    if spec["family"] == "causal":
-        total = min(max_length, max_pos) if max_pos else max_length
-        budget = total - int(spec["generation"]["max_new_tokens"])
-    else:
-        budget = min(max_length, max_pos) if max_pos else max_length
-    if budget < 16:
+    total = min(max_length, max_pos) if max_pos else max_length
+    budget = total - new_tokens if job.family == "causal" else total
+    if budget < MIN_INPUT_BUDGET:
         raise GenerationError(
-            f"model '{spec['name']}': input budget of {budget} tokens (train.max_length={max_length}, "
-            f"generation.max_new_tokens={spec['generation']['max_new_tokens']}, model positions={max_pos}) "
-            f"is too small to hold a prompt")
+            f"model '{job.model}': input budget of {budget} tokens (train.max_length={max_length}, "
+            f"generation.max_new_tokens={new_tokens}, model positions={max_pos}) is too small to hold a prompt"
+        )
     return budget
+
+
+def encode_seq2seq(tokenizer, text: str, max_length: int) -> list[int]:
+    """``<s> text </s>`` truncated to ``max_length`` ids, as the offline pretraining framed every sequence.
+
+    Tokenizers that add the frame themselves (a post-processor) are left to do so. Training encodes its sources
+    and targets with this function, prediction its inputs."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos] + ids
+    if eos is not None and ids[-1] == eos:
+        ids = ids[:-1]
+    ids = ids[: max(1, max_length - 1)]
+    return ids + ([eos] if eos is not None else [])
 
 
 def chat_prompt_text(tokenizer, messages: list[dict]) -> str:
@@ -182,11 +151,30 @@ def split_user_message(content: str) -> tuple[str, str, str] | None:
     q = content.rfind(QUESTION_HEADER)
     if q < len(CONVERSATION_HEADER):
         return None
-    return CONVERSATION_HEADER, content[len(CONVERSATION_HEADER):q], content[q:]
+    return CONVERSATION_HEADER, content[len(CONVERSATION_HEADER) : q], content[q:]
 
 
-def _count(tokenizer, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _with_conversation(messages: list[dict], user_i: int, parts: tuple[str, str, str], conversation: str) -> list[dict]:
+    head, _, tail = parts
+    msgs = [dict(m) for m in messages]
+    msgs[user_i]["content"] = head + conversation + tail
+    return msgs
+
+
+def _longest_fitting_prefix(fits: Callable[[int], bool], n: int) -> int:
+    """The largest ``k`` in [0, n) with ``fits(k)``, given ``fits(0)`` and not ``fits(n)`` (monotone)."""
+    lo, hi = 0, n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def fit_chat_prompt(tokenizer, messages: list[dict], budget: int) -> tuple[list[int], bool]:
@@ -195,8 +183,7 @@ def fit_chat_prompt(tokenizer, messages: list[dict], budget: int) -> tuple[list[
     The cut keeps the beginning of the conversation and ends at a turn boundary when the kept part has one.
     Raises GenerationError when even an empty conversation does not fit.
     """
-    text = chat_prompt_text(tokenizer, messages)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = _ids(tokenizer, chat_prompt_text(tokenizer, messages))
     if len(ids) <= budget:
         return ids, False
     user_i = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
@@ -204,40 +191,29 @@ def fit_chat_prompt(tokenizer, messages: list[dict], budget: int) -> tuple[list[
     if parts is None:
         raise GenerationError(
             f"prompt of {len(ids)} tokens exceeds the input budget of {budget} and its user message is not in "
-            f"the '[Conversation] ... [Question]' layout, so the conversation cannot be cut safely")
-    head, conv, tail = parts
+            f"the '[Conversation] ... [Question]' layout, so the conversation cannot be cut safely"
+        )
+    conv = parts[1]
 
-    def render(n_chars: int) -> str:
-        kept = conv[:n_chars]
-        msgs = [dict(m) for m in messages]
-        msgs[user_i]["content"] = head + kept + tail
-        return chat_prompt_text(tokenizer, msgs)
+    def fits(n_chars: int) -> bool:
+        text = chat_prompt_text(tokenizer, _with_conversation(messages, user_i, parts, conv[:n_chars]))
+        return len(_ids(tokenizer, text)) <= budget
 
-    if _count(tokenizer, render(0)) > budget:
+    if not fits(0):
         raise GenerationError(
             f"the prompt without any conversation needs more than the input budget of {budget} tokens; "
-            f"raise train.max_length or lower generation.max_new_tokens")
-    lo, hi = 0, len(conv)  # invariant: render(lo) fits, render(hi) does not
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if _count(tokenizer, render(mid)) <= budget:
-            lo = mid
-        else:
-            hi = mid
-    cut = conv[:lo]
+            f"raise train.max_length or lower generation.max_new_tokens"
+        )
+    cut = conv[: _longest_fitting_prefix(fits, len(conv))]
     nl = cut.rfind("\n")
     if nl > 0:  # end at a turn boundary
         cut = cut[:nl]
-    cut = cut.rstrip()
-    msgs = [dict(m) for m in messages]
-    msgs[user_i]["content"] = head + cut + tail
-    return tokenizer(chat_prompt_text(tokenizer, msgs), add_special_tokens=False)["input_ids"], True
+    msgs = _with_conversation(messages, user_i, parts, cut.rstrip())
+    return _ids(tokenizer, chat_prompt_text(tokenizer, msgs)), True
 
 
 def encode_rows(rows: Sequence[dict], tokenizer, family: str, budget: int) -> tuple[list[list[int]], int]:
     """Input ids of every prompt row (chat rows for causal, seq2seq rows for seq2seq); and how many were cut."""
-    from kdsum.training import encode_seq2seq
-
     encoded, n_cut = [], 0
     for row in rows:
         if family == "causal":
@@ -253,85 +229,19 @@ def encode_rows(rows: Sequence[dict], tokenizer, family: str, budget: int) -> tu
     return encoded, n_cut
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)``, padded on ``side`` ('left' for decoder-only generation)."""
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, attention_mask)`` of ``seqs`` padded with ``pad_id`` on ``side`` ('left' for decoder-only
+    generation). The one padding helper: generation batches, and the offline pretraining (labels with -100)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         if not s:
             continue
-        if side == "left":
-            ids[i, width - len(s):] = torch.tensor(list(s))
-            mask[i, width - len(s):] = 1
-        else:
-            ids[i, :len(s)] = torch.tensor(list(s))
-            mask[i, :len(s)] = 1
+        span = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        ids[i, span] = torch.tensor(list(s))
+        mask[i, span] = 1
     return ids, mask
-
-
-# --------------------------------------------------------------------------------------------- blocking
-def has_foreign_text(text: str) -> bool:
-    """True if ``text`` (data tokens removed) has Latin, Han, kana, emoji or a URL piece."""
-    return _FOREIGN_RE.search(_DATA_TOKEN_RE.sub(" ", text)) is not None
-
-
-def foreign_token_mask(tokenizer, keep_tokens: Iterable[str] = ()) -> torch.Tensor:
-    """Boolean mask over the tokenizer's ids (``len(tokenizer)``): True = suppress. Cached on the tokenizer.
-
-    ``keep_tokens``: data tokens (``#Person1#`` ...) whose ids, or pieces if the tokenizer splits them, stay allowed.
-    """
-    key = (len(tokenizer), tuple(sorted(set(keep_tokens))))
-    cache = tokenizer.__dict__.setdefault("_kdsum_foreign_masks", {})
-    if key in cache:
-        return cache[key]
-    n = len(tokenizer)
-    texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False,
-                                   clean_up_tokenization_spaces=False)
-    mask = torch.tensor([has_foreign_text(t) for t in texts], dtype=torch.bool)
-    allowed = set(tokenizer.all_special_ids)
-    allowed.update(i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special and i < n)
-    for t in key[1]:
-        allowed.update(tokenizer(t, add_special_tokens=False)["input_ids"])
-    allowed = [i for i in allowed if 0 <= i < n]
-    if allowed:
-        mask[torch.tensor(allowed)] = False
-    cache[key] = mask
-    return mask
-
-
-try:  # transformers' base class, so generate() accepts the processor in its LogitsProcessorList
-    from transformers import LogitsProcessor as _LogitsProcessorBase
-except ImportError:  # pragma: no cover
-    _LogitsProcessorBase = object
-
-
-class BlockTokensProcessor(_LogitsProcessorBase):
-    """Suppress the masked ids by adding a precomputed bias (0 or -inf) to the scores.
-
-    Ids beyond the mask (embedding rows padded past the tokenizer, as in Qwen) are blocked too. An additive bias
-    is the cheapest form measured on CPU (see the module docstring): about 10-30x faster per step than
-    ``masked_fill`` with a broadcast boolean mask and about 60-300x faster than ``suppress_tokens``.
-    """
-
-    def __init__(self, mask: torch.Tensor):
-        self.mask = mask
-        self._bias: dict[tuple, torch.Tensor] = {}
-
-    def bias_for(self, scores: torch.Tensor) -> torch.Tensor:
-        key = (scores.shape[-1], scores.dtype, scores.device)
-        bias = self._bias.get(key)
-        if bias is None:
-            v = scores.shape[-1]
-            m = torch.ones(v, dtype=torch.bool)
-            k = min(v, self.mask.shape[0])
-            m[:k] = self.mask[:k]
-            bias = torch.zeros(v, dtype=scores.dtype).masked_fill(m, float("-inf")).to(scores.device)
-            self._bias[key] = bias
-        return bias
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return scores + self.bias_for(scores)
 
 
 # --------------------------------------------------------------------------------------------- outputs
@@ -356,7 +266,7 @@ def decode_new_tokens(tokenizer, sequences: torch.Tensor, prompt_width: int, fam
 def _eos_ids(tokenizer, model) -> list[int]:
     ids: list[int] = []
     for cand in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        for i in (cand if isinstance(cand, (list, tuple)) else [cand]):
+        for i in cand if isinstance(cand, (list, tuple)) else [cand]:
             if i is not None and i not in ids:
                 ids.append(int(i))
     if not ids:
@@ -364,21 +274,23 @@ def _eos_ids(tokenizer, model) -> list[int]:
     return ids
 
 
-def generation_kwargs(spec: dict, tokenizer, model) -> dict:
-    """The generate() settings, all explicit: from ``spec['generation']``, eos from the tokenizer (plus the
+def generation_kwargs(job: Job, tokenizer, model) -> dict:
+    """The generate() settings, all explicit: the job's GenerationConfig fields, eos from the tokenizer (plus the
     model's own end ids, e.g. Qwen's two), pad id set."""
-    g = spec["generation"]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_ids(tokenizer, model)[0]
+    g = job.generation
+    eos = _eos_ids(tokenizer, model)
     return dict(
         do_sample=False,
-        num_beams=int(g["num_beams"]),
-        max_new_tokens=int(g["max_new_tokens"]),
-        no_repeat_ngram_size=int(g["no_repeat_ngram_size"]),
-        repetition_penalty=float(g["repetition_penalty"]),
-        eos_token_id=_eos_ids(tokenizer, model),
-        pad_token_id=pad,
+        num_beams=g.num_beams,
+        max_new_tokens=g.max_new_tokens,
+        no_repeat_ngram_size=g.no_repeat_ngram_size,
+        repetition_penalty=g.repetition_penalty,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0],
         # sampling knobs of a hub generation_config are meaningless under greedy/beam search
-        temperature=None, top_p=None, top_k=None,
+        temperature=None,
+        top_p=None,
+        top_k=None,
     )
 
 
@@ -389,141 +301,80 @@ def _model_device(model) -> torch.device:
         return torch.device("cpu")
 
 
-@torch.inference_mode()
-def generate_summaries(model, tokenizer, rows: Sequence[dict], spec: dict, progress: bool = True,
-                       keep_tokens: Iterable[str] = (), block_foreign: bool | None = None,
-                       stats: dict | None = None) -> list[str]:
-    """One summary per prompt row, in the rows' order. ``stats`` (if given) receives timing and counts."""
-    family = spec["family"]
-    if not rows:
-        raise GenerationError("no rows to generate for")
-    t0 = time.perf_counter()
-    budget = input_budget(spec, model)
-    encoded, n_cut = encode_rows(rows, tokenizer, family, budget)
-    if n_cut:
-        log.warning("%d of %d inputs were longer than %d tokens and were cut (conversation end dropped)",
-                    n_cut, len(rows), budget)
-    kwargs = generation_kwargs(spec, tokenizer, model)
-    block = spec["generation"].get("block_foreign_scripts", False) if block_foreign is None else block_foreign
-    processors = None
-    if block:
-        from transformers import LogitsProcessorList
+def _logits_processors(tokenizer, keep_tokens: Iterable[str], block: bool):
+    if not block:
+        return None
+    from transformers import LogitsProcessorList
 
-        processors = LogitsProcessorList([BlockTokensProcessor(foreign_token_mask(tokenizer, keep_tokens))])
-    side = "left" if family == "causal" else "right"
+    from kdsum.blocking import BlockTokensProcessor, foreign_token_mask
+
+    return LogitsProcessorList([BlockTokensProcessor(foreign_token_mask(tokenizer, keep_tokens))])
+
+
+def _batch_generator(model, tokenizer, job: Job, kwargs: dict, processors) -> Callable[[list[list[int]]], list[str]]:
+    """The function that generates one batch of encoded inputs (padded on the family's side) and decodes it."""
+    side = "left" if job.family == "causal" else "right"
     device = _model_device(model)
     model.eval()
 
     def run(batch: list[list[int]]) -> list[str]:
         ids, mask = pad_batch(batch, kwargs["pad_token_id"], side)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             logits_processor=processors, **kwargs)
-        return decode_new_tokens(tokenizer, out.cpu(), ids.shape[1], family)
+        out = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), logits_processor=processors, **kwargs
+        )
+        return decode_new_tokens(tokenizer, out.cpu(), ids.shape[1], job.family)
 
+    return run
+
+
+@torch.inference_mode()
+def generate_summaries(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    job: Job,
+    progress: bool = True,
+    keep_tokens: Iterable[str] = (),
+    block_foreign: bool | None = None,
+    stats: dict | None = None,
+) -> list[str]:
+    """One summary per prompt row, in the rows' order. ``stats`` (if given) receives timing and counts."""
+    if not rows:
+        raise GenerationError("no rows to generate for")
+    t0 = time.perf_counter()
+    budget = input_budget(job, model)
+    encoded, n_cut = encode_rows(rows, tokenizer, job.family, budget)
+    if n_cut:
+        log.warning(
+            "%d of %d inputs were longer than %d tokens and were cut (conversation end dropped)",
+            n_cut,
+            len(rows),
+            budget,
+        )
+    kwargs = generation_kwargs(job, tokenizer, model)
+    block = job.generation.block_foreign_scripts if block_foreign is None else block_foreign
+    processors = _logits_processors(tokenizer, keep_tokens, block)
+    run = _batch_generator(model, tokenizer, job, kwargs, processors)
     t_gen = time.perf_counter()
-    results = map_sorted_batches(encoded, [len(e) for e in encoded], int(spec["generation"]["batch_size"]), run,
-                                 progress=progress, desc=f"generate {spec['name']}")
+    lengths = [len(e) for e in encoded]
+    results = map_sorted_batches(
+        encoded, lengths, job.generation.batch_size, run, progress=progress, desc=f"generate {job.name}"
+    )
     t1 = time.perf_counter()
     if stats is not None:
-        stats.update(rows=len(rows), truncated=n_cut, input_budget=budget, blocked=bool(block),
-                     seconds=t1 - t0, generate_seconds=t1 - t_gen,
-                     dialogues_per_s=len(rows) / max(t1 - t0, 1e-9))
+        stats.update(
+            rows=len(rows),
+            truncated=n_cut,
+            input_budget=budget,
+            blocked=bool(block),
+            seconds=t1 - t0,
+            generate_seconds=t1 - t_gen,
+            dialogues_per_s=len(rows) / max(t1 - t0, 1e-9),
+        )
     return results
 
 
-# --------------------------------------------------------------------------------------------- loading
-class LoadedModel:
-    """A model ready for generation, with where it came from."""
-
-    def __init__(self, model, tokenizer, base: str, adapter: str | None, merged: bool, notes: list[str]):
-        self.model, self.tokenizer = model, tokenizer
-        self.base, self.adapter, self.merged, self.notes = base, adapter, merged, notes
-
-
-def _has_tokenizer(path: Path) -> bool:
-    return (path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists()
-
-
-def load_for_generation(spec: dict, model_dir: str | Path | None = None, base: str | Path | None = None,
-                        device: str | None = None) -> LoadedModel:
-    """Load what a prediction job generates with; see the module docstring (Loading)."""
-    from kdsum.config import ZERO_SHOT
-    from kdsum.modeling import ModelLoadError, effective_method, load_model, load_tokenizer, model_source
-
-    name, family = spec["name"], spec["family"]
-    method, notes = effective_method(spec)
-    for n in notes:
-        log.warning(n)
-    adapter = None
-    if spec["variant"] == ZERO_SHOT:
-        if model_dir is not None:
-            raise GenerationError(f"variant '{ZERO_SHOT}' generates with the base model alone: give --base, "
-                                  f"not --model-dir")
-        if spec.get("build") and base is None:
-            raise GenerationError(f"model '{name}' is built offline: a zero-shot run needs --base (the built base "
-                                  f"directory, results/base/{name})")
-        source = model_source(spec, base)
-        tokenizer_src = source
-    else:
-        if model_dir is None:
-            raise GenerationError(f"model '{name}' variant '{spec['variant']}': --model-dir is required "
-                                  f"(the trained model, results/train/{name}/{spec['variant']}/model)")
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise GenerationError(f"model directory not found: {model_dir} (train model '{name}' variant "
-                                  f"'{spec['variant']}' first)")
-        if (model_dir / "adapter_config.json").exists():
-            adapter = str(model_dir)
-            if base is not None:
-                source = str(base)
-            else:
-                cfg = json.loads((model_dir / "adapter_config.json").read_text(encoding="utf-8"))
-                source = cfg.get("base_model_name_or_path")
-                if not source:
-                    raise GenerationError(f"{model_dir}/adapter_config.json names no base model "
-                                          f"(base_model_name_or_path); pass --base")
-        elif (model_dir / "config.json").exists():
-            source = str(model_dir)
-        else:
-            raise GenerationError(f"{model_dir} holds neither a LoRA adapter (adapter_config.json) nor a model "
-                                  f"(config.json)")
-        tokenizer_src = str(model_dir) if _has_tokenizer(model_dir) else source
-    if family == "seq2seq" and adapter is not None:
-        raise GenerationError(f"model '{name}' is seq2seq (fully fine-tuned) but {model_dir} is a LoRA adapter")
-
-    tokenizer = load_tokenizer(tokenizer_src, name, family)
-    load_method = "qlora" if method == "qlora" else "full"
-    try:
-        model = load_model(spec, source, method=load_method, for_training=False)
-    except ModelLoadError as exc:
-        if adapter is not None and base is None:
-            raise ModelLoadError(f"{exc} (the base named by {adapter}/adapter_config.json; pass --base to "
-                                 f"override)") from exc
-        raise
-    merged = False
-    if adapter is not None:
-        from peft import PeftModel
-
-        from kdsum.training import resize_for_new_tokens
-
-        emb = model.get_input_embeddings().weight.shape[0]
-        if len(tokenizer) > emb:  # data tokens added at training time: grow the base exactly as training did
-            resize_for_new_tokens(model, tokenizer, list(range(emb, len(tokenizer))))
-        try:
-            model = PeftModel.from_pretrained(model, adapter)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"model '{name}': cannot load the adapter in {adapter} on base {source}: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-        if load_method != "qlora":
-            model = model.merge_and_unload()
-            merged = True
-    if load_method != "qlora":
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = model.to(dev)
-    model.eval()
-    return LoadedModel(model, tokenizer, source, adapter, merged, notes)
-
-
+# --------------------------------------------------------------------------------------------- prompt rows
 def read_prompt_rows(path: str | Path, family: str) -> list[dict]:
     """The prompt rows of one split, checked against the model family (chat rows for causal models)."""
     from kdsum.io import read_jsonl
@@ -538,8 +389,10 @@ def read_prompt_rows(path: str | Path, family: str) -> list[dict]:
     for i, row in enumerate(rows, start=1):
         if key not in row or "fname" not in row:
             other = "seq2seq" if "source" in row else ("chat" if "prompt" in row else "unknown")
-            raise GenerationError(f"{path}: line {i} is a {other} row (keys {sorted(row)}), but a {family} model "
-                                  f"needs {kind} prompts (key '{key}')")
+            raise GenerationError(
+                f"{path}: line {i} is a {other} row (keys {sorted(row)}), but a {family} model "
+                f"needs {kind} prompts (key '{key}')"
+            )
     fnames = [r["fname"] for r in rows]
     if len(set(fnames)) != len(fnames):
         dup = sorted({f for f in fnames if fnames.count(f) > 1})

@@ -11,8 +11,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 
 def _umask() -> int:
@@ -70,6 +71,12 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_csv(path: str | os.PathLike, frame: Any, *, index: bool = False) -> None:
+    """A pandas DataFrame as UTF-8 CSV with ``\\n`` line ends (the pipeline's prediction and table files)."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=index, encoding="utf-8", lineterminator="\n")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

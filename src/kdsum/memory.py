@@ -1,4 +1,4 @@
-"""GPU-memory planner for the training stage: estimate a job's peak before loading the model, refuse what cannot fit.
+"""GPU-memory planner for the training stage: estimate a job's peak GPU memory before loading the model.
 
 :func:`estimate_peak_memory` adds up, from the model's configuration and the job's settings, what a training step
 keeps on the GPU at its peak. Units are GiB (2**30 bytes). ``h`` hidden size, ``q``/``kv`` the query and key/value
@@ -38,40 +38,34 @@ padded to its longest row, and ``seq_len`` is that longest row, ``train.max_leng
 ``total_gb`` is what the job needs on the card (peak reserved + memory outside the allocator); ``allocated_gb``
 is the part ``torch.cuda.max_memory_allocated`` sees. The constants were calibrated against the H100 runs of
 ``benchmarks/bench_train.py`` (docs/BENCHMARKS.md, section 3, which lists estimate vs measured and says which
-configurations were measured and which terms are priors). :func:`check_fits` compares an estimate with
-the card's free memory (``torch.cuda.mem_get_info``) and raises :class:`MemoryPlanError`, naming the job and what
-to change, when it cannot fit. :func:`check_spec_fits` does both for a resolved pipeline spec.
+configurations were measured and which terms are priors). The refusal of a job that cannot fit:
+kdsum.preflight.
 """
 
 from __future__ import annotations
 
-import copy
-import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
-
-log = logging.getLogger(__name__)
+from typing import Any
 
 GIB = 2**30
 DTYPE_BYTES = {"bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "float32": 4, "fp32": 4}
 METHODS = ("full", "lora", "qlora")
-NF4_BLOCK = 64                 # bitsandbytes 4-bit block size (weights per absmax)
-NF4_DQ_BLOCK = 256             # absmax values per second-level (fp32) constant with double quantization
-FUSED_TOKEN_TILE = 4096        # TRL chunked log-prob: tokens per projection tile
-FUSED_VOCAB_TILE = 32768       # TRL chunked log-prob: vocabulary entries per tile
-FULL_LOGITS_BYTES = 12         # bytes per (token x vocab entry) with the model's own loss (see module docstring)
-CONTEXT_GIB = 1.47             # outside PyTorch's allocator: CUDA context, cuBLAS/cuDNN handles (H100, torch 2.11:
-                               # 1.47-1.48 GiB in all six measured runs)
-FULL_LOGITS_SLACK = 1.5        # allocator slack with full logits of padded batches of varying length, x the 12 T V
-                               # logits term: reserved - allocated was 5.2-5.6 GiB in the four full-logit runs of
-                               # 2026-11-21 (3B: 2.0 x, 7B: 1.2 x their logits terms); 1.5 is calibrated on them
-ALLOCATOR_BASE_GIB = 1.0       # slack of the fused-loss (pipeline) runs: 1.1-1.8 GiB whatever the activations
-FRAGMENTATION = 0.02           # ... growing slowly with the per-step memory (calibrated on the seven pipeline runs)
-DEFAULT_MARGIN = 0.05          # check_fits keeps this share of the free memory in reserve
-
-
-class MemoryPlanError(RuntimeError):
-    """A training job whose estimated peak exceeds the GPU's free memory; the message says what to change."""
+ACTIVATION_BYTES = 2  # activations in bf16/fp16 (autocast or a bf16 model)
+NF4_BLOCK = 64  # bitsandbytes 4-bit block size (weights per absmax)
+NF4_DQ_BLOCK = 256  # absmax values per second-level (fp32) constant with double quantization
+FUSED_TOKEN_TILE = 4096  # TRL chunked log-prob: tokens per projection tile
+FUSED_VOCAB_TILE = 32768  # TRL chunked log-prob: vocabulary entries per tile
+FULL_LOGITS_BYTES = 12  # bytes per (token x vocab entry) with the model's own loss (see module docstring)
+# outside PyTorch's allocator: CUDA context, cuBLAS/cuDNN handles (H100, torch 2.11: 1.47-1.48 GiB in all six
+# measured runs)
+CONTEXT_GIB = 1.47
+# allocator slack with full logits of padded batches of varying length, x the 12 T V logits term: reserved -
+# allocated was 5.2-5.6 GiB in the four full-logit runs of 2026-11-21 (3B: 2.0 x, 7B: 1.2 x their logits terms);
+# 1.5 is calibrated on them
+FULL_LOGITS_SLACK = 1.5
+ALLOCATOR_BASE_GIB = 1.0  # slack of the fused-loss (pipeline) runs: 1.1-1.8 GiB whatever the activations
+FRAGMENTATION = 0.02  # ... growing slowly with the per-step memory (calibrated on the seven pipeline runs)
 
 
 @dataclass(frozen=True)
@@ -116,8 +110,10 @@ def model_dims(model_config: Any, name: str | None = None) -> ModelDims:
     layers = _get(cfg, "num_hidden_layers", "n_layer", "num_layers")
     heads = _get(cfg, "num_attention_heads", "n_head")
     if hidden is None or layers is None or heads is None:
-        raise ValueError(f"model config {name or cfg.get('_name_or_path') or ''!r} lacks hidden_size / "
-                         f"num_hidden_layers / num_attention_heads; the memory planner handles decoder-only models")
+        raise ValueError(
+            f"model config {name or cfg.get('_name_or_path') or ''!r} lacks hidden_size / "
+            f"num_hidden_layers / num_attention_heads; the memory planner handles decoder-only models"
+        )
     kv_heads = _get(cfg, "num_key_value_heads", default=heads)
     head_dim = _get(cfg, "head_dim", default=hidden // heads)
     intermediate = _get(cfg, "intermediate_size", "n_inner", default=4 * hidden)
@@ -125,8 +121,18 @@ def model_dims(model_config: Any, name: str | None = None) -> ModelDims:
     tied = bool(_get(cfg, "tie_word_embeddings", default=True))
     qkv_bias = bool(_get(cfg, "attention_bias", default=False)) or cfg.get("model_type") == "qwen2"
     label = name or cfg.get("_name_or_path") or cfg.get("model_type") or "model"
-    return ModelDims(str(label), int(hidden), int(layers), int(heads), int(kv_heads), int(head_dim),
-                     int(intermediate), int(vocab), tied, qkv_bias)
+    return ModelDims(
+        str(label),
+        int(hidden),
+        int(layers),
+        int(heads),
+        int(kv_heads),
+        int(head_dim),
+        int(intermediate),
+        int(vocab),
+        tied,
+        qkv_bias,
+    )
 
 
 def parameter_counts(d: ModelDims) -> dict[str, int]:
@@ -138,8 +144,13 @@ def parameter_counts(d: ModelDims) -> dict[str, int]:
     other = d.layers * 2 * h + h + (d.layers * (q + 2 * kv) if d.qkv_bias else 0)
     embed = d.vocab * h
     lm_head = 0 if d.tied else d.vocab * h
-    return {"linear": linear, "embed": embed, "lm_head": lm_head, "other": other,
-            "total": linear + embed + lm_head + other}
+    return {
+        "linear": linear,
+        "embed": embed,
+        "lm_head": lm_head,
+        "other": other,
+        "total": linear + embed + lm_head + other,
+    }
 
 
 def lora_parameter_count(d: ModelDims, r: int) -> int:
@@ -156,8 +167,16 @@ def matmul_parameter_count(d: ModelDims) -> int:
     return c["linear"] + d.vocab * d.hidden
 
 
-def _layer_bytes_per_token(d: ModelDims, method: str, lora_r: int, lora_dropout: float, masked: bool,
-                           act_bytes: int, fp32_outputs: bool = False, varlen: bool = False) -> float:
+def _layer_bytes_per_token(
+    d: ModelDims,
+    method: str,
+    lora_r: int,
+    lora_dropout: float,
+    masked: bool,
+    act_bytes: int,
+    fp32_outputs: bool = False,
+    varlen: bool = False,
+) -> float:
     """Bytes that autograd keeps per token for one decoder layer (no checkpointing); see the module docstring.
 
     ``fp32_outputs``: QLoRA after ``prepare_model_for_kbit_training``: the fp32 norms make every 4-bit linear's
@@ -177,11 +196,24 @@ def _layer_bytes_per_token(d: ModelDims, method: str, lora_r: int, lora_dropout:
     return norms + attention + mlp + branches
 
 
-def estimate_peak_memory(model_config: Any, method: str, micro_batch: int, seq_len: int,
-                         gradient_checkpointing: bool, packing: bool, lora_r: int = 16, dtype: str = "bfloat16",
-                         *, lora_dropout: float = 0.05, attention: str = "sdpa", loss: str = "fused",
-                         double_quant: bool = True, kbit_upcast: bool = True, completion_fraction: float = 1.0,
-                         name: str | None = None) -> dict:
+def estimate_peak_memory(
+    model_config: Any,
+    method: str,
+    micro_batch: int,
+    seq_len: int,
+    gradient_checkpointing: bool,
+    packing: bool,
+    lora_r: int = 16,
+    dtype: str = "bfloat16",
+    *,
+    lora_dropout: float = 0.05,
+    attention: str = "sdpa",
+    loss: str = "fused",
+    double_quant: bool = True,
+    kbit_upcast: bool = True,
+    completion_fraction: float = 1.0,
+    name: str | None = None,
+) -> dict:
     """Estimated peak GPU memory (GiB) of one training job; see the module docstring for every term.
 
     ``attention``: ``sdpa`` (transformers' default: padded or packed batches carry a mask) or ``varlen``
@@ -190,6 +222,49 @@ def estimate_peak_memory(model_config: Any, method: str, micro_batch: int, seq_l
     Returns ``{"total_gb", "allocated_gb", "parts": {...}, "tokens", "inputs"}``; ``allocated_gb`` is the part that
     ``torch.cuda.max_memory_allocated`` sees (total minus overhead).
     """
+    _check_inputs(method, attention, loss, micro_batch, seq_len)
+    i = dict(
+        method=method,
+        micro_batch=int(micro_batch),
+        seq_len=int(seq_len),
+        gradient_checkpointing=bool(gradient_checkpointing),
+        packing=bool(packing),
+        lora_r=int(lora_r),
+        dtype=dtype,
+        lora_dropout=float(lora_dropout),
+        attention=attention,
+        loss=loss,
+        double_quant=bool(double_quant),
+        kbit_upcast=bool(kbit_upcast),
+        completion_fraction=float(completion_fraction),
+    )
+    d = model_dims(model_config, name)
+    counts = parameter_counts(d)
+    T = micro_batch * seq_len
+    activations = _activation_bytes(d, i, T)
+    logits = _logits_bytes(d, i, T)
+    overhead = _overhead_bytes(d, i, activations, logits)
+    parts = {
+        "weights": _weight_bytes(counts, i),
+        "lora+optimizer": _trainable_bytes(d, counts, i),
+        "activations": activations,
+        "logits": logits,
+        "overhead": overhead,
+    }
+    total = sum(parts.values())
+    return {
+        "model": d.name,
+        "total_gb": round(total / GIB, 3),
+        "allocated_gb": round((total - overhead) / GIB, 3),
+        "parts": {k: round(v / GIB, 3) for k, v in parts.items()},
+        "tokens": T,
+        "inputs": i,
+        "dims": asdict(d),
+        "params": counts,
+    }
+
+
+def _check_inputs(method: str, attention: str, loss: str, micro_batch: int, seq_len: int) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if attention not in ("sdpa", "varlen"):
@@ -198,211 +273,65 @@ def estimate_peak_memory(model_config: Any, method: str, micro_batch: int, seq_l
         raise ValueError(f"loss must be 'fused' or 'full', got {loss!r}")
     if micro_batch < 1 or seq_len < 1:
         raise ValueError(f"micro_batch and seq_len must be >= 1, got {micro_batch} and {seq_len}")
-    inputs = dict(method=method, micro_batch=int(micro_batch), seq_len=int(seq_len),
-                  gradient_checkpointing=bool(gradient_checkpointing), packing=bool(packing), lora_r=int(lora_r),
-                  dtype=dtype, lora_dropout=float(lora_dropout), attention=attention, loss=loss,
-                  double_quant=bool(double_quant), kbit_upcast=bool(kbit_upcast),
-                  completion_fraction=float(completion_fraction))
-    d = model_dims(model_config, name)
-    wb = DTYPE_BYTES[str(dtype).replace("torch.", "")]
-    a = 2  # activations in bf16/fp16 (autocast or a bf16 model)
-    counts = parameter_counts(d)
-    h, V, L = d.hidden, d.vocab, d.layers
-    T = micro_batch * seq_len
 
-    # weights
-    if method == "qlora":
-        per_weight = 0.5 + (1 / NF4_BLOCK + 4 / (NF4_BLOCK * NF4_DQ_BLOCK) if double_quant else 4 / NF4_BLOCK)
-        rest_bytes = 4 if kbit_upcast else wb
-        weights = counts["linear"] * per_weight + (counts["embed"] + counts["lm_head"] + counts["other"]) * rest_bytes
-    else:
-        weights = counts["total"] * wb
 
-    # trainable parameters, gradients, AdamW moments
-    if method == "full":
-        trainable = counts["total"] * 12
+def _weight_bytes(counts: dict[str, int], i: dict) -> float:
+    """bf16/fp32 parameters; QLoRA: the linears in NF4, the rest fp32 after the kbit upcast."""
+    wb = DTYPE_BYTES[str(i["dtype"]).replace("torch.", "")]
+    if i["method"] != "qlora":
+        return counts["total"] * wb
+    if i["double_quant"]:
+        per_weight = 0.5 + (1 / NF4_BLOCK + 4 / (NF4_BLOCK * NF4_DQ_BLOCK))
     else:
-        n_lora = lora_parameter_count(d, lora_r)
-        trainable = n_lora * (8 if method == "qlora" else 16)
+        per_weight = 0.5 + 4 / NF4_BLOCK
+    rest_bytes = 4 if i["kbit_upcast"] else wb
+    return counts["linear"] * per_weight + (counts["embed"] + counts["lm_head"] + counts["other"]) * rest_bytes
 
-    # activations
-    masked = attention == "sdpa" and (packing or micro_batch > 1)
-    fp32_outputs = method == "qlora" and kbit_upcast
-    per_layer = _layer_bytes_per_token(d, method, lora_r, lora_dropout, masked, a, fp32_outputs,
-                                       varlen=attention == "varlen")
-    stream = 4 if (method == "qlora" and kbit_upcast) else a  # residual stream dtype (fp32 after the kbit upcast)
-    if gradient_checkpointing:
-        layers = L * stream * h * T + per_layer * T
-    else:
-        layers = L * per_layer * T
+
+def _trainable_bytes(d: ModelDims, counts: dict[str, int], i: dict) -> float:
+    """Trainable parameters, their gradients and AdamW's two moments."""
+    if i["method"] == "full":
+        return counts["total"] * 12
+    return lora_parameter_count(d, i["lora_r"]) * (8 if i["method"] == "qlora" else 16)
+
+
+def _activation_bytes(d: ModelDims, i: dict, T: int) -> float:
+    """What autograd keeps for the backward pass, the working set and the attention masks."""
+    a = ACTIVATION_BYTES
+    h, L = d.hidden, d.layers
+    packing, ckpt = i["packing"], i["gradient_checkpointing"]
+    masked = i["attention"] == "sdpa" and (packing or i["micro_batch"] > 1)
+    fp32_outputs = i["method"] == "qlora" and i["kbit_upcast"]
+    per_layer = _layer_bytes_per_token(
+        d, i["method"], i["lora_r"], i["lora_dropout"], masked, a, fp32_outputs, varlen=i["attention"] == "varlen"
+    )
+    stream = 4 if fp32_outputs else a  # residual stream dtype (fp32 after the kbit upcast)
+    layers = (L * stream * h * T + per_layer * T) if ckpt else L * per_layer * T
     working = (8 * h + 6 * d.intermediate) * T
     outside = 10 * h * T
+    mask_bytes = 0
     if masked:
-        row = T if packing else seq_len
-        rows = 1 if packing else micro_batch
-        mask_bytes = rows * row * row * (1 + 2 * (1 if gradient_checkpointing else L))
-    else:
-        mask_bytes = 0
-    activations = layers + working + outside + mask_bytes
+        row = T if packing else i["seq_len"]
+        rows = 1 if packing else i["micro_batch"]
+        mask_bytes = rows * row * row * (1 + 2 * (1 if ckpt else L))
+    return layers + working + outside + mask_bytes
 
-    # logits
-    if loss == "full":
-        logits = FULL_LOGITS_BYTES * T * V
-    else:
-        n = max(1, int(T * completion_fraction))
-        logits = 2 * min(n, FUSED_TOKEN_TILE) * min(V, FUSED_VOCAB_TILE) + 6 * h * n
 
-    if loss == "full":
+def _logits_bytes(d: ModelDims, i: dict, T: int) -> float:
+    if i["loss"] == "full":
+        return FULL_LOGITS_BYTES * T * d.vocab
+    n = max(1, int(T * i["completion_fraction"]))
+    return 2 * min(n, FUSED_TOKEN_TILE) * min(d.vocab, FUSED_VOCAB_TILE) + 6 * d.hidden * n
+
+
+def _overhead_bytes(d: ModelDims, i: dict, activations: float, logits: float) -> float:
+    """Memory outside PyTorch's allocator plus the caching allocator's slack."""
+    if i["loss"] == "full":
         slack = FULL_LOGITS_SLACK * logits + FRAGMENTATION * activations
     else:
         slack = ALLOCATOR_BASE_GIB * GIB + FRAGMENTATION * (activations + logits)
-        if method == "qlora" and kbit_upcast:
+        if i["method"] == "qlora" and i["kbit_upcast"]:
             # the fused head multiplies bf16 hidden states with the fp32-upcast LM head: autocast makes a bf16
             # copy of it in every forward (attributed from the QLoRA runs' extra slack, not traced)
-            slack += 2 * V * h
-    overhead = CONTEXT_GIB * GIB + slack
-    parts = {"weights": weights, "lora+optimizer": trainable, "activations": activations, "logits": logits,
-             "overhead": overhead}
-    parts_gb = {k: round(v / GIB, 3) for k, v in parts.items()}
-    total = sum(parts.values())
-    return {
-        "model": d.name,
-        "total_gb": round(total / GIB, 3),
-        "allocated_gb": round((total - overhead) / GIB, 3),
-        "parts": parts_gb,
-        "tokens": T,
-        "inputs": inputs,
-        "dims": asdict(d),
-        "params": counts,
-    }
-
-
-def _describe(est: dict) -> str:
-    i = est["inputs"]
-    rows = "packed bins" if i["packing"] else "rows"
-    return (f"model '{est['model']}' ({i['method']}, micro-batch {i['micro_batch']} {rows} x {i['seq_len']} tokens, "
-            f"gradient checkpointing {'on' if i['gradient_checkpointing'] else 'off'}, "
-            f"packing {'on' if i['packing'] else 'off'}, LoRA r={i['lora_r']})")
-
-
-def _re_estimate(est: dict, **changes) -> dict:
-    inputs = copy.deepcopy(est["inputs"])
-    inputs.update(changes)
-    return estimate_peak_memory(ModelDims(**est["dims"]), name=est["model"], **inputs)
-
-
-def alternatives(est: dict, available_gb: float, margin: float = DEFAULT_MARGIN) -> list[tuple[str, dict]]:
-    """Settings that would fit ``available_gb``: (advice, estimate) pairs, the cheapest change first."""
-    budget = available_gb * (1 - margin)
-    out = []
-    i = est["inputs"]
-    mb = i["micro_batch"]
-    while mb > 1:
-        mb //= 2
-        e = _re_estimate(est, micro_batch=mb)
-        if e["total_gb"] <= budget:
-            factor = i["micro_batch"] // mb
-            out.append((f"lower train.per_device_batch_size to {mb} and multiply gradient_accumulation_steps by "
-                        f"{factor} (same effective batch)", e))
-            break
-    if not i["gradient_checkpointing"]:
-        e = _re_estimate(est, gradient_checkpointing=True)
-        if e["total_gb"] <= budget:
-            out.append(("turn on train.gradient_checkpointing (about a third slower per token)", e))
-    if i["method"] == "lora":
-        e = _re_estimate(est, method="qlora")
-        if e["total_gb"] <= budget:
-            out.append(("use method qlora (4-bit base weights)", e))
-    if i["seq_len"] > 256:
-        e = _re_estimate(est, seq_len=i["seq_len"] // 2)
-        if e["total_gb"] <= budget:
-            out.append((f"lower train.max_length to {i['seq_len'] // 2} (longer dialogues get truncated)", e))
-    return out
-
-
-def free_gpu_memory_gb(device: int | None = None) -> tuple[float, float, str] | None:
-    """(free GiB, total GiB, device name) of the current CUDA device, or None without CUDA."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return None
-    if not torch.cuda.is_available():
-        return None
-    dev = torch.cuda.current_device() if device is None else device
-    free, total = torch.cuda.mem_get_info(dev)
-    return free / GIB, total / GIB, torch.cuda.get_device_name(dev)
-
-
-def check_fits(estimate: dict, available_gb: float | None = None, margin: float = DEFAULT_MARGIN,
-               device_name: str | None = None) -> dict:
-    """Raise :class:`MemoryPlanError` when ``estimate['total_gb']`` exceeds ``available_gb`` less ``margin``.
-
-    ``available_gb`` defaults to the free memory of the current CUDA device (``torch.cuda.mem_get_info``); without
-    CUDA and without ``available_gb`` nothing is checked. Returns ``{"fits", "checked", "available_gb", ...}``.
-    """
-    if available_gb is None:
-        info = free_gpu_memory_gb()
-        if info is None:
-            return {"fits": None, "checked": False, "reason": "no CUDA device", "estimate_gb": estimate["total_gb"]}
-        available_gb, _total, name = info
-        device_name = device_name or name
-    device_name = device_name or "the GPU"
-    budget = available_gb * (1 - margin)
-    result = {"fits": estimate["total_gb"] <= budget, "checked": True, "available_gb": round(available_gb, 2),
-              "budget_gb": round(budget, 2), "estimate_gb": estimate["total_gb"], "device": device_name}
-    if result["fits"]:
-        return result
-    parts = ", ".join(f"{k} {v:.1f}" for k, v in estimate["parts"].items())
-    advice = alternatives(estimate, available_gb, margin)
-    if advice:
-        todo = "; or ".join(f"{text} (estimated {e['total_gb']:.1f} GiB)" for text, e in advice)
-    else:
-        todo = "no single change of batch, checkpointing, method or length fits: use a larger GPU or a smaller model"
-    raise MemoryPlanError(
-        f"{_describe(estimate)} needs about {estimate['total_gb']:.1f} GiB of GPU memory ({parts}), but "
-        f"{device_name} has {available_gb:.1f} GiB free (the planner keeps {margin:.0%} in reserve: "
-        f"{budget:.1f} GiB usable). To fit: {todo}. The estimate is kdsum.memory.estimate_peak_memory "
-        f"(within about 15% of measured peaks, docs/BENCHMARKS.md section 3).")
-
-
-def estimate_for_spec(spec: dict, model_config: Any, method: str | None = None, attention: str = "sdpa") -> dict:
-    """The estimate of a resolved pipeline spec (kdsum.config.resolve) for a causal model trained by the pipeline
-    (TRL SFTTrainer: fused LM head; transformers' default SDPA attention unless ``attention='varlen'``)."""
-    t = spec["train"]
-    lora = spec.get("lora") or {}
-    method = method or spec["method"]
-    return estimate_peak_memory(
-        model_config, method, int(t["per_device_batch_size"]), int(t["max_length"]),
-        bool(t["gradient_checkpointing"]), bool(t.get("packing", False)), int(lora.get("r", 16)), "bfloat16",
-        lora_dropout=float(lora.get("dropout", 0.0)), attention=attention, loss="fused", double_quant=bool((spec.get("quantization") or {}).get("double_quant", True)),
-        name=spec.get("name"))
-
-
-def check_spec_fits(spec: dict, source: str, method: str | None = None, available_gb: float | None = None,
-                    attention: str = "sdpa") -> dict:
-    """Check a causal LoRA/QLoRA job before its model is loaded: read the model's config from ``source`` (a local
-    directory or a hub id), estimate, compare with the free GPU memory. Skipped (returns ``checked: False``) without
-    CUDA, for seq2seq models, or when the config cannot be read (training then reports the real problem).
-    ``attention``: the job's resolved ``train.attention`` (kdsum.attention); ``eager`` is planned as ``sdpa``
-    (the debugging path also keeps the attention probabilities: the plan is low for it)."""
-    method = method or spec["method"]
-    if spec.get("family") != "causal" or method not in ("lora", "qlora"):
-        return {"checked": False, "reason": f"{spec.get('family')}/{method}: the planner covers causal LoRA/QLoRA"}
-    if available_gb is None and free_gpu_memory_gb() is None:
-        return {"checked": False, "reason": "no CUDA device"}
-    try:
-        from transformers import AutoConfig
-
-        try:  # a local directory or the HF cache first: the planner makes no network call it can avoid
-            model_config = AutoConfig.from_pretrained(source, local_files_only=True)
-        except OSError:
-            model_config = AutoConfig.from_pretrained(source)
-    except Exception as exc:  # offline hub id, unreadable dir: training will report the real problem
-        log.warning("memory check skipped: cannot read the config of %s (%s)", source, exc)
-        return {"checked": False, "reason": f"config unreadable: {exc.__class__.__name__}"}
-    est = estimate_for_spec(spec, model_config, method, attention="varlen" if attention == "varlen" else "sdpa")
-    result = check_fits(est, available_gb=available_gb)
-    result["estimate"] = est
-    log.info("memory plan: %s needs ~%.1f GiB, %.1f GiB free", spec.get("name"), est["total_gb"],
-             result.get("available_gb", float("nan")))
-    return result
+            slack += 2 * d.vocab * d.hidden
+    return CONTEXT_GIB * GIB + slack

@@ -1,27 +1,38 @@
-"""Models: build small offline ones, and load any model the same way from a hub id or a local path.
+"""Loading any model the same way, from a hub id or a local path; the one loader of a model to generate with.
 
-Offline default: the pipeline trains a tokenizer on the training dialogues (data tokens such as ``#Person1#`` and
-``#PhoneNumber#`` kept whole), builds a small BART or Llama from a config, and pretrains it briefly on the
-dialogue text (denoising for BART, next-token prediction for Llama), so that "zero-shot" and "fine-tuned" mean
-something. The result is an ordinary Hugging Face model directory, loaded by the same code as
-``gogamza/kobart-base-v2`` or ``Qwen/Qwen2.5-7B-Instruct``.
+* :func:`load_tokenizer`, :func:`load_base_model`: what training and prediction both load a base with (dtype from
+  :func:`use_bf16`, the one bf16 decision; 4-bit NF4 through :func:`quantization_config` for QLoRA).
+* :func:`load_for_generation`: a trained or zero-shot model ready for ``generate``, used by the predict stage and
+  the tests:
+
+  - zero-shot (variant ``zeroshot``): the base alone, ``--base-dir`` (a built model) or ``job.source``.
+  - causal, fine-tuned: the model directory is a PEFT LoRA adapter. The base is ``--base-dir``, else
+    ``job.source``, else the adapter's ``adapter_config.json`` (``base_model_name_or_path``). When training added
+    data tokens to the tokenizer, the base is first grown exactly as training grew it
+    (:func:`kdsum.embeddings.grow_to_tokenizer`); the adapter is applied with ``PeftModel.from_pretrained`` and
+    merged (``merge_and_unload``) unless the base is 4-bit (QLoRA on CUDA), where merging would dequantize.
+  - seq2seq, fine-tuned: the model directory is a full model.
+  - The tokenizer comes from the model directory when it has one (the trainer saves it there), else the base.
+
+Offline models (a tokenizer trained on the dialogues, a small BART or Llama) are built by kdsum.offline_models and
+are ordinary Hugging Face directories, loaded by this same code.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
+from kdsum.errors import KdsumError
+from kdsum.io import read_json
+from kdsum.spec import ZERO_SHOT, Job, QuantizationArgs
+
 log = logging.getLogger(__name__)
 
-PAD, BOS, EOS, UNK, MASK = "<pad>", "<s>", "</s>", "<unk>", "<mask>"
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 # ChatML, as Qwen uses; the {% generation %} markers let TRL's assistant_only_loss work as well.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -33,7 +44,7 @@ CHAT_TEMPLATE = (
 )
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(KdsumError):
     """A model source that cannot be loaded; the message names the model key and the source."""
 
 
@@ -48,181 +59,68 @@ def set_seed(seed: int) -> None:
         pass
 
 
-# --------------------------------------------------------------------------------------------- tokenizers
-def train_tokenizer(texts: Iterable[str], vocab_size: int, data_tokens: list[str], family: str):
-    """A BPE tokenizer (SentencePiece-style word boundaries) trained on ``texts``.
-
-    ``data_tokens`` (speakers and PII masks collected from the data) are added as whole, non-special tokens:
-    whole, so a summary never splits ``#Person4#``; non-special, so decoding with ``skip_special_tokens``
-    keeps them in the output where they belong.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = [PAD, BOS, EOS, UNK, MASK] + ([IM_START, IM_END] if family == "causal" else [])
-    tok = Tokenizer(models.BPE(unk_token=UNK))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=2,
-                                  show_progress=False)
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    kwargs = dict(tokenizer_object=tok, pad_token=PAD, bos_token=BOS, unk_token=UNK, mask_token=MASK)
-    if family == "causal":
-        kwargs.update(eos_token=IM_END, additional_special_tokens=[IM_START])
-        kwargs["padding_side"] = "left"  # decoder-only generation needs left padding
-    else:
-        kwargs.update(eos_token=EOS)
-    hf_tok = PreTrainedTokenizerFast(**kwargs)
-    if family == "causal":
-        hf_tok.chat_template = CHAT_TEMPLATE
-    add_data_tokens(hf_tok, data_tokens)
-    return hf_tok
+# --------------------------------------------------------------------------------------------- settings
+def base_source(job: Job, base_dir: str | Path | None = None) -> str | None:
+    """Where a job's base weights come from: ``base_dir`` (a model built offline, results/base/M) when given,
+    else the configured hub id or local path (None for a built model without ``base_dir``)."""
+    return str(base_dir) if base_dir is not None else job.source
 
 
-def add_data_tokens(tokenizer, data_tokens: list[str]) -> list[int]:
-    """Make every data token (``#Person3#``, ``#DateOfBirth#`` ...) a single token; return the ids added."""
-    from tokenizers import AddedToken
-
-    missing = [t for t in data_tokens if len(tokenizer.tokenize(t)) != 1 or t not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_tokens([AddedToken(t, normalized=False, special=False, single_word=False) for t in missing])
-    return [tokenizer.convert_tokens_to_ids(t) for t in missing]
-
-
-# --------------------------------------------------------------------------------------------- building
-def build_config(family: str, build: dict, tokenizer):
-    from transformers import BartConfig, LlamaConfig
-
-    common = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    max_pos = build.get("max_position_embeddings", 1024)
-    if family == "seq2seq":
-        return BartConfig(
-            d_model=build["d_model"], encoder_layers=build["layers"], decoder_layers=build["layers"],
-            encoder_attention_heads=build["heads"], decoder_attention_heads=build["heads"],
-            encoder_ffn_dim=build["ffn_dim"], decoder_ffn_dim=build["ffn_dim"], max_position_embeddings=max_pos,
-            decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=tokenizer.eos_token_id,
-            dropout=0.1, scale_embedding=True, **common,
+def require_base(job: Job, base_dir: str | Path | None, what: str) -> str:
+    """:func:`base_source`, refusing a built model without its base directory."""
+    source = base_source(job, base_dir)
+    if source is None:
+        raise ModelLoadError(
+            f"model '{job.model}' is built offline: {what} needs --base-dir (the built base directory, "
+            f"results/base/{job.model})"
         )
-    return LlamaConfig(
-        hidden_size=build["hidden_size"], num_hidden_layers=build["layers"], num_attention_heads=build["heads"],
-        num_key_value_heads=build["heads"], intermediate_size=build["intermediate_size"],
-        max_position_embeddings=max_pos, tie_word_embeddings=True, rms_norm_eps=1e-5, **common,
+    return source
+
+
+def use_bf16(job: Job) -> bool:
+    """``train.bf16``: true/false, or ``auto`` = where the hardware has it (CUDA with bf16 support). The one
+    decision: the Trainer's mixed precision and the dtype a base is loaded in both follow it."""
+    has = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if job.train.bf16 == "auto":
+        return has
+    if job.train.bf16 and not has:
+        raise ModelLoadError(
+            f"model '{job.name}': train.bf16 is true but this machine has no bf16-capable GPU; use `bf16: auto`"
+        )
+    return bool(job.train.bf16)
+
+
+def model_dtype(job: Job, method: str, for_training: bool) -> torch.dtype:
+    """A full fine-tune keeps fp32 master weights (bf16 enters as autocast through the Trainer); adapters and
+    inference load the base in the compute dtype."""
+    if method == "full" and for_training:
+        return torch.float32
+    return torch.bfloat16 if use_bf16(job) else torch.float32
+
+
+def effective_method(job: Job) -> tuple[str, list[str]]:
+    """QLoRA needs CUDA (bitsandbytes 4-bit). Without it a ``qlora`` entry runs as LoRA, with a warning that
+    train_metrics.json and the summary record, so a CPU smoke run of a GPU config still works end to end."""
+    if job.method == "qlora" and not torch.cuda.is_available():
+        return "lora", [
+            f"model '{job.model}': method qlora needs CUDA for 4-bit loading; "
+            f"no CUDA device here, so it ran as LoRA in full precision"
+        ]
+    return job.method, []
+
+
+def quantization_config(q: QuantizationArgs):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, q.bnb_4bit_compute_dtype),
     )
 
 
-def _denoise(ids: list[int], mask_id: int, rng: random.Random, ratio: float = 0.3) -> list[int]:
-    """BART text infilling: replace spans (Poisson-ish lengths around 3) by a single <mask>."""
-    out, i, budget = [], 0, int(len(ids) * ratio)
-    while i < len(ids):
-        if budget > 0 and rng.random() < ratio / 3:
-            span = min(budget, max(1, int(rng.expovariate(1 / 3))))
-            out.append(mask_id)
-            i += span
-            budget -= span
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
-
-
-def pretrain(model, tokenizer, texts: list[str], family: str, steps: int, lr: float, batch_size: int,
-             seed: int, max_len: int = 256, progress: bool = True) -> list[dict]:
-    """A short pretraining on dialogue text; returns the loss history."""
-    from tqdm.auto import tqdm
-
-    set_seed(seed)
-    rng = random.Random(seed)
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][: max_len - 2] for t in texts]
-    encoded = [e for e in encoded if len(e) > 4]
-    if not encoded or steps == 0:
-        return []
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    pad = tokenizer.pad_token_id
-    history = []
-    model.train()
-    bar = tqdm(range(steps), desc="pretrain", disable=not progress, mininterval=5)
-    for step in bar:
-        batch = [encoded[rng.randrange(len(encoded))] for _ in range(batch_size)]
-        if family == "seq2seq":
-            targets = [[tokenizer.bos_token_id] + b + [tokenizer.eos_token_id] for b in batch]
-            sources = [[tokenizer.bos_token_id] + _denoise(b, tokenizer.mask_token_id, rng) + [tokenizer.eos_token_id]
-                       for b in batch]
-            inp, attn = _pad(sources, pad)
-            labels, _ = _pad(targets, -100)
-            loss = model(input_ids=inp, attention_mask=attn, labels=labels).loss
-        else:
-            seqs = [[tokenizer.bos_token_id] + b + [tokenizer.eos_token_id] for b in batch]
-            inp, attn = _pad(seqs, pad)
-            labels = inp.masked_fill(attn == 0, -100)
-            loss = model(input_ids=inp, attention_mask=attn, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        history.append({"step": step + 1, "loss": loss.item()})
-        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
-    model.eval()
-    return history
-
-
-def _pad(seqs: list[list[int]], value: int):
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), value, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        attn[i, : len(s)] = 1
-    return ids, attn
-
-
-def build_base_model(family: str, build: dict, texts: list[str], data_tokens: list[str], out_dir: Path,
-                     progress: bool = True) -> dict:
-    """Train a tokenizer, build the model from config, pretrain briefly, save to ``out_dir``; return metrics."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
-    seed = build.get("seed", 0)
-    set_seed(seed)
-    start = time.time()
-    tokenizer = train_tokenizer(texts, build["vocab_size"], data_tokens, family)
-    config = build_config(family, build, tokenizer)
-    auto = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
-    set_seed(seed)
-    model = auto.from_config(config)
-    history = pretrain(model, tokenizer, texts, family, build.get("pretrain_steps", 0),
-                       build.get("pretrain_learning_rate", 1e-3), build.get("pretrain_batch_size", 16), seed,
-                       progress=progress)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return {
-        "family": family,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "vocab_size": len(tokenizer),
-        "data_tokens": data_tokens,
-        "pretrain_steps": len(history),
-        "pretrain_first_loss": history[0]["loss"] if history else None,
-        "pretrain_final_loss": history[-1]["loss"] if history else None,
-        "pretrain_loss_history": history,
-        "wall_time_s": round(time.time() - start, 2),
-    }
-
-
 # --------------------------------------------------------------------------------------------- loading
-def model_source(spec: dict, base_dir: str | Path | None = None) -> str:
-    """Where a model's base weights come from: the built directory, or the configured hub id / local path."""
-    if spec.get("build"):
-        if base_dir is None:
-            raise ModelLoadError(f"model '{spec['name']}' is built offline but no base directory was given")
-        return str(base_dir)
-    return spec["source"]
-
-
 def _from_pretrained(loader, source: str, name: str, **kwargs):
     try:
         return loader.from_pretrained(source, **kwargs)
@@ -246,41 +144,104 @@ def load_tokenizer(source: str, name: str, family: str):
     return tok
 
 
-def quantization_config(spec: dict):
-    from transformers import BitsAndBytesConfig
-
-    q = spec["quantization"]
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=q["quant_type"], bnb_4bit_use_double_quant=q["double_quant"],
-        bnb_4bit_compute_dtype=getattr(torch, q["compute_dtype"]),
-    )
-
-
-def effective_method(spec: dict) -> tuple[str, list[str]]:
-    """QLoRA needs CUDA (bitsandbytes 4-bit). Without it a ``qlora`` entry runs as LoRA, with a warning that
-    train_metrics.json and the summary record, so a CPU smoke run of a GPU config still works end to end."""
-    if spec["method"] == "qlora" and not torch.cuda.is_available():
-        return "lora", [f"model '{spec['name']}': method qlora needs CUDA for 4-bit loading; "
-                        f"no CUDA device here, so it ran as LoRA in full precision"]
-    return spec["method"], []
-
-
-def torch_dtype_for(spec: dict):
-    bf16 = spec["train"].get("bf16", "auto")
-    if torch.cuda.is_available() and (bf16 is True or (bf16 == "auto" and torch.cuda.is_bf16_supported())):
-        return torch.bfloat16
-    return torch.float32
-
-
-def load_model(spec: dict, source: str, method: str | None = None, for_training: bool = True):
+def load_base_model(job: Job, source: str, method: str | None = None, for_training: bool = True):
+    """The base weights of ``job`` from ``source``: seq2seq or causal, in :func:`model_dtype`, 4-bit for QLoRA."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    method = method or effective_method(spec)[0]
-    auto = AutoModelForSeq2SeqLM if spec["family"] == "seq2seq" else AutoModelForCausalLM
-    # a full fine-tune keeps fp32 master weights (bf16 enters as autocast through the Trainer); adapters and
-    # inference load the base in the compute dtype
-    kwargs = {"dtype": torch.float32 if (method == "full" and for_training) else torch_dtype_for(spec)}
+    method = method or effective_method(job)[0]
+    auto = AutoModelForSeq2SeqLM if job.family == "seq2seq" else AutoModelForCausalLM
+    kwargs = {"dtype": model_dtype(job, method, for_training)}
     if method == "qlora":
-        kwargs["quantization_config"] = quantization_config(spec)
+        kwargs["quantization_config"] = quantization_config(job.quantization)
         kwargs["device_map"] = {"": 0}
-    return _from_pretrained(auto, source, spec["name"], **kwargs)
+    return _from_pretrained(auto, source, job.model, **kwargs)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for generation, with where it came from."""
+
+    model: object
+    tokenizer: object
+    base: str
+    adapter: str | None = None
+    merged: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return (path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists()
+
+
+def _trained_sources(job: Job, model_dir: str | Path | None, base_dir: str | Path | None) -> tuple[str, str | None]:
+    """(weights source, adapter directory or None) of a fine-tuned job's model directory."""
+    if model_dir is None:
+        raise ModelLoadError(
+            f"model '{job.model}' variant '{job.variant}': --model-dir is required "
+            f"(the trained model, results/train/{job.name}/model)"
+        )
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"model directory not found: {model_dir} (train {job.name} first)")
+    if (model_dir / "adapter_config.json").exists():
+        if job.family == "seq2seq":
+            raise ModelLoadError(f"model '{job.model}' is seq2seq (fully fine-tuned) but {model_dir} is a LoRA adapter")
+        named = read_json(model_dir / "adapter_config.json").get("base_model_name_or_path")
+        source = base_source(job, base_dir) or named
+        if not source:
+            raise ModelLoadError(
+                f"{model_dir}/adapter_config.json names no base model (base_model_name_or_path); pass --base-dir"
+            )
+        return source, str(model_dir)
+    if (model_dir / "config.json").exists():
+        return str(model_dir), None
+    raise ModelLoadError(f"{model_dir} holds neither a LoRA adapter (adapter_config.json) nor a model (config.json)")
+
+
+def _attach_adapter(model, tokenizer, job: Job, adapter: str, source: str, merge: bool):
+    from peft import PeftModel
+
+    from kdsum.embeddings import grow_to_tokenizer
+
+    grow_to_tokenizer(model, tokenizer)  # data tokens added at training time: grow the base as training did
+    try:
+        model = PeftModel.from_pretrained(model, adapter)
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(
+            f"model '{job.model}': cannot load the adapter in {adapter} on base {source}: {first}"
+        ) from exc
+    return model.merge_and_unload() if merge else model
+
+
+def load_for_generation(
+    job: Job, model_dir: str | Path | None = None, base_dir: str | Path | None = None, device: str | None = None
+) -> LoadedModel:
+    """What a prediction job generates with; see the module docstring. Eval mode, on ``device`` (default: CUDA
+    where there is one) unless 4-bit (bitsandbytes places it)."""
+    method, notes = effective_method(job)
+    for n in notes:
+        log.warning(n)
+    adapter = None
+    if job.variant == ZERO_SHOT:
+        if model_dir is not None:
+            raise ModelLoadError(f"variant '{ZERO_SHOT}' generates with the base model alone: no --model-dir")
+        source = tokenizer_source = require_base(job, base_dir, "a zero-shot run")
+    else:
+        source, adapter = _trained_sources(job, model_dir, base_dir)
+        tokenizer_source = str(model_dir) if _has_tokenizer(Path(model_dir)) else source
+    tokenizer = load_tokenizer(tokenizer_source, job.model, job.family)
+    load_method = "qlora" if method == "qlora" else "full"
+    try:
+        model = load_base_model(job, source, method=load_method, for_training=False)
+    except ModelLoadError as exc:
+        if adapter is not None and base_source(job, base_dir) is None:
+            raise ModelLoadError(f"{exc} (the base named by {adapter}/adapter_config.json; pass --base-dir)") from exc
+        raise
+    merge = load_method != "qlora"
+    if adapter is not None:
+        model = _attach_adapter(model, tokenizer, job, adapter, source, merge)
+    if load_method != "qlora":
+        model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.eval()
+    return LoadedModel(model, tokenizer, source, adapter, merged=adapter is not None and merge, notes=notes)

@@ -1,59 +1,137 @@
-"""results/summary.csv: one row per system, gathered from the score, training and build files of the run."""
+"""results/summary.csv: one row per system, gathered from the score, training and build files of the run.
+
+The systems come from the summary spec (:class:`kdsum.spec.SummarySpec`); the files come as lists, in the spec's
+order (:class:`SummaryInputs`): the scores of every system (when a split is scored), the training metrics and
+loss histories of every fine-tuned system, the build metrics of every zero-shot system whose model was built.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from kdsum import plan
-from kdsum.config import BASELINE_MODEL, ZERO_SHOT, resolve
-from kdsum.io import atomic_path, read_json, write_text
+from kdsum.errors import KdsumError
+from kdsum.io import atomic_path, read_json, write_csv, write_text
+from kdsum.spec import SummarySpec, SystemRow
 
 SCORES = ("rouge1", "rouge2", "rougeL", "rouge_sum")
+BASE_DIR = "results/base/{model}"  # where a built model lives (the `source` text of its rows)
+MARKDOWN_COLUMNS = (
+    "system",
+    "kind",
+    "method",
+    "rouge1",
+    "rouge2",
+    "rougeL",
+    "rouge_sum",
+    "mean_chars",
+    "foreign_script_share",
+    "total_params",
+    "trainable_params",
+    "train_time_s",
+    "tokens_per_s",
+    "peak_memory_gb",
+)
 
 
-def system_kind(model: str, variant: str) -> str:
-    if model == BASELINE_MODEL:
-        return "baseline"
-    return "zero-shot" if variant == ZERO_SHOT else "fine-tuned"
+class SummaryError(KdsumError):
+    """The summary's input files do not match its spec."""
 
 
-def summary_table(config: dict, results: str | Path = "results") -> pd.DataFrame:
-    results = Path(results)
+@dataclass(frozen=True)
+class SummaryInputs:
+    """The run's files, one list per kind, in ``spec.systems`` order."""
+
+    scores: Sequence[str | Path] = field(default_factory=list)  # every system, when spec.split is set
+    train_metrics: Sequence[str | Path] = field(default_factory=list)  # fine-tuned systems
+    log_histories: Sequence[str | Path] = field(default_factory=list)  # fine-tuned systems
+    base_metrics: Sequence[str | Path] = field(default_factory=list)  # zero-shot systems of built models
+
+
+def _wants_base_metrics(row: SystemRow) -> bool:
+    return row.kind == "zero-shot" and row.built
+
+
+def check_inputs(spec: SummarySpec, inputs: SummaryInputs) -> None:
+    """Refuse file lists whose lengths are not what ``spec.systems`` needs."""
+    tuned = [r.name for r in spec.systems if r.kind == "fine-tuned"]
+    built = [r.name for r in spec.systems if _wants_base_metrics(r)]
+    expected = {
+        "--scores": (
+            len(spec.systems) if spec.split is not None else 0,
+            "one per system" if spec.split is not None else "none: the spec scores no split",
+        ),
+        "--train-metrics": (len(tuned), "one per fine-tuned system"),
+        "--log-histories": (len(tuned), "one per fine-tuned system"),
+        "--base-metrics": (len(built), "one per zero-shot system of a built model"),
+    }
+    given = {
+        "--scores": inputs.scores,
+        "--train-metrics": inputs.train_metrics,
+        "--log-histories": inputs.log_histories,
+        "--base-metrics": inputs.base_metrics,
+    }
+    for option, (n, what) in expected.items():
+        if len(given[option]) != n:
+            raise SummaryError(f"{option}: {len(given[option])} file(s) given, {n} expected ({what})")
+
+
+def _score_fields(scores: dict, split: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"split": split, "n": scores["n"]}
+    for key in SCORES:
+        row[key] = scores[key]
+        lo, hi = scores.get(f"{key}_ci", (math.nan, math.nan))
+        row[f"{key}_lo"], row[f"{key}_hi"] = lo, hi
+    for key in ("mean_chars", "foreign_script_share", "empty_predictions"):
+        row[key] = scores.get(key)
+    return row
+
+
+def _train_fields(tm: dict) -> dict[str, Any]:
+    return dict(
+        method_effective=tm.get("method_effective"),
+        total_params=tm.get("total_params"),
+        trainable_params=tm.get("trainable_params"),
+        train_time_s=tm.get("wall_time_s"),
+        train_tokens=tm.get("train_tokens"),
+        tokens_per_s=tm.get("tokens_per_s"),
+        peak_memory_gb=tm.get("peak_memory_gb"),
+        memory_device=tm.get("memory_device"),
+        final_loss=tm.get("final_loss"),
+        max_grad_norm=tm.get("max_grad_norm"),
+        warnings="; ".join(tm.get("warnings") or []),
+    )
+
+
+def _system_row(system: SystemRow) -> dict[str, Any]:
+    row: dict[str, Any] = {"system": system.name, "model": system.model, "variant": system.variant, "kind": system.kind}
+    if system.kind != "baseline":
+        row.update(
+            family=system.family,
+            method=system.method,
+            source=system.source or "built:" + BASE_DIR.format(model=system.model),
+        )
+    return row
+
+
+def summary_table(spec: SummarySpec, inputs: SummaryInputs) -> pd.DataFrame:
+    """One row per system of ``spec``, sorted by rouge_sum (best first) when a split is scored."""
+    check_inputs(spec, inputs)
+    scores, train_metrics, base_metrics = iter(inputs.scores), iter(inputs.train_metrics), iter(inputs.base_metrics)
     rows = []
-    split = (plan.scored_splits(config) or [None])[0]
-    for model, variant in plan.systems(config):
-        kind = system_kind(model, variant)
-        row: dict = {"system": f"{model}/{variant}", "model": model, "variant": variant, "kind": kind}
-        if kind != "baseline":
-            spec = resolve(config, model, variant)
-            row.update(family=spec["family"], method=spec["method"] if kind == "fine-tuned" else "none",
-                       source=spec["source"] or f"built:{plan.path('base', model=model)}")
-        if split:
-            scores = read_json(results.parent / plan.path("scores", model=model, variant=variant, split=split))
-            row["split"] = split
-            row["n"] = scores["n"]
-            for key in SCORES:
-                row[key] = scores[key]
-                lo, hi = scores.get(f"{key}_ci", (math.nan, math.nan))
-                row[f"{key}_lo"], row[f"{key}_hi"] = lo, hi
-            row["mean_chars"] = scores.get("mean_chars")
-            row["foreign_script_share"] = scores.get("foreign_script_share")
-            row["empty_predictions"] = scores.get("empty_predictions")
-        if kind == "fine-tuned":
-            tm = read_json(results.parent / plan.path("train_metrics", model=model, variant=variant))
-            row.update(
-                method_effective=tm.get("method_effective"),
-                total_params=tm.get("total_params"), trainable_params=tm.get("trainable_params"),
-                train_time_s=tm.get("wall_time_s"), train_tokens=tm.get("train_tokens"),
-                tokens_per_s=tm.get("tokens_per_s"), peak_memory_gb=tm.get("peak_memory_gb"),
-                memory_device=tm.get("memory_device"), final_loss=tm.get("final_loss"),
-                max_grad_norm=tm.get("max_grad_norm"), warnings="; ".join(tm.get("warnings") or []),
-            )
-        elif kind == "zero-shot" and config["models"][model].get("build"):
-            bm = read_json(results.parent / plan.path("base_metrics", model=model))
+    for system in spec.systems:
+        row = _system_row(system)
+        if spec.split is not None:
+            row.update(_score_fields(read_json(next(scores)), spec.split))
+        if system.kind == "fine-tuned":
+            row.update(_train_fields(read_json(next(train_metrics))))
+        elif _wants_base_metrics(system):
+            bm = read_json(next(base_metrics))
             row.update(total_params=bm.get("parameters"), trainable_params=0)
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -75,9 +153,7 @@ def _fmt(value) -> str:
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    cols = [c for c in ("system", "kind", "method", "rouge1", "rouge2", "rougeL", "rouge_sum", "mean_chars",
-                        "foreign_script_share", "total_params", "trainable_params", "train_time_s", "tokens_per_s",
-                        "peak_memory_gb") if c in df]
+    cols = [c for c in MARKDOWN_COLUMNS if c in df]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
         cells = []
@@ -90,12 +166,23 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_scores(df: pd.DataFrame, out: str | Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, out: str | Path) -> None:
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+
+
+def plot_scores(df: pd.DataFrame, out: str | Path) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(df) + 1.5))
     if "rouge_sum" in df:
         d = df.iloc[::-1]
@@ -104,43 +191,36 @@ def plot_scores(df: pd.DataFrame, out: str | Path) -> None:
         ax.barh(d["system"], d["rouge_sum"], xerr=err, color=[colors[k] for k in d["kind"]], capsize=3)
         ax.set_xlabel(f"ROUGE-1 + ROUGE-2 + ROUGE-L (F1 x100, {df['split'].iloc[0]}; bars: bootstrap 95% CI)")
     ax.set_title("Systems by ROUGE sum (Kiwi morphemes)")
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    _save(fig, out)
     plt.close(fig)
 
 
-def plot_losses(config: dict, results: str | Path, out: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_losses(spec: SummarySpec, log_histories: Sequence[str | Path], out: str | Path) -> None:
+    """Training loss by optimizer step, one line per fine-tuned system (``log_histories`` in their order)."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    for model, variant in plan.systems(config):
-        if system_kind(model, variant) != "fine-tuned":
-            continue
-        hist = pd.read_csv(Path(results).parent / plan.path("log_history", model=model, variant=variant))
+    tuned = [r for r in spec.systems if r.kind == "fine-tuned"]
+    for system, path in zip(tuned, log_histories, strict=True):
+        hist = pd.read_csv(path)
         if "loss" in hist:
             h = hist.dropna(subset=["loss"])
-            ax.plot(h["step"], h["loss"], label=f"{model}/{variant}")
+            ax.plot(h["step"], h["loss"], label=system.name)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
     ax.set_title("Training loss")
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    _save(fig, out)
     plt.close(fig)
 
 
-def write_summary(config: dict, results: str | Path, out_csv, out_md, scores_plot, loss_plot) -> pd.DataFrame:
-    df = summary_table(config, results)
+def write_summary(spec: SummarySpec, inputs: SummaryInputs, out_csv, out_md, scores_plot, loss_plot) -> pd.DataFrame:
+    df = summary_table(spec, inputs)
     plot_scores(df, scores_plot)
-    plot_losses(config, results, loss_plot)
-    header = ("# Results\n\nScores: ROUGE F1 x100 on Kiwi morphemes, averaged over each dialogue's references, "
-              "with bootstrap 95% intervals. Made by `scripts/summarize.py` from the run's files.\n\n")
+    plot_losses(spec, inputs.log_histories, loss_plot)
+    header = (
+        "# Results\n\nScores: ROUGE F1 x100 on Kiwi morphemes, averaged over each dialogue's references, "
+        "with bootstrap 95% intervals. Made by `kdsum summary` from the run's files.\n\n"
+    )
     write_text(out_md, header + markdown_table(df))
-    with atomic_path(out_csv) as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv(out_csv, df)
     return df

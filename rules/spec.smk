@@ -1,0 +1,17 @@
+rule spec:
+    """One job's resolved settings (kdsum.spec), the only config its stages read. Its params are the spec itself:
+    a config change reruns exactly the jobs whose spec changed. DVC's stage reads config.yaml instead (kdsum.dvc)."""
+    input:
+        code=code("spec"),
+        schema="schemas/config.schema.yaml",
+    output:
+        "results/specs/{name}.json",
+    params:
+        spec=lambda wildcards: to_json(spec_for(CFG, wildcards.name)),
+        dvc_params=lambda wildcards: spec_keys(CFG, wildcards.name),
+    log:
+        "results/logs/spec/{name}.log",
+    conda:
+        "../envs/kdsum.yaml"
+    shell:
+        "kdsum spec {wildcards.name:q} --json {params.spec:q} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,3 @@
+from kdsum.cli import main
+
+main()

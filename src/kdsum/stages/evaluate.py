@@ -1,0 +1,51 @@
+"""Score a predictions CSV against multi-reference JSONL: ROUGE-1/2/L F1 on Kiwi morphemes.
+
+    kdsum evaluate --spec results/specs/evaluation.json --predictions P.csv --references R.jsonl \\
+        --out-json S.json --out-items I.csv [--threads N]
+
+The spec (kdsum.spec.EvaluationArgs) gives the aggregation over references (mean|max), the bootstrap resamples
+(0: no CIs) and the seed. P.csv: columns ``fname,summary`` (other columns, e.g. a submission's index, are
+ignored). R.jsonl: one ``{"fname", "summaries": [...], ...}`` object per line. S.json: corpus scores ×100, their
+sum, bootstrap CIs and diagnostics; I.csv: per-item scores ×100. On any input error: ``error: ...`` on stderr,
+exit status 2, and no output file is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kdsum.evaluation import InputError, evaluate
+from kdsum.io import write_csv, write_json
+from kdsum.spec import EvaluationArgs, read_spec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="kdsum evaluate", description=__doc__.split("\n")[0])
+    ap.add_argument("--spec", type=Path, required=True, help="evaluation spec (results/specs/evaluation.json)")
+    ap.add_argument("--predictions", type=Path, required=True, help="CSV with fname,summary")
+    ap.add_argument("--references", type=Path, required=True, help="JSONL with fname, summaries")
+    ap.add_argument("--out-json", type=Path, required=True, help="corpus scores (JSON)")
+    ap.add_argument("--out-items", type=Path, required=True, help="per-item scores (CSV)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="Kiwi tokenisation threads (default: one per core this process may use)",
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    spec = read_spec(args.spec, EvaluationArgs)
+    result, items = evaluate(args.predictions, args.references, spec.aggregate, spec.bootstrap, spec.seed, args.threads)
+    # Both outputs exist only after all scoring succeeded; each write is atomic.
+    write_csv(args.out_items, items)
+    write_json(args.out_json, result)
+    print(
+        f"n={result['n']} ROUGE-1 {result['rouge1']:.2f} ROUGE-2 {result['rouge2']:.2f} "
+        f"ROUGE-L {result['rougeL']:.2f} sum {result['rouge_sum']:.2f} ({spec.aggregate} over references)"
+    )

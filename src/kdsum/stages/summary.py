@@ -1,0 +1,49 @@
+"""Gather scores, training metrics and build metrics into results/summary.csv (+ Markdown and plots).
+
+    kdsum summary --spec results/specs/summary.json [--scores F ...] [--train-metrics F ...]
+        [--log-histories F ...] [--base-metrics F ...] --out-csv results/summary.csv --out-md results/summary.md
+        --scores-plot results/plots/scores.png --loss-plot results/plots/loss.png
+
+The file lists follow the order of the spec's systems: --scores one per system (only when the spec scores a
+split); --train-metrics and --log-histories one per fine-tuned system; --base-metrics one per zero-shot system
+of a built model. A count that differs is a one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from kdsum.spec import SummarySpec, read_spec
+from kdsum.summary import SummaryInputs, markdown_table, write_summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="kdsum summary", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--spec", required=True, help="the summary spec (results/specs/summary.json)")
+    for option, what in (
+        ("--scores", "S.json of each system"),
+        ("--train-metrics", "train_metrics.json"),
+        ("--log-histories", "log_history.csv"),
+        ("--base-metrics", "build metrics (M.json)"),
+    ):
+        ap.add_argument(option, nargs="*", default=[], metavar="F", help=what)
+    ap.add_argument("--out-csv", required=True)
+    ap.add_argument("--out-md", required=True)
+    ap.add_argument("--scores-plot", required=True)
+    ap.add_argument("--loss-plot", required=True)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    spec = read_spec(args.spec, SummarySpec)
+    inputs = SummaryInputs(
+        scores=args.scores,
+        train_metrics=args.train_metrics,
+        log_histories=args.log_histories,
+        base_metrics=args.base_metrics,
+    )
+    df = write_summary(spec, inputs, args.out_csv, args.out_md, args.scores_plot, args.loss_plot)
+    print(markdown_table(df))
