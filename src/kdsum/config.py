@@ -356,7 +356,8 @@ def spec_for(config: dict, name: str) -> Any:
     parts = name.split("/")
     if name == "data":
         d = config["data"]
-        return DataSpec(train=d["train"], dev=d.get("dev"), test=d.get("test"))
+        return DataSpec(train=d["train"], dev=d.get("dev"), test=d.get("test"), encoding=d["encoding"],
+                        allow_leakage=d["allow_leakage"], near_duplicate_threshold=d["near_duplicate_threshold"])
     if name == "evaluation":
         return EvaluationArgs(**config["evaluation"])
     if name == "summary":

@@ -143,6 +143,9 @@ class DataSpec:
     train: str
     dev: str | None
     test: str | None
+    encoding: str  # auto | a Python codec name
+    allow_leakage: bool
+    near_duplicate_threshold: float
 
     def splits(self) -> dict[str, str]:
         return {s: p for s, p in (("train", self.train), ("dev", self.dev), ("test", self.test)) if p}
