@@ -6,6 +6,8 @@ from pathlib import Path
 from kdsum.config import (
     ZERO_SHOT,
     BASELINE_MODEL,
+    REPLICAS,
+    ConfigError,
     grid,
     load_config,
     predict_splits,
@@ -58,6 +60,15 @@ def built(model):
     return "build" in CFG["models"][model]
 
 
+def raw_data(wildcards):
+    """The raw files of the config: inputs of ingest, so a missing one stops the run naming its key."""
+    splits = spec_for(CFG, "data").splits()
+    for split, path in splits.items():
+        if not os.path.isfile(path):
+            raise ConfigError(f"{' + '.join(CONFIG_FILES)}: key 'data.{split}': file not found: {path}")
+    return splits
+
+
 def data_splits():
     return list(spec_for(CFG, "data").splits())
 
@@ -67,8 +78,12 @@ def prompts_dir(wildcards):
 
 
 def base_dir(wildcards):
-    """A model built offline trains and predicts from its built directory; a hub model from its source."""
-    return [f"results/base/{wildcards.model}"] if built(wildcards.model) else []
+    """A model built offline trains and predicts from its built directory, a hub model from its source (a rule
+    input when it is a replica the pipeline writes)."""
+    if built(wildcards.model):
+        return [f"results/base/{wildcards.model}"]
+    source = CFG["models"][wildcards.model]["source"]
+    return [source] if source.startswith(REPLICAS) else []
 
 
 def base_args(wildcards):

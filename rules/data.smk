@@ -1,7 +1,7 @@
 rule ingest:
     """Validate and normalise the raw splits; write data statistics."""
     input:
-        unpack(lambda wildcards: spec_for(CFG, "data").splits()),
+        unpack(raw_data),
         spec=spec_file("data"),
         code=code("ingest"),
     output:

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import difflib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ SCHEMA_PATH = REPO_ROOT / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = "config.yaml"
 SLUG_PATTERN = "^[a-z0-9]+(-[a-z0-9]+)*$"
 SETTING_KEYS = ("prompt_format", "train", "lora", "quantization", "generation")
+ZERO_SHOT_KEYS = ("prompt_format", "quantization", "generation")  # a model's own settings that zero-shot reads
+PREDICTION_TRAIN_KEYS = ("max_length", "bf16")  # the training settings that prediction reads
 SECTION_TYPES = {"train": TrainArgs, "lora": LoraArgs, "quantization": QuantizationArgs, "generation": GenerationArgs}
 
 
@@ -240,6 +243,9 @@ def _check_references(config: dict, source: str) -> None:
                     raise ConfigError(
                         f"{source}: key 'models.{name}.build.{k}' is required for a {entry['family']} build"
                     )
+    for name, entry in models.items():
+        if "source" in entry and (problem := _source_problem(entry["source"])):
+            raise ConfigError(f"{source}: key 'models.{name}.source': {problem}")
     for model, variant in grid(config):
         settings = resolve_settings(config, model, variant)
         max_length, new_tokens = settings["train"]["max_length"], settings["generation"]["max_new_tokens"]
@@ -249,6 +255,26 @@ def _check_references(config: dict, source: str) -> None:
                 f"'{variant}' must exceed 'generation.max_new_tokens' ({new_tokens}): the summary "
                 f"would leave no room for the dialogue"
             )
+
+
+REPLICAS = "results/replicas/"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _source_problem(value: str) -> str | None:
+    """A local model directory (it must hold config.json) or a hub id (org/name); anything else is refused."""
+    path = Path(value).expanduser()
+    if value.startswith(REPLICAS) and not path.exists():
+        return None  # a replica the `replica` rule writes (kdsum.replicas)
+    if path.exists() or value.startswith(("/", ".", "~")):
+        if not path.is_dir():
+            return f"'{value}' is not a directory (a local model is a directory with config.json)"
+        if not (path / "config.json").is_file():
+            return f"'{value}' is a directory without config.json: not a model"
+        return None
+    if not HUB_ID.match(value):
+        return f"'{value}' is neither a local model directory nor a hub id (org/name)"
+    return None
 
 
 def load_config(
@@ -277,6 +303,10 @@ def resolve_settings(config: dict, model: str, variant: str) -> dict:
         raise ConfigError(f"unknown model '{model}' (known: {', '.join(sorted(config['models']))})")
     entry = config["models"][model]
     settings = {k: copy.deepcopy(config["defaults"][k]) for k in SETTING_KEYS}
+    if variant == ZERO_SHOT:  # no training: of the model's own settings, only those prediction reads
+        own = {k: entry[k] for k in ZERO_SHOT_KEYS if k in entry}
+        own["train"] = {k: v for k, v in entry.get("train", {}).items() if k in PREDICTION_TRAIN_KEYS}
+        return deep_merge(settings, own)
     settings = deep_merge(settings, {k: entry[k] for k in SETTING_KEYS if k in entry})
     if variant != ZERO_SHOT:
         if variant not in config["variants"]:
@@ -356,8 +386,14 @@ def spec_for(config: dict, name: str) -> Any:
     parts = name.split("/")
     if name == "data":
         d = config["data"]
-        return DataSpec(train=d["train"], dev=d.get("dev"), test=d.get("test"), encoding=d["encoding"],
-                        allow_leakage=d["allow_leakage"], near_duplicate_threshold=d["near_duplicate_threshold"])
+        return DataSpec(
+            train=d["train"],
+            dev=d.get("dev"),
+            test=d.get("test"),
+            encoding=d["encoding"],
+            allow_leakage=d["allow_leakage"],
+            near_duplicate_threshold=d["near_duplicate_threshold"],
+        )
     if name == "evaluation":
         return EvaluationArgs(**config["evaluation"])
     if name == "summary":
@@ -396,9 +432,14 @@ def spec_keys(config: dict, name: str) -> list[str]:
     if parts[0] == "base":
         return [f"models.{parts[1]}.build", f"models.{parts[1]}.family"]
     model, variant = parts[1], parts[2]
-    job = resolve(config, model, variant)
-    keys = [f"models.{model}", "defaults"] + ([f"variants.{variant}"] if variant != ZERO_SHOT else [])
-    return keys + ([f"prompt.formats.{job.prompt.name}"] if job.prompt else [])
+    job, entry = resolve(config, model, variant), config["models"][model]
+    fmt = [f"prompt.formats.{job.prompt.name}"] if job.prompt else []
+    if variant != ZERO_SHOT:
+        return [f"models.{model}", "defaults", f"variants.{variant}", *fmt]
+    # exactly what resolve_settings reads for zero-shot: a training hyperparameter of the model reruns nothing here
+    own = [k for k in ("family", "method", "source", "build", *ZERO_SHOT_KEYS) if k in entry]
+    train = [k for k in PREDICTION_TRAIN_KEYS if k in entry.get("train", {})]
+    return [f"models.{model}.{k}" for k in own] + [f"models.{model}.train.{k}" for k in train] + ["defaults", *fmt]
 
 
 def spec_names(config: dict) -> list[str]:

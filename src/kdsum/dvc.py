@@ -132,7 +132,8 @@ def check_stage(config_file: str = CONFIG_FILE, root: Path = ROOT) -> dict:
             "schemas/config.schema.yaml",
             *dict.fromkeys([*stage_code("dvc-yaml"), *stage_code("spec")]),
         ],
-        "outs": [DAG_FILE],
+        # persist: a failed check must leave the last good listing in place (DVC deletes outs before a run)
+        "outs": [{DAG_FILE: {"persist": True}}],
     }
 
 
