@@ -43,6 +43,11 @@ def _gpu_memory_mib() -> int:
         return -1
 
 
+def _sample_peak(peak: list[int], done: threading.Event) -> None:
+    while not done.wait(1.0):
+        peak[0] = max(peak[0], _gpu_memory_mib())
+
+
 def run(jobs_file: str, out: str, skip: set[str]) -> None:
     jobs = json.loads(Path(jobs_file).read_text(encoding="utf-8"))
     out_dir = Path(out)
@@ -54,11 +59,7 @@ def run(jobs_file: str, out: str, skip: set[str]) -> None:
             continue
         peak, done = [0], threading.Event()
 
-        def sample():
-            while not done.wait(1.0):
-                peak[0] = max(peak[0], _gpu_memory_mib())
-
-        sampler = threading.Thread(target=sample, daemon=True)
+        sampler = threading.Thread(target=_sample_peak, args=(peak, done), daemon=True)
         sampler.start()
         start = time.perf_counter()
         proc = subprocess.run(job["shell"], shell=True, executable="/bin/bash")
