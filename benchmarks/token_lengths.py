@@ -37,7 +37,7 @@ def main() -> None:
         d_tok = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in df["dialogue"]]
         s_tok = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in df["summary"]]
         seqs = []
-        for dialogue, summary in zip(df["dialogue"], df["summary"]):
+        for dialogue, summary in zip(df["dialogue"], df["summary"], strict=True):
             record = {"dialogue": dialogue, "turns": parse_turns(dialogue), "topic": None}
             messages = format_chat_prompt(record, fmt) + [{"role": "assistant", "content": summary}]
             text = tok.apply_chat_template(messages, tokenize=False, enable_thinking=False)
