@@ -28,9 +28,12 @@ from kdsum.datastats import collect_special_tokens
 from kdsum.generation import (
     GenerationError,
     chat_prompt_text,
+    chat_text,
     decode_new_tokens,
     encode_rows,
+    fit_chat_example,
     fit_chat_prompt,
+    fit_seq2seq,
     generate_summaries,
     input_budget,
     length_sorted_order,
@@ -296,6 +299,55 @@ def test_long_prompt_cuts_the_conversation_not_the_question(causal):
         fit_chat_prompt(tok, messages, budget=20)
 
 
+def test_training_rows_keep_the_summary_and_the_prediction_prompt(causal):
+    """fit_chat_example (training) cuts by fit_chat_prompt's rule (prediction): with a summary that fits the new
+    tokens the trained prompt is prediction's prompt; a longer summary takes room from the conversation, never the
+    other way round; a summary that cannot fit at all is refused."""
+    _, lm = causal
+    tok = lm.tokenizer
+    turns = [
+        {"speaker": f"#Person{1 + i % 2}#", "text": f"{i}번째 발화입니다. 내일 회의는 세 시예요."} for i in range(60)
+    ]
+    fmt = {"system": "요약 도우미.", "question": "위 대화를 요약해 주세요.", "topic": False}
+    prompt = format_chat_prompt({"turns": turns}, fmt)
+    whole = tok(chat_prompt_text(tok, prompt), add_special_tokens=False)["input_ids"]
+    total, new_tokens = len(whole) // 2, 24
+    budget = total - new_tokens
+
+    def completion_ids(summary):
+        full = tok(chat_text(tok, prompt + summary), add_special_tokens=False)["input_ids"]
+        return full[len(whole) :]
+
+    short = [{"role": "assistant", "content": "#Person1#와 #Person2#는 회의 시간을 정한다."}]
+    ids, n_prompt, cut = fit_chat_example(tok, prompt, short, total, budget)
+    assert cut and len(ids) <= total and ids[n_prompt:] == completion_ids(short)
+    assert len(completion_ids(short)) <= new_tokens and (ids[:n_prompt], True) == fit_chat_prompt(tok, prompt, budget)
+
+    long_ = [{"role": "assistant", "content": " ".join(["회의는 내일 세 시에 열린다."] * 12)}]
+    n_long = len(completion_ids(long_))
+    assert new_tokens < n_long < total // 2
+    ids, n_prompt, cut = fit_chat_example(tok, prompt, long_, total, budget)
+    assert cut and len(ids) <= total and ids[n_prompt:] == completion_ids(long_)
+    assert (ids[:n_prompt], True) == fit_chat_prompt(tok, prompt, total - n_long)
+
+    fits = fit_chat_example(tok, prompt, short, 10 * len(whole), 10 * len(whole))
+    assert fits[2] is False and fits[0][: fits[1]] == whole
+    with pytest.raises(GenerationError, match="does not fit"):
+        fit_chat_example(tok, prompt, [{"role": "assistant", "content": "요약 " * 400}], total, budget)
+
+
+def test_fit_seq2seq_counts_the_cut(seq2seq_base):
+    from kdsum.modeling import load_tokenizer
+
+    tok = load_tokenizer(str(seq2seq_base), "tiny-bart", "seq2seq")
+    text = "#Person1#: 안녕하세요. 내일 회의는 세 시예요. " * 20
+    ids, cut = fit_seq2seq(tok, text, 10_000)
+    assert not cut and ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    short, cut = fit_seq2seq(tok, text, 16)
+    assert cut and len(short) == 16 and short[:15] == ids[:15] and short[-1] == tok.eos_token_id
+    assert fit_seq2seq(tok, text, len(ids)) == (ids, False)
+
+
 def test_seq2seq_inputs_are_framed_and_cut_like_training(config, seq2seq_base, work):
     from kdsum.modeling import load_tokenizer
 
@@ -549,6 +601,8 @@ REFUSALS = [
     ("tiny-llama/zeroshot", ["--base-dir", "BASE", "--split", "empty"], "has no rows"),
     ("tiny-llama/zeroshot", ["--base-dir", "BASE", "--split", "nosplit"], "prompt file not found"),
     ("tiny-bart/zeroshot", ["--base-dir", "BASE"], "needs seq2seq prompts"),
+    ("tiny-llama/zeroshot", ["--base-dir", "/etc"], "--base-dir: '/etc' is a local directory without config.json"),
+    ("tiny-llama/zeroshot", ["--base-dir", "/nonexistent/base"], "--base-dir: '/nonexistent/base' does not exist"),
 ]
 
 
@@ -568,6 +622,17 @@ def test_predict_cli_refusals(work, causal_base, capsys, spec, args, message):
     assert code == 2, stderr
     assert stderr.startswith("error: ") and message in stderr
     assert not out.exists()
+
+
+def test_predict_refuses_a_source_that_is_no_model(work, config, capsys, tmp_path):
+    """`source: /etc`: one line naming models.<name>.source, not a traceback from the tokenizer loader."""
+    spec = tmp_path / "spec.json"
+    write_text(spec, to_json(dataclasses.replace(job_for(config, "llama-ko-3b", "zeroshot"), source="/etc")))
+    out = tmp_path / "x.csv"
+    args = ["--spec", spec, "--split", "dev", "--prompts-dir", work / "prompts" / "chat-plain", "--out", out]
+    code, _, stderr = call_kdsum(capsys, "predict", *args)
+    assert code == 2 and stderr.startswith("error: models.llama-ko-3b.source: '/etc' is a local directory without")
+    assert stderr.count("\n") == 1 and not out.exists()
 
 
 def test_predict_cli_refusal_in_a_real_interpreter(work, causal_base):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,7 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdsum.checkpoints import FINGERPRINT_FILE, compute_fingerprint, last_complete_checkpoint, prepare_checkpoint_dir
+from kdsum.checkpoints import (
+    FINGERPRINT_FILE,
+    checkpoint_problem,
+    compute_fingerprint,
+    last_complete_checkpoint,
+    prepare_checkpoint_dir,
+)
 from kdsum.config import load_config, resolve, spec_for
 from kdsum.data import ingest_splits, load_split
 from kdsum.io import read_json, read_jsonl, write_json, write_jsonl, write_text
@@ -413,8 +420,16 @@ def test_train_cli_refusals(env, tmp_path, capsys):
 
 
 def _fake_checkpoint(ckpt: Path, step: int) -> None:
+    """A small checkpoint with the files a complete one has (kdsum.checkpoints.checkpoint_problem)."""
+    from safetensors.torch import save_file
+
     d = ckpt / f"checkpoint-{step}"
     d.mkdir(parents=True)
+    save_file({"w": torch.zeros(4)}, str(d / "adapter_model.safetensors"))
+    torch.save(
+        {"state": {0: {"exp_avg": torch.zeros(4)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}, d / "optimizer.pt"
+    )
+    torch.save({"last_epoch": step}, d / "scheduler.pt")
     (d / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
 
 
@@ -647,3 +662,268 @@ def test_qlora_on_gpu_small_random_llama(env, tmp_path):
     assert not lm.merged  # a 4-bit base keeps its adapter separate
     model = lm.model
     assert model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.__class__.__name__ == "Params4bit"
+
+
+# --------------------------------------------------------------------------------------------- 8. hostile input
+class _CaptureDataset:
+    """A callback that keeps what the Trainer trains on: its prepared dataset (token ids and labels)."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class Capture(TrainerCallback):
+            dataset = None
+
+            def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+                self.dataset = train_dataloader.dataset
+
+        return Capture()
+
+
+def _tok_ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def _repeat_to(text: str, tok, tokens: int, sep: str = "\n") -> str:
+    """``text`` repeated (joined by ``sep``) until it is at least ``tokens`` tokens long."""
+    out = text
+    while len(_tok_ids(tok, out)) < tokens:
+        out = out + sep + text
+    return out
+
+
+def _with_conversation(row: dict, conversation: str) -> dict:
+    from kdsum.generation import split_user_message
+
+    row = json.loads(json.dumps(row))
+    user = next(m for m in row["prompt"] if m["role"] == "user")
+    head, _, tail = split_user_message(user["content"])
+    user["content"] = head + conversation + tail
+    return row
+
+
+def _prompt_dir(root: Path, rows: list[dict], env, family: str) -> Path:
+    d = root / f"prompts-{family}"
+    write_jsonl(d / "train.jsonl", rows)
+    write_json(d / "special_tokens.json", read_json(env["prompts"][family] / "special_tokens.json"))
+    return d
+
+
+def test_long_chat_rows_cut_the_conversation_never_the_summary(env, tmp_path):
+    """A dialogue of 5x max_length tokens: trained (through train(), TRL's SFTTrainer) on the prompt prediction gives
+    it, its conversation cut, the whole summary and end of turn in the labels; a row whose summary alone exceeds
+    max_length is dropped; both counted in train_metrics.json, with warnings."""
+    from transformers import AutoModelForCausalLM
+
+    from kdsum.generation import chat_prompt_text, chat_text, encode_rows, input_budget, split_user_message
+
+    base = env["bases"]["tiny-llama"]
+    tok = load_tokenizer(str(base), "tiny-llama", "causal")
+    spec = _spec(env, "tiny-llama", max_steps=1, per_device_train_batch_size=2)
+    max_length = spec.train.max_length
+    rows = read_jsonl(env["prompts"]["causal"] / "train.jsonl")[:5]
+    user = next(m for m in rows[0]["prompt"] if m["role"] == "user")["content"]
+    long_row = _with_conversation(rows[0], _repeat_to(split_user_message(user)[1], tok, 5 * max_length))
+    long_row["fname"] = "long"
+    assert len(_tok_ids(tok, chat_prompt_text(tok, long_row["prompt"]))) >= 5 * max_length
+    wordy = json.loads(json.dumps(rows[4]))
+    wordy["fname"] = "wordy"
+    wordy["completion"][0]["content"] = _repeat_to(wordy["completion"][0]["content"], tok, max_length + 1, " ")
+    prompts = _prompt_dir(tmp_path, [long_row, *rows[1:4], wordy], env, "causal")
+
+    capture = _CaptureDataset()
+    out = tmp_path / "out"
+    metrics = train(spec, str(base), prompts, out, tmp_path / "ckpt", progress=False, callbacks=[capture])
+    saved = read_json(out / "train_metrics.json")
+    assert saved == json.loads(json.dumps(metrics))
+    assert (saved["rows_total"], saved["rows_trained"], saved["rows_cut"], saved["rows_dropped"]) == (5, 4, 1, 1)
+    assert saved["targets_cut"] == 0 and saved["input_budget"] == max_length - spec.generation.max_new_tokens
+    assert len(saved["warnings"]) == 2, saved["warnings"]
+    assert "1 of 5 training rows had their conversation cut" in saved["warnings"][0]
+    assert "1 of 5 training rows dropped" in saved["warnings"][1] and "wordy" in saved["warnings"][1]
+
+    trained = capture.dataset
+    assert len(trained) == 4 and all(len(ex["input_ids"]) <= max_length for ex in trained)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    summary = long_row["completion"][0]["content"]
+    full = _tok_ids(tok, chat_text(tok, long_row["prompt"] + long_row["completion"]))
+    whole_prompt = _tok_ids(tok, chat_prompt_text(tok, long_row["prompt"]))
+    assert full[: len(whole_prompt)] == whole_prompt
+    completion = full[len(whole_prompt) :]  # the summary and the end of turn, as the uncut row renders them
+    long_ex = [ex for ex in trained if ex["labels"][-len(completion) :] == completion]
+    assert len(long_ex) == 1
+    ids, labels = long_ex[0]["input_ids"], long_ex[0]["labels"]
+    n_prompt = next(i for i, x in enumerate(labels) if x != -100)
+    assert labels[n_prompt:] == ids[n_prompt:] == completion  # every summary token trained, none cut
+    assert all(x == -100 for x in labels[:n_prompt]) and im_end in completion[-2:]
+    assert "".join(tok.decode(completion, skip_special_tokens=True).split()) == "".join(summary.split())
+    # the conversation was cut, not its beginning, the question or the assistant header
+    assert n_prompt <= saved["input_budget"] and ids[:40] == whole_prompt[:40]
+    assert ids[n_prompt - 20 : n_prompt] == whole_prompt[-20:]
+    assert tok.decode(ids[:n_prompt]).endswith("주세요.<|im_end|>\n<|im_start|>assistant\n")
+
+    # prediction's prompt for that row is exactly the prompt it was trained on
+    model = AutoModelForCausalLM.from_pretrained(base)
+    (predicted,), n_cut = encode_rows([long_row], tok, "causal", input_budget(spec, model))
+    assert n_cut == 1 and predicted == ids[:n_prompt]
+    # rows that fit are trained as they are
+    for row in rows[1:4]:
+        whole = _tok_ids(tok, chat_text(tok, row["prompt"] + row["completion"]))
+        assert any(ex["input_ids"] == whole for ex in trained)
+
+
+def test_long_seq2seq_rows_cut_source_and_target_separately(env, tmp_path):
+    """seq2seq: a 5x max_length dialogue is cut to max_length exactly as prediction cuts it, a long summary to
+    max_target_length (counted apart), a row without a summary dropped."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from kdsum.generation import encode_rows, encode_seq2seq, input_budget
+
+    base = env["bases"]["tiny-bart"]
+    tok = load_tokenizer(str(base), "tiny-bart", "seq2seq")
+    spec = _spec(env, "tiny-bart", max_steps=1, per_device_train_batch_size=2)
+    max_length, max_target = spec.train.max_length, spec.train.max_target_length
+    rows = [dict(r) for r in read_jsonl(env["prompts"]["seq2seq"] / "train.jsonl")[:5]]
+    rows[0]["source"] = _repeat_to(rows[0]["source"], tok, 5 * max_length)
+    rows[1]["target"] = _repeat_to(rows[1]["target"], tok, 2 * max_target, " ")
+    rows[4]["target"] = ""
+    prompts = _prompt_dir(tmp_path, rows, env, "seq2seq")
+
+    capture = _CaptureDataset()
+    metrics = train(spec, str(base), prompts, tmp_path / "out", tmp_path / "ckpt", progress=False, callbacks=[capture])
+    assert (metrics["rows_total"], metrics["rows_cut"], metrics["targets_cut"], metrics["rows_dropped"]) == (5, 1, 1, 1)
+    assert read_json(tmp_path / "out" / "train_metrics.json")["warnings"] == metrics["warnings"]
+    assert len(metrics["warnings"]) == 3 and "1 of 5 training dialogues longer than" in metrics["warnings"][0]
+    assert "training summaries longer than" in metrics["warnings"][1]
+    trained = capture.dataset
+    assert len(trained) == 4
+    model = AutoModelForSeq2SeqLM.from_pretrained(base)
+    (predicted,), n_cut = encode_rows(rows[:1], tok, "seq2seq", input_budget(spec, model))
+    assert n_cut == 1 and len(predicted) == max_length and predicted[-1] == tok.eos_token_id
+    assert trained[0]["input_ids"] == predicted  # the same cut as at prediction
+    assert trained[0]["labels"] == encode_seq2seq(tok, rows[0]["target"], 10**6)  # its summary whole
+    assert len(trained[1]["labels"]) == max_target and trained[1]["labels"][-1] == tok.eos_token_id
+    assert trained[1]["input_ids"] == encode_seq2seq(tok, rows[1]["source"], 10**6)
+
+
+def _fill_decoy(d: Path) -> dict:
+    (d / "sub").mkdir(parents=True)
+    (d / "notes.txt").write_text("keep me")
+    (d / "sub" / "data.bin").write_bytes(os.urandom(256))
+    (d / "trainer_state.json").write_text("{}")
+    return _snapshot(d)
+
+
+def _snapshot(d: Path) -> dict:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _cli(capsys, *args) -> tuple[int, str]:
+    from kdsum.cli import main
+
+    capsys.readouterr()
+    try:
+        main(["train", *map(str, args)])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def test_train_never_deletes_foreign_directories(env, tmp_path, monkeypatch, capsys):
+    """Decoy directories full of files survive a run that fails on its settings (after loading) and a run given
+    them outside ./results; refusals are one line, exit 2, before anything is written."""
+    monkeypatch.chdir(tmp_path)
+    spec_path = tmp_path / "spec.json"
+    write_text(spec_path, to_json(_spec(env, "tiny-llama", max_steps=1)))
+    common = ["--spec", spec_path, "--base-dir", env["bases"]["tiny-llama"], "--no-progress"]
+    in_out = tmp_path / "results" / "train" / "tiny-llama" / "default"
+    in_ckpt = tmp_path / "results" / "checkpoints" / "tiny-llama" / "default"
+    decoys = {d: _fill_decoy(d) for d in (in_out, in_ckpt, tmp_path / "decoy-out", tmp_path / "decoy-ckpt")}
+
+    # a bad setting found while loading (the seq2seq prompt set for a chat model): nothing deleted, in the tree or not
+    bad = ["--prompts-dir", env["prompts"]["seq2seq"], "--out-dir", in_out, "--checkpoint-dir", in_ckpt]
+    code, err = _cli(capsys, *common, *bad)
+    last = err.strip().splitlines()[-1]  # after the weights' loading bar
+    assert code == 2 and last.startswith("error: ") and "expected chat prompt/completion rows" in last, err
+
+    # outside ./results and not the pipeline's: refused instead of deleted
+    causal = ["--prompts-dir", env["prompts"]["causal"]]
+    link = tmp_path / "results" / "train" / "link"
+    link.symlink_to(tmp_path / "decoy-out", target_is_directory=True)
+    for out, ckpt, refused in [
+        (tmp_path / "decoy-out", tmp_path / "new-ckpt", "--out-dir"),
+        (tmp_path / "new-out", tmp_path / "decoy-ckpt", "--checkpoint-dir"),
+        (link, tmp_path / "new-ckpt", "--out-dir"),  # under ./results by name only: resolved, it is the decoy
+    ]:
+        code, err = _cli(capsys, *common, *causal, "--out-dir", out, "--checkpoint-dir", ckpt)
+        assert code == 2 and err.startswith("error: ") and "refusing to delete it" in err, err
+        assert err.count("\n") == 1 and f"{refused} {out if refused == '--out-dir' else ckpt} exists" in err
+    # a directory holding the job's inputs or the working directory is never an output
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-new-ckpt"
+    for out in (tmp_path, env["prompts"]["causal"].parent):
+        code, err = _cli(capsys, *common, *causal, "--out-dir", out, "--checkpoint-dir", elsewhere)
+        assert code == 2 and "it would be deleted" in err, err
+    assert not elsewhere.exists()
+
+    assert {d: _snapshot(d) for d in decoys} == decoys
+    assert not (tmp_path / "new-out").exists() and not (tmp_path / "new-ckpt").exists()
+    assert link.is_symlink()
+
+
+def test_truncated_optimizer_checkpoint_is_skipped(env, tmp_path, caplog):
+    """A real run's last checkpoint with a truncated optimizer.pt: the rerun removes it (with a log line), resumes
+    from the checkpoint before it, and ends where the uninterrupted run ended."""
+    base, prompts = str(env["bases"]["tiny-llama"]), env["prompts"]["causal"]
+    spec = _spec(env, "tiny-llama", max_steps=4, save_steps=2, save_total_limit=3, per_device_train_batch_size=2)
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    first = train(spec, base, prompts, out, ckpt, keep_checkpoints=True, progress=False)
+    last = ckpt / "checkpoint-4"
+    assert last_complete_checkpoint(ckpt) == str(last) and checkpoint_problem(ckpt / "checkpoint-2") is None
+    optimizer = last / "optimizer.pt"
+    data = optimizer.read_bytes()
+    optimizer.write_bytes(data[: len(data) // 2])
+    assert "optimizer.pt" in checkpoint_problem(last)
+    assert last_complete_checkpoint(ckpt) == str(ckpt / "checkpoint-2")
+
+    first_losses = [float(r["loss"]) for r in _read_log(out / "log_history.csv") if r["loss"]]
+    caplog.set_level(logging.WARNING, logger="kdsum.checkpoints")
+    # out/ lies outside ./results but holds the first run's train_metrics.json: the pipeline's own, replaced
+    again = train(spec, base, prompts, out, ckpt, keep_checkpoints=True, progress=False)
+    assert f"removing incomplete checkpoint {last}" in caplog.text and "optimizer.pt" in caplog.text
+    assert again["resumed_from_step"] == 2 and again["steps"] == 4 and first["steps"] == 4
+    again_losses = [float(r["loss"]) for r in _read_log(out / "log_history.csv") if r["loss"]]
+    assert len(again_losses) == 4 and again_losses == pytest.approx(first_losses, rel=1e-4)  # an exact resume
+    assert checkpoint_problem(last) is None  # saved again, whole
+
+    # the other files are checked by their loaders too
+    weights = ckpt / "checkpoint-2" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16])
+    assert "adapter_model.safetensors" in checkpoint_problem(ckpt / "checkpoint-2")
+    state = last / "trainer_state.json"
+    state.write_text(state.read_text()[:40])
+    assert "trainer_state.json" in checkpoint_problem(last)
+    assert last_complete_checkpoint(ckpt) is None
+
+
+def test_local_source_that_is_no_model_is_refused_first(env, tmp_path, monkeypatch, capsys):
+    """`source: /etc` (a directory that is no model), a directory without a tokenizer, a missing path: one line
+    naming models.<name>.source, before anything is read or deleted."""
+    monkeypatch.chdir(tmp_path)
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    (no_tokenizer / "config.json").write_text((env["bases"]["tiny-llama"] / "config.json").read_text())
+    out = tmp_path / "results" / "train" / "llama-ko-3b" / "default"
+    ckpt = tmp_path / "results" / "checkpoints" / "llama-ko-3b" / "default"
+    decoys = {d: _fill_decoy(d) for d in (out, ckpt)}
+    for source, message in [
+        ("/etc", "models.llama-ko-3b.source: '/etc' is a local directory without config.json"),
+        (str(no_tokenizer), f"models.llama-ko-3b.source: '{no_tokenizer}' is a local directory without a tokenizer"),
+        ("/nonexistent/models/x", "models.llama-ko-3b.source: '/nonexistent/models/x' does not exist"),
+    ]:
+        spec_path = tmp_path / "spec.json"
+        write_text(spec_path, to_json(_with(_spec(env, "llama-ko-3b"), source=source)))
+        args = ["--spec", spec_path, "--prompts-dir", env["prompts"]["causal"], "--out-dir", out]
+        code, err = _cli(capsys, *args, "--checkpoint-dir", ckpt)
+        assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert {d: _snapshot(d) for d in decoys} == decoys

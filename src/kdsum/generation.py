@@ -7,12 +7,18 @@ Inputs (:func:`encode_rows`)
 * seq2seq rows: the dialogue (``source``), framed ``<s> ... </s>`` and right-truncated by :func:`encode_seq2seq`,
   the function the training stage encodes its sources with.
 * Truncation. Causal input budget = ``train.max_length - generation.max_new_tokens`` (the two share the context),
-  capped by the model's position limit; seq2seq encoder budget = ``train.max_length`` (the decoder's
-  ``max_new_tokens`` does not share the encoder's context). When a chat prompt is too long, the *conversation* is
-  cut, never the ``[Question]`` block, the system message or the chat markup: cutting the end of the whole prompt
-  would drop the instruction and the assistant header, and the model would continue the dialogue instead of
-  summarizing it. Within the conversation the beginning is kept (whole turns where possible), as the seq2seq
-  path (right truncation) keeps it: the opening turns set up who is who and what the call is about.
+  both capped by the model's position limit (:func:`sequence_limit`); seq2seq encoder budget = ``train.max_length``
+  (the decoder's ``max_new_tokens`` does not share the encoder's context). When a chat prompt is too long, the
+  *conversation* is cut, never the ``[Question]`` block, the system message or the chat markup
+  (:func:`fit_chat_messages`): cutting the end of the whole prompt would drop the instruction and the assistant
+  header, and the model would continue the dialogue instead of summarizing it. Within the conversation the
+  beginning is kept (whole turns where possible), as the seq2seq path (right truncation, :func:`fit_seq2seq`)
+  keeps it: the opening turns set up who is who and what the call is about.
+* The same rule at training (kdsum.training): a chat row's prompt is fitted by the same function to the same input
+  budget, further lowered when its summary is longer than ``max_new_tokens`` so that prompt + summary fit
+  ``train.max_length`` (:func:`fit_chat_example`); the summary is never cut, and a row whose summary alone does not
+  fit is dropped. So a row whose summary fits ``max_new_tokens`` trains on exactly the prompt prediction gives it.
+  Seq2seq sources are cut by :func:`fit_seq2seq` to the same encoder budget, targets to ``train.max_target_length``.
 
 Generation (:func:`generate_summaries`)
 ---------------------------------------
@@ -110,11 +116,24 @@ def _max_positions(model) -> int | None:
     return getattr(cfg, "max_position_embeddings", None)
 
 
+def sequence_limit(job: Job, model=None) -> int:
+    """How many tokens one sequence may have: ``train.max_length``, capped by the model's position limit (the
+    whole prompt + completion of a causal row; the encoder input of a seq2seq row)."""
+    max_length, max_pos = job.train.max_length, _max_positions(model)
+    return min(max_length, max_pos) if max_pos else max_length
+
+
+def target_limit(job: Job, model=None) -> int:
+    """How many tokens a seq2seq target may have: ``train.max_target_length``, capped by the position limit."""
+    max_pos = _max_positions(model)
+    return min(job.train.max_target_length, max_pos) if max_pos else job.train.max_target_length
+
+
 def input_budget(job: Job, model=None) -> int:
     """How many input tokens a row may have: see the module docstring (Truncation)."""
     max_length, new_tokens = job.train.max_length, job.generation.max_new_tokens
     max_pos = _max_positions(model)
-    total = min(max_length, max_pos) if max_pos else max_length
+    total = sequence_limit(job, model)
     budget = total - new_tokens if job.family == "causal" else total
     if budget < MIN_INPUT_BUDGET:
         raise GenerationError(
@@ -139,9 +158,23 @@ def encode_seq2seq(tokenizer, text: str, max_length: int) -> list[int]:
     return ids + ([eos] if eos is not None else [])
 
 
+def fit_seq2seq(tokenizer, text: str, budget: int) -> tuple[list[int], bool]:
+    """:func:`encode_seq2seq` of ``text`` cut to ``budget`` ids (its beginning kept); and whether it was cut. The
+    one rule for seq2seq sources (training and prediction) and targets (training)."""
+    ids = encode_seq2seq(tokenizer, text, sys.maxsize)
+    if len(ids) <= budget:
+        return ids, False
+    return encode_seq2seq(tokenizer, text, budget), True
+
+
 def chat_prompt_text(tokenizer, messages: list[dict]) -> str:
     """The prompt messages in the tokenizer's chat template, ending with the assistant generation prompt."""
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def chat_text(tokenizer, messages: list[dict]) -> str:
+    """A whole conversation (prompt + assistant completion) in the chat template, as training sees it."""
+    return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
 def split_user_message(content: str) -> tuple[str, str, str] | None:
@@ -177,15 +210,20 @@ def _longest_fitting_prefix(fits: Callable[[int], bool], n: int) -> int:
     return lo
 
 
-def fit_chat_prompt(tokenizer, messages: list[dict], budget: int) -> tuple[list[int], bool]:
-    """Token ids of the chat prompt, the conversation cut so that it fits ``budget``; and whether it was cut.
+def fit_chat_messages(
+    tokenizer, messages: list[dict], budget: int, ids: list[int] | None = None
+) -> tuple[list[dict], list[int], bool]:
+    """The one rule that fits a chat prompt to ``budget`` tokens, at prediction and at training: the prompt messages
+    with the conversation cut so that the rendered prompt fits, its token ids, and whether it was cut.
 
-    The cut keeps the beginning of the conversation and ends at a turn boundary when the kept part has one.
-    Raises GenerationError when even an empty conversation does not fit.
+    The cut keeps the beginning of the conversation and ends at a turn boundary when the kept part has one; the
+    system message, the ``[Question]`` block and the chat markup stay whole. ``ids``: the prompt's ids when the
+    caller has them already. Raises GenerationError when even an empty conversation does not fit.
     """
-    ids = _ids(tokenizer, chat_prompt_text(tokenizer, messages))
+    if ids is None:
+        ids = _ids(tokenizer, chat_prompt_text(tokenizer, messages))
     if len(ids) <= budget:
-        return ids, False
+        return messages, ids, False
     user_i = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
     parts = split_user_message(messages[user_i]["content"]) if user_i is not None else None
     if parts is None:
@@ -199,7 +237,7 @@ def fit_chat_prompt(tokenizer, messages: list[dict], budget: int) -> tuple[list[
         text = chat_prompt_text(tokenizer, _with_conversation(messages, user_i, parts, conv[:n_chars]))
         return len(_ids(tokenizer, text)) <= budget
 
-    if not fits(0):
+    if budget < 1 or not fits(0):
         raise GenerationError(
             f"the prompt without any conversation needs more than the input budget of {budget} tokens; "
             f"raise train.max_length or lower generation.max_new_tokens"
@@ -209,7 +247,56 @@ def fit_chat_prompt(tokenizer, messages: list[dict], budget: int) -> tuple[list[
     if nl > 0:  # end at a turn boundary
         cut = cut[:nl]
     msgs = _with_conversation(messages, user_i, parts, cut.rstrip())
-    return _ids(tokenizer, chat_prompt_text(tokenizer, msgs)), True
+    return msgs, _ids(tokenizer, chat_prompt_text(tokenizer, msgs)), True
+
+
+def fit_chat_prompt(tokenizer, messages: list[dict], budget: int) -> tuple[list[int], bool]:
+    """Token ids of the chat prompt, the conversation cut so that it fits ``budget`` (:func:`fit_chat_messages`);
+    and whether it was cut."""
+    _, ids, cut = fit_chat_messages(tokenizer, messages, budget)
+    return ids, cut
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def fit_chat_example(
+    tokenizer, prompt: list[dict], completion: list[dict], total: int, budget: int
+) -> tuple[list[int], int, bool]:
+    """A training row: ``(ids, n_prompt, cut)``, the ids of prompt + completion in the chat template, of which the
+    first ``n_prompt`` are the prompt (masked from the loss) and the rest the whole completion (summary and
+    end-of-turn markup, never cut); ``cut``: whether the conversation was cut.
+
+    The prompt is fitted by :func:`fit_chat_messages` (the rule prediction uses) to ``budget`` (prediction's input
+    budget), lowered to ``total - completion tokens`` when the completion is longer than prediction leaves room for,
+    so that ``len(ids) <= total``. The prompt part is where the rendered prompt and the whole conversation stop
+    agreeing (as TRL computes it): the prompt alone ends with the generation prompt. Raises GenerationError when the
+    completion alone (with an empty conversation) does not fit ``total``.
+    """
+    prompt_ids = _ids(tokenizer, chat_prompt_text(tokenizer, prompt))
+    full = _ids(tokenizer, chat_text(tokenizer, prompt + completion))
+    n_completion = len(full) - _common_prefix(prompt_ids, full)
+    if n_completion < 1:
+        raise GenerationError("the completion adds no tokens to the prompt")
+    limit, cut, messages = min(budget, total - n_completion), False, prompt
+    for _ in range(3):  # the completion's tokens hardly depend on the prompt's cut; if they do, fit again
+        if limit < 1:
+            break
+        messages, ids, cut = fit_chat_messages(tokenizer, prompt, limit, ids=prompt_ids)
+        if cut:
+            full = _ids(tokenizer, chat_text(tokenizer, messages + completion))
+        if len(full) <= total:
+            return full, _common_prefix(ids, full), cut
+        limit -= len(full) - total
+    raise GenerationError(
+        f"the completion of {n_completion} tokens does not fit a sequence of {total} tokens with any conversation"
+    )
 
 
 def encode_rows(rows: Sequence[dict], tokenizer, family: str, budget: int) -> tuple[list[list[int]], int]:
@@ -220,10 +307,7 @@ def encode_rows(rows: Sequence[dict], tokenizer, family: str, budget: int) -> tu
             ids, cut = fit_chat_prompt(tokenizer, row["prompt"], budget)
         else:
             # framed <s> ... </s> and right-truncated exactly as the training stage encodes its sources
-            ids = encode_seq2seq(tokenizer, row["source"], sys.maxsize)
-            cut = len(ids) > budget
-            if cut:
-                ids = encode_seq2seq(tokenizer, row["source"], budget)
+            ids, cut = fit_seq2seq(tokenizer, row["source"], budget)
         encoded.append(ids)
         n_cut += bool(cut)
     return encoded, n_cut

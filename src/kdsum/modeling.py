@@ -16,6 +16,11 @@
 
 Offline models (a tokenizer trained on the dialogues, a small BART or Llama) are built by kdsum.offline_models and
 are ordinary Hugging Face directories, loaded by this same code.
+
+A source that names a local path (it exists, or it is written as a path: absolute, ``./``, ``~``) must be a model
+directory: :func:`check_local_source` refuses, in one line naming the setting it came from
+(``models.<name>.source``, ``--base-dir``, ``--model-dir``), a path that is missing, a file, or a directory without
+``config.json`` or without a tokenizer, before anything is hashed, downloaded, loaded or deleted.
 """
 
 from __future__ import annotations
@@ -120,20 +125,63 @@ def quantization_config(q: QuantizationArgs):
     )
 
 
+# --------------------------------------------------------------------------------------------- sources
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json")
+
+
+def source_key(job: Job, source: str) -> str:
+    """The setting a base source came from, for error messages."""
+    return f"models.{job.model}.source" if job.source is not None and str(source) == job.source else "--base-dir"
+
+
+def _written_as_path(source: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything absolute, relative-dotted, home-relative or deeper is a path."""
+    return (
+        source.startswith(("/", "./", "../", "~", "\\"))
+        or source in (".", "..")
+        or source.count("/") > 1
+        or "\\" in source
+        or (len(source) > 1 and source[1] == ":")
+    )
+
+
+def check_local_source(source: str, key: str, need: tuple[str, ...] = ("model", "tokenizer")) -> None:
+    """Refuse a local ``source`` that is not a Hugging Face model directory (``need``: what must be in it: the model's
+    ``config.json``, a tokenizer). A hub id (not a local path) passes: loading reports what the hub says."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        if _written_as_path(str(source)):
+            raise ModelLoadError(f"{key}: '{source}' does not exist (a local model directory or a hub id org/name)")
+        return
+    if not path.is_dir():
+        raise ModelLoadError(f"{key}: '{source}' is a file, not a model directory")
+    if "model" in need and not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"{key}: '{source}' is a local directory without config.json: not a Hugging Face model directory"
+        )
+    if "tokenizer" in need and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{key}: '{source}' is a local directory without a tokenizer (none of {', '.join(TOKENIZER_FILES)})"
+        )
+
+
 # --------------------------------------------------------------------------------------------- loading
 def _from_pretrained(loader, source: str, name: str, **kwargs):
     try:
         return loader.from_pretrained(source, **kwargs)
-    except OSError as exc:  # a missing local dir, or a hub id that cannot be fetched offline
+    except (OSError, ValueError) as exc:  # a missing local dir, a hub id not fetchable offline, a foreign config
         raise ModelLoadError(
             f"model '{name}': cannot load '{source}' ({exc.__class__.__name__}: {str(exc).splitlines()[0]}). "
             f"Give a local directory, or a hub id on a machine with hub access (or a filled HF cache)."
         ) from exc
 
 
-def load_tokenizer(source: str, name: str, family: str):
+def load_tokenizer(source: str, name: str, family: str, key: str | None = None):
+    """The tokenizer of ``source``; ``key``: the setting ``source`` came from (for the one-line refusal of a local
+    directory without a tokenizer)."""
     from transformers import AutoTokenizer
 
+    check_local_source(source, key or f"model '{name}': tokenizer source", ("tokenizer",))
     tok = _from_pretrained(AutoTokenizer, source, name)
     if tok.pad_token is None:  # Llama-style tokenizers ship without one
         tok.pad_token = tok.eos_token
@@ -149,6 +197,7 @@ def load_base_model(job: Job, source: str, method: str | None = None, for_traini
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     method = method or effective_method(job)[0]
+    check_local_source(source, source_key(job, source), ("model",))
     auto = AutoModelForSeq2SeqLM if job.family == "seq2seq" else AutoModelForCausalLM
     kwargs = {"dtype": model_dtype(job, method, for_training)}
     if method == "qlora":
@@ -227,10 +276,17 @@ def load_for_generation(
         if model_dir is not None:
             raise ModelLoadError(f"variant '{ZERO_SHOT}' generates with the base model alone: no --model-dir")
         source = tokenizer_source = require_base(job, base_dir, "a zero-shot run")
+        tokenizer_key = source_key(job, source)
     else:
         source, adapter = _trained_sources(job, model_dir, base_dir)
-        tokenizer_source = str(model_dir) if _has_tokenizer(Path(model_dir)) else source
-    tokenizer = load_tokenizer(tokenizer_source, job.model, job.family)
+        own_tokenizer = _has_tokenizer(Path(model_dir))
+        tokenizer_source = str(model_dir) if own_tokenizer else source
+        tokenizer_key = "--model-dir" if own_tokenizer or adapter is None else source_key(job, source)
+    if adapter is None and job.variant != ZERO_SHOT:
+        check_local_source(source, "--model-dir", ("model",))
+    elif adapter is None or base_source(job, base_dir) is not None:  # a base named by the adapter: checked on load
+        check_local_source(source, source_key(job, source), ("model",))
+    tokenizer = load_tokenizer(tokenizer_source, job.model, job.family, key=tokenizer_key)
     load_method = "qlora" if method == "qlora" else "full"
     try:
         model = load_base_model(job, source, method=load_method, for_training=False)

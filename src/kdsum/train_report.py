@@ -95,6 +95,7 @@ def training_metrics(
         "method": job.method,
         "method_effective": info["method_effective"],
         "warnings": list(warnings),
+        **info.get("data", {}),  # rows_total, rows_trained, rows_cut, rows_dropped, targets_cut, budgets
         "base_source": str(base_source),
         "wall_time_s": round(wall, 2),
         "train_tokens": int(state.num_input_tokens_seen),

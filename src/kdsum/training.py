@@ -2,11 +2,13 @@
 
 One entry point, :func:`train`, serves every job (kdsum.spec.Job):
 
-- ``seq2seq`` / ``full``: ``Seq2SeqTrainer`` on ``{"source", "target"}`` rows; source truncated to
-  ``train.max_length`` and target to ``train.max_target_length`` tokens, both framed ``<s> ... </s>`` as in the
-  offline pretraining (kdsum.generation.encode_seq2seq), batches made by ``DataCollatorForSeq2Seq``.
-- ``causal`` / ``lora`` | ``qlora``: TRL ``SFTTrainer`` on the conversational prompt/completion rows, with
-  ``completion_only_loss=True`` (prompt tokens get label -100) and ``peft_config=LoraConfig(...)``. ``qlora`` loads
+- ``seq2seq`` / ``full``: ``Seq2SeqTrainer`` on ``{"source", "target"}`` rows; source cut to ``train.max_length``
+  (prediction's encoder budget) and target to ``train.max_target_length`` tokens, both framed ``<s> ... </s>`` as in
+  the offline pretraining (kdsum.generation.fit_seq2seq, the rule prediction cuts its inputs by), batches made by
+  ``DataCollatorForSeq2Seq``.
+- ``causal`` / ``lora`` | ``qlora``: TRL ``SFTTrainer`` on the conversational prompt/completion rows, tokenized
+  here (:func:`encode_chat_rows`) with their chat template, with ``completion_only_loss=True`` (prompt tokens get
+  label -100) and ``peft_config=LoraConfig(...)``. ``qlora`` loads
   the base model in 4-bit NF4 through kdsum.modeling.load_base_model and prepares it with
   ``peft.prepare_model_for_kbit_training``; without CUDA it runs as LoRA and says so in ``train_metrics.json``
   (``warnings``, ``method_effective``).
@@ -21,6 +23,19 @@ losses, and that a cache-carrying forward, where the detection is skipped, does 
 (``L x L`` over the flattened batch), so on SDPA without a varlen kernel packing saves padding but not attention
 FLOPs; ``train.attention`` (kdsum.attention) picks the varlen kernel instead.
 
+Long rows (:class:`FitReport`): TRL's own truncation would cut a long row from its end, i.e. cut the summary or
+leave the row with nothing to learn. Instead every chat row is fitted by kdsum.generation.fit_chat_example: the
+*conversation* is cut by the very function prediction uses (kdsum.generation.fit_chat_messages), to the same input
+budget (``max_length - generation.max_new_tokens``, lowered where the summary is longer than that leaves room for),
+so a row trains on the prompt prediction gives it; the summary and its end-of-turn markup are never cut, and a row
+whose summary alone does not fit ``train.max_length`` is dropped. The counts (``rows_cut``, ``rows_dropped``,
+``targets_cut`` for seq2seq summaries cut to ``max_target_length``) go to train_metrics.json, and a warning to its
+``warnings`` (and so to the summary table) whenever a row was cut or dropped.
+
+Paths: ``--out-dir`` and ``--checkpoint-dir`` are deleted only when they lie under ``./results`` or are marked as
+the pipeline's own (kdsum.checkpoints.may_delete), and only after the spec, base and prompts were checked and
+everything loaded; anything else is refused in one line before anything is read.
+
 Data tokens for hub models: kdsum.embeddings. Resume (fingerprint, checkpoints): kdsum.checkpoints. What the
 Trainers get overridden with (grad-norm tracking, target token counts): kdsum.trainer_hooks. The metrics and the
 output directory: kdsum.train_report; the output directory is written atomically, so it appears whole or not at
@@ -29,6 +44,7 @@ all, and the checkpoints are deleted after a successful run.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
@@ -40,7 +56,13 @@ import torch
 
 from kdsum import train_report
 from kdsum.attention import resolve_attention, set_attention
-from kdsum.checkpoints import compute_fingerprint, prepare_checkpoint_dir
+from kdsum.checkpoints import (
+    compute_fingerprint,
+    in_results_tree,
+    prepare_checkpoint_dir,
+    refuse_foreign,
+    remove_checkpoints,
+)
 from kdsum.embeddings import (
     add_data_tokens,
     expose_output_head_bias,
@@ -49,9 +71,24 @@ from kdsum.embeddings import (
     trainable_token_indices,
 )
 from kdsum.errors import KdsumError
-from kdsum.generation import encode_seq2seq
+from kdsum.generation import (
+    GenerationError,
+    fit_chat_example,
+    fit_seq2seq,
+    input_budget,
+    sequence_limit,
+    target_limit,
+)
 from kdsum.io import read_jsonl
-from kdsum.modeling import effective_method, load_base_model, load_tokenizer, set_seed, use_bf16
+from kdsum.modeling import (
+    check_local_source,
+    effective_method,
+    load_base_model,
+    load_tokenizer,
+    set_seed,
+    source_key,
+    use_bf16,
+)
 from kdsum.preflight import check_spec_fits
 from kdsum.spec import Job
 from kdsum.trainer_hooks import GradNormTracker, seq2seq_trainer_cls, sft_trainer_cls
@@ -128,27 +165,136 @@ def _read_rows(prompts_dir: str | os.PathLike, split: str, key: str, family: str
     return rows
 
 
-def load_chat_dataset(prompts_dir: str | os.PathLike, split: str = "train"):
+@dataclasses.dataclass
+class FitReport:
+    """How the training rows were fitted to the sequence budget (see the module docstring: Long rows)."""
+
+    family: str
+    limit: int  # tokens per sequence (train.max_length, capped by the model's positions)
+    budget: int  # the input budget prediction gives a prompt (causal) / a source (seq2seq)
+    target_budget: int | None = None  # seq2seq: tokens per target
+    rows: int = 0
+    cut: int = 0
+    dropped: int = 0
+    targets_cut: int = 0
+    first_drop: str | None = None
+
+    def drop(self, why: str) -> None:
+        self.dropped += 1
+        if self.first_drop is None:
+            self.first_drop = why
+            log.warning("dropping training row %s", why)
+
+    def metrics(self) -> dict:
+        return {
+            "rows_total": self.rows,
+            "rows_trained": self.rows - self.dropped,
+            "rows_cut": self.cut,
+            "rows_dropped": self.dropped,
+            "targets_cut": self.targets_cut,
+            "input_budget": self.budget,
+            "target_budget": self.target_budget,
+        }
+
+    def warnings(self, job: Job) -> list[str]:
+        out, n = [], self.rows
+        head = f"model '{job.model}'"
+        if self.family == "causal":
+            if self.cut:
+                out.append(
+                    f"{head}: {self.cut} of {n} training rows had their conversation cut to fit (prompt budget "
+                    f"{self.budget} tokens = train.max_length - generation.max_new_tokens, as at prediction; "
+                    f"less where the summary is longer); their summaries were kept whole"
+                )
+            if self.dropped:
+                out.append(
+                    f"{head}: {self.dropped} of {n} training rows dropped: the summary with the prompt's fixed "
+                    f"part does not fit train.max_length={self.limit} (first: {self.first_drop})"
+                )
+        else:
+            if self.cut:
+                out.append(
+                    f"{head}: {self.cut} of {n} training dialogues longer than {self.budget} tokens "
+                    f"(train.max_length) were cut, their end dropped (as at prediction)"
+                )
+            if self.targets_cut:
+                out.append(
+                    f"{head}: {self.targets_cut} of {n} training summaries longer than {self.target_budget} "
+                    f"tokens (train.max_target_length) were cut"
+                )
+            if self.dropped:
+                out.append(f"{head}: {self.dropped} of {n} training rows without a target summary were dropped")
+        for w in out:
+            log.warning(w)
+        return out
+
+
+def _row_name(row: dict, i: int) -> str:
+    return str(row.get("fname") or f"line {i}")
+
+
+def encode_chat_rows(rows: list[dict], tokenizer, job: Job, model=None) -> tuple[list[dict], FitReport]:
+    """Chat prompt/completion rows as ``{"input_ids", "completion_mask"}``, every row fitted by
+    kdsum.generation.fit_chat_example (the conversation cut as at prediction, the completion whole); rows whose
+    completion alone does not fit are dropped. Returns the encoded rows and the counts."""
+    report = FitReport("causal", sequence_limit(job, model), input_budget(job, model), rows=len(rows))
+    data = []
+    for i, row in enumerate(rows, start=1):
+        try:
+            ids, n_prompt, cut = fit_chat_example(
+                tokenizer, row["prompt"], row["completion"], report.limit, report.budget
+            )
+        except GenerationError as exc:
+            report.drop(f"{_row_name(row, i)}: {exc}")
+            continue
+        report.cut += cut
+        data.append({"input_ids": ids, "completion_mask": [0] * n_prompt + [1] * (len(ids) - n_prompt)})
+    return data, report
+
+
+def encode_seq2seq_rows(rows: list[dict], tokenizer, job: Job, model=None) -> tuple[list[dict], FitReport]:
+    """Seq2seq rows as ``{"input_ids", "attention_mask", "labels"}``: the source cut by kdsum.generation.fit_seq2seq
+    to prediction's encoder budget, the target to ``train.max_target_length`` (counted separately)."""
+    report = FitReport(
+        "seq2seq", sequence_limit(job, model), input_budget(job, model), target_limit(job, model), rows=len(rows)
+    )
+    data = []
+    for i, row in enumerate(rows, start=1):
+        if not row.get("target"):
+            report.drop(f"{_row_name(row, i)}: no target summary")
+            continue
+        ids, cut = fit_seq2seq(tokenizer, row["source"], report.budget)
+        labels, target_cut = fit_seq2seq(tokenizer, row["target"], report.target_budget)
+        report.cut += cut
+        report.targets_cut += target_cut
+        data.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+    return data, report
+
+
+def _dataset(data: list[dict], report: FitReport, path: Path):
     from datasets import Dataset
 
+    if not data:
+        raise TrainingError(
+            f"{path}: none of the {report.rows} rows fits train.max_length={report.limit} ({report.first_drop})"
+        )
+    return Dataset.from_list(data)
+
+
+def load_chat_dataset(prompts_dir: str | os.PathLike, tokenizer, job: Job, model=None, split: str = "train"):
+    """The chat rows of ``split``, tokenized and fitted (:func:`encode_chat_rows`): ``(Dataset, FitReport)``."""
     rows = _read_rows(prompts_dir, split, "prompt", "chat prompt/completion")
     if "completion" not in rows[0]:
         raise TrainingError(f"{Path(prompts_dir) / f'{split}.jsonl'}: chat rows without a completion")
-    return Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    data, report = encode_chat_rows(rows, tokenizer, job, model)
+    return _dataset(data, report, Path(prompts_dir) / f"{split}.jsonl"), report
 
 
-def load_seq2seq_dataset(prompts_dir: str | os.PathLike, tokenizer, job: Job, split: str = "train"):
-    from datasets import Dataset
-
+def load_seq2seq_dataset(prompts_dir: str | os.PathLike, tokenizer, job: Job, model=None, split: str = "train"):
+    """The seq2seq rows of ``split``, encoded and fitted (:func:`encode_seq2seq_rows`): ``(Dataset, FitReport)``."""
     rows = _read_rows(prompts_dir, split, "source", "seq2seq source/target")
-    data = []
-    for r in rows:
-        if not r.get("target"):
-            continue
-        ids = encode_seq2seq(tokenizer, r["source"], job.train.max_length)
-        labels = encode_seq2seq(tokenizer, r["target"], job.train.max_target_length)
-        data.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-    return Dataset.from_list(data)
+    data, report = encode_seq2seq_rows(rows, tokenizer, job, model)
+    return _dataset(data, report, Path(prompts_dir) / f"{split}.jsonl"), report
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -157,13 +303,13 @@ def _seq2seq_trainer(job, base_source, prompts_dir, args_kw, method, callbacks):
 
     if method != "full":
         raise TrainingError(f"model '{job.model}': seq2seq models train with method `full`, not {method}")
-    tokenizer = load_tokenizer(base_source, job.model, job.family)
+    tokenizer = load_tokenizer(base_source, job.model, job.family, key=source_key(job, base_source))
     model = load_base_model(job, base_source, method)
     new_ids = add_data_tokens(tokenizer, read_data_tokens(prompts_dir))
     if new_ids:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.use_cache = False
-    dataset = load_seq2seq_dataset(prompts_dir, tokenizer, job)
+    dataset, report = load_seq2seq_dataset(prompts_dir, tokenizer, job, model)
     args = Seq2SeqTrainingArguments(**args_kw, predict_with_generate=False, remove_unused_columns=False)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
     trainer = seq2seq_trainer_cls()(
@@ -174,7 +320,7 @@ def _seq2seq_trainer(job, base_source, prompts_dir, args_kw, method, callbacks):
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    return trainer, {"new_token_ids": new_ids}
+    return trainer, {"new_token_ids": new_ids, "fit": report}
 
 
 def _causal_model(job, base_source, prompts_dir, tokenizer, method, attention):
@@ -202,8 +348,9 @@ def _causal_trainer(job, base_source, prompts_dir, args_kw, method, attention, c
 
     if method not in ("lora", "qlora"):
         raise TrainingError(f"model '{job.model}': causal models train `lora` or `qlora`, not {method}")
-    tokenizer = load_tokenizer(base_source, job.model, job.family)
+    tokenizer = load_tokenizer(base_source, job.model, job.family, key=source_key(job, base_source))
     model, info = _causal_model(job, base_source, prompts_dir, tokenizer, method, attention)
+    dataset, info["fit"] = load_chat_dataset(prompts_dir, tokenizer, job, model)
     args = SFTConfig(
         **args_kw,
         max_length=job.train.max_length,
@@ -219,7 +366,7 @@ def _causal_trainer(job, base_source, prompts_dir, args_kw, method, attention, c
     trainer = sft_trainer_cls()(
         model=model,
         args=args,
-        train_dataset=load_chat_dataset(prompts_dir),
+        train_dataset=dataset,  # tokenized and fitted: TRL's max_length truncation finds nothing to cut
         processing_class=tokenizer,
         peft_config=lora_config(job, info["trainable_tokens"]),
         callbacks=callbacks,
@@ -254,24 +401,72 @@ def build_trainer(
         trainer, info = _causal_trainer(job, base_source, prompts_dir, args_kw, method, attention, callbacks)
     trainer.kdsum_grad_tracker = tracker
     plan = {k: v for k, v in memory_plan.items() if k != "estimate"}
-    return trainer, {"method_effective": method, "attention_effective": attention, "memory_plan": plan, **info}
+    fit = info.pop("fit")
+    return trainer, {
+        "method_effective": method,
+        "attention_effective": attention,
+        "memory_plan": plan,
+        "data": fit.metrics(),
+        "data_warnings": fit.warnings(job),
+        **info,
+    }
 
 
 # --------------------------------------------------------------------------------------------- the stage
-def _check_dirs(out_dir: Path, checkpoint_dir: Path, prompts_dir: str | os.PathLike) -> None:
+OUTPUT_MARKER = "train_metrics.json"  # an output directory the stage wrote (it holds the run's fingerprint)
+OUTPUT_ENTRIES = {"model", "train_metrics.json", "log_history.csv"}
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return path == directory or path.is_relative_to(directory)
+
+
+def _check_dirs(
+    out_dir: Path, checkpoint_dir: Path, prompts_dir: str | os.PathLike, base_source: str | None = None
+) -> None:
+    """Refusals before anything is read or deleted: overlapping directories, directories that hold the job's
+    inputs or the working directory, and existing directories that are not the pipeline's to delete."""
     out, ckpt = out_dir.resolve(), checkpoint_dir.resolve()
     if out == ckpt or ckpt.is_relative_to(out):
         raise TrainingError(f"--checkpoint-dir {checkpoint_dir} must lie outside --out-dir {out_dir}")
+    if out.is_relative_to(ckpt):
+        raise TrainingError(f"--out-dir {out_dir} must lie outside --checkpoint-dir {checkpoint_dir}")
+    inputs = [("the working directory", Path.cwd()), ("--prompts-dir", Path(prompts_dir))]
+    if base_source and Path(base_source).exists():
+        inputs.append(("the base model", Path(base_source)))
+    for flag, target in (("--out-dir", out), ("--checkpoint-dir", ckpt)):
+        for what, path in inputs:
+            if _inside(path.resolve(), target):
+                raise TrainingError(f"{flag} {target} contains {what} ({path}): it would be deleted")
     if not (Path(prompts_dir) / "train.jsonl").exists():
         raise TrainingError(f"{prompts_dir}: no train.jsonl (run the `prompts` stage first)")
+    refuse_foreign(out_dir, "--out-dir", OUTPUT_MARKER)
+    refuse_foreign(checkpoint_dir, "--checkpoint-dir")
+
+
+def _pipeline_made(tmp: Path) -> bool:
+    """A leftover ``atomic_dir`` temporary of this stage: under ./results, or holding only what the stage writes."""
+    try:
+        return tmp.is_dir() and (in_results_tree(tmp) or {p.name for p in tmp.iterdir()} <= OUTPUT_ENTRIES)
+    except OSError:
+        return False
 
 
 def _remove_stale_output(out_dir: Path) -> None:
-    """A stale result of an earlier run must not survive a failed rerun looking current."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    """A stale result of an earlier run must not survive a rerun looking current. Called once everything loaded,
+    and it deletes only what :func:`_check_dirs` allowed (checked again: the directory may have changed)."""
+    if out_dir.is_symlink():
+        refuse_foreign(out_dir, "--out-dir", OUTPUT_MARKER)
+        out_dir.unlink()  # the link, never what it points to
+    elif out_dir.exists():
+        refuse_foreign(out_dir, "--out-dir", OUTPUT_MARKER)
+        if out_dir.is_dir():
+            shutil.rmtree(out_dir)
+        else:
+            out_dir.unlink()
     for stale in out_dir.parent.glob(f".{out_dir.name}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
+        if _pipeline_made(stale):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def train(
@@ -286,24 +481,29 @@ def train(
 ) -> dict:
     """Train one (model, variant) job and write OUT/model, OUT/train_metrics.json, OUT/log_history.csv atomically.
 
+    Order: refusals (paths, the base source) before anything is read; the fingerprint; the tokenizer, model and
+    data loaded and fitted; only then the stale output and stale checkpoints deleted, and training run.
+
     ``callbacks``: extra ``TrainerCallback`` objects (benchmarks use one to bound wall time). Returns the metrics."""
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
-    _check_dirs(out_dir, checkpoint_dir, prompts_dir)
-    _remove_stale_output(out_dir)
+    _check_dirs(out_dir, checkpoint_dir, prompts_dir, base_source)
+    check_local_source(base_source, source_key(job, base_source))
     method, warnings = effective_method(job)
     for w in warnings:
         log.warning(w)
     set_seed(job.train.seed)
     fingerprint = compute_fingerprint(job, base_source, prompts_dir, method)
-    resume = prepare_checkpoint_dir(checkpoint_dir, fingerprint)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer, info = build_trainer(
         job, base_source, prompts_dir, checkpoint_dir, progress=progress, method=method, callbacks=callbacks
     )
+    _remove_stale_output(out_dir)
+    resume = prepare_checkpoint_dir(checkpoint_dir, fingerprint)
     run = train_report.run_training(trainer, resume)
+    warnings = [*warnings, *info["data_warnings"]]
     metrics = train_report.training_metrics(job, trainer, info, run, base_source, warnings, fingerprint)
     train_report.save_outputs(trainer, job, metrics, out_dir)
     if not keep_checkpoints:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        remove_checkpoints(checkpoint_dir)
     return metrics

@@ -8,6 +8,13 @@ atomically, OUT/model/ (adapter + tokenizer, or the full model + tokenizer), OUT
 OUT/log_history.csv. Intermediate checkpoints go to --checkpoint-dir (outside OUT) with a fingerprint of the
 settings, base model and prompt data: a rerun with the same fingerprint resumes from the last checkpoint, a
 different one starts fresh. The checkpoints are deleted after a successful run unless --keep-checkpoints.
+
+Long rows: the conversation is cut (never the summary) by the rule prediction uses; rows whose summary alone does
+not fit are dropped; train_metrics.json counts both (rows_cut, rows_dropped; targets_cut for seq2seq) and warns.
+Deleting: an existing --out-dir / --checkpoint-dir is replaced only when it lies under ./results or is marked as
+the pipeline's own (train_metrics.json / fingerprint.json), and only once the spec, base and prompts loaded;
+anything else is refused in one line (exit 2) before anything is read. A local base that is no model directory
+(no config.json or no tokenizer) is refused first, naming models.<name>.source or --base-dir.
 """
 
 from __future__ import annotations
