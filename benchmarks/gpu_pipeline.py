@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import threading
 import time
@@ -61,6 +62,10 @@ def run(jobs_file: str, out: str, skip: set[str]) -> None:
 
         sampler = threading.Thread(target=_sample_peak, args=(peak, done), daemon=True)
         sampler.start()
+        # what Snakemake does before a job: the folders of its outputs and log
+        log = re.search(r">\s*(\S+)\s+2>&1\s*$", job["shell"])
+        for path in [p for paths in job["outputs"].values() for p in paths] + ([log.group(1)] if log else []):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         proc = subprocess.run(job["shell"], shell=True, executable="/bin/bash")
         seconds = time.perf_counter() - start
