@@ -146,3 +146,46 @@ def test_a_refusal_reaches_the_console_not_only_the_log(tmp_path):
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
     assert lines and "bad.csv" in lines[0] and "summary" in lines[0], proc.stderr[-3000:]
     assert not (work / "results/data/train.jsonl").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("stage", ["build-base", "replica"])
+def test_an_output_directory_that_is_not_the_pipelines_is_never_replaced(tmp_path, stage):
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    (decoy / "thesis.tex").write_text("years of work", encoding="utf-8")
+    spec = tmp_path / "base.json"
+    assert (
+        run(
+            [
+                sys.executable,
+                "-m",
+                "kdsum",
+                "spec",
+                "base/tiny-bart",
+                "--configfile",
+                "config.yaml",
+                "--out",
+                str(spec),
+            ],
+            ROOT,
+        ).returncode
+        == 0
+    )
+    args = {
+        "build-base": [
+            "--spec",
+            str(spec),
+            "--train",
+            "data/sample/train.csv",
+            "--special-tokens",
+            "x.json",
+            "--out-dir",
+            str(decoy),
+            "--metrics",
+            str(tmp_path / "m.json"),
+        ],
+        "replica": ["qwen3-4b", "--size", "cpu", "--out", str(decoy)],
+    }[stage]
+    proc = run([sys.executable, "-m", "kdsum", stage, *args], ROOT)
+    assert proc.returncode == 2 and "refusing to delete it" in proc.stderr, proc.stderr[-2000:]
+    assert (decoy / "thesis.tex").read_text(encoding="utf-8") == "years of work"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from kdsum.checkpoints import refuse_foreign
 from kdsum.data import load_split
 from kdsum.io import atomic_dir, read_json, write_json
 from kdsum.offline_models import build_base_model
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", required=True, help="results/base/M.json")
     args = ap.parse_args(argv)
 
+    refuse_foreign(args.out_dir, "--out-dir")  # the build replaces it whole: never a directory not the pipeline's
     spec = read_spec(args.spec, BaseSpec)
     texts = [r["dialogue"] for r in load_split(args.train)]
     tokens = read_json(args.special_tokens)["tokens"]

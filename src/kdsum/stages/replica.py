@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from kdsum.checkpoints import refuse_foreign
 from kdsum.data import load_split
 from kdsum.replicas import SEEDS, SIZES, write_replica
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto", help="where the random weights are made (auto: CUDA if present)")
     args = ap.parse_args(argv)
 
+    refuse_foreign(args.out, "--out")  # the replica replaces it whole: never a directory not the pipeline's
     texts = [r["dialogue"] for r in load_split(args.train)] if args.train else None
     info = write_replica(
         args.name, args.size, args.out, args.tokenizers, seed=args.seed, train_texts=texts, device=args.device
