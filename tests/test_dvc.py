@@ -354,7 +354,7 @@ def test_outputs_metrics_and_plots_are_what_dvc_should_track():
     assert stages["check_dag"]["outs"] == [{"results/specs/dag.txt": {"persist": True}}]
     plots = {next(iter(p)): next(iter(p.values())) for p in doc["plots"]}
     assert set(plots["training_loss"]["y"]) == {f"results/train/{m}/{v}/log_history.csv" for m, v in jobs}
-    assert plots["results/summary.csv"]["x"] == "rouge_sum"
+    assert plots["results/summary.csv"]["x"] == "final"
     for path in list(plots["training_loss"]["y"]) + ["results/summary.csv"]:
         assert path in outs  # drawn from a stage output, so it is versioned with the run
 
@@ -448,7 +448,7 @@ def test_metrics_and_plots(dvc_repo, tmp_path):
     out = tmp_path / "plots"
     dvc(dvc_repo, "plots", "show", "-o", str(out))
     html = (out / "index.html").read_text(encoding="utf-8")
-    assert "Training loss" in html and "ROUGE sum per system (dev)" in html
+    assert "Training loss" in html and "Final score per system (dev" in html
     spec = json.loads(dvc(dvc_repo, "plots", "show", "--json").stdout)
     assert set(spec["data"]) == {"training_loss", "results/summary.csv"} and not spec.get("errors")
 

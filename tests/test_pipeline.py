@@ -92,6 +92,9 @@ def test_summary_has_every_system_and_fine_tuning_helps(pipeline_run):
         "rouge1",
         "rouge2",
         "rougeL",
+        "final",
+        "final_lo",
+        "final_hi",
         "rouge_sum",
         "rouge_sum_lo",
         "rouge_sum_hi",
@@ -108,6 +111,9 @@ def test_summary_has_every_system_and_fine_tuning_helps(pipeline_run):
         assert col in df, col
     s = df.set_index("system")
     assert (s["rouge_sum"] > 0).all(), "a Korean ROUGE of 0 means the tokenizer dropped Hangul"
+    # the leaderboard's scale: the mean of the three F1 (x100), the first score column
+    assert list(df.columns).index("final") < list(df.columns).index("rouge1")
+    assert ((s["final"] - (s["rouge1"] + s["rouge2"] + s["rougeL"]) / 3).abs() < 1e-9).all()
     for model in ("tiny-bart", "tiny-llama"):
         assert s.loc[f"{model}/default", "rouge_sum"] > s.loc[f"{model}/zeroshot", "rouge_sum"], model
     llama = s.loc["tiny-llama/default"]

@@ -155,7 +155,14 @@ def plots(jobs: list[SnakemakeJob]) -> list[dict]:
             }
         )
     out.append(
-        {TARGET: {"template": "bar_horizontal", "x": "rouge_sum", "y": "system", "title": "ROUGE sum per system (dev)"}}
+        {
+            TARGET: {
+                "template": "bar_horizontal",
+                "x": "final",
+                "y": "system",
+                "title": "Final score per system (dev; mean of ROUGE-1/2/L F1)",
+            }
+        }
     )
     return out
 

@@ -19,12 +19,15 @@ from kdsum.errors import KdsumError
 from kdsum.io import atomic_path, read_json, write_csv, write_text
 from kdsum.spec import SummarySpec, SystemRow
 
-SCORES = ("rouge1", "rouge2", "rougeL", "rouge_sum")
+# `final` is the leaderboard's score: the mean of ROUGE-1/2/L F1 x100; `rouge_sum` (their sum) is the earlier
+# work's scale, three times as large. Both come from the same bootstrap, so final's interval is rouge_sum's / 3.
+SCORES = ("final", "rouge1", "rouge2", "rougeL", "rouge_sum")
 BASE_DIR = "results/base/{model}"  # where a built model lives (the `source` text of its rows)
 MARKDOWN_COLUMNS = (
     "system",
     "kind",
     "method",
+    "final",
     "rouge1",
     "rouge2",
     "rougeL",
@@ -84,9 +87,10 @@ def check_inputs(spec: SummarySpec, inputs: SummaryInputs) -> None:
 def _score_fields(scores: dict, split: str) -> dict[str, Any]:
     row: dict[str, Any] = {"split": split, "n": scores["n"]}
     for key in SCORES:
-        row[key] = scores[key]
-        lo, hi = scores.get(f"{key}_ci", (math.nan, math.nan))
-        row[f"{key}_lo"], row[f"{key}_hi"] = lo, hi
+        source = "rouge_sum" if key == "final" else key
+        lo, hi = scores.get(f"{source}_ci", (math.nan, math.nan))
+        scale = 3 if key == "final" else 1
+        row[key], row[f"{key}_lo"], row[f"{key}_hi"] = scores[source] / scale, lo / scale, hi / scale
     for key in ("mean_chars", "foreign_script_share", "empty_predictions"):
         row[key] = scores.get(key)
     return row
@@ -120,7 +124,7 @@ def _system_row(system: SystemRow) -> dict[str, Any]:
 
 
 def summary_table(spec: SummarySpec, inputs: SummaryInputs) -> pd.DataFrame:
-    """One row per system of ``spec``, sorted by rouge_sum (best first) when a split is scored."""
+    """One row per system of ``spec``, sorted by final (best first) when a split is scored."""
     check_inputs(spec, inputs)
     scores, train_metrics, base_metrics = iter(inputs.scores), iter(inputs.train_metrics), iter(inputs.base_metrics)
     rows = []
@@ -135,8 +139,8 @@ def summary_table(spec: SummarySpec, inputs: SummaryInputs) -> pd.DataFrame:
             row.update(total_params=bm.get("parameters"), trainable_params=0)
         rows.append(row)
     df = pd.DataFrame(rows)
-    if "rouge_sum" in df:
-        df = df.sort_values("rouge_sum", ascending=False, kind="stable").reset_index(drop=True)
+    if "final" in df:
+        df = df.sort_values("final", ascending=False, kind="stable").reset_index(drop=True)
     return df
 
 
@@ -184,13 +188,15 @@ def _save(fig, out: str | Path) -> None:
 def plot_scores(df: pd.DataFrame, out: str | Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(df) + 1.5))
-    if "rouge_sum" in df:
+    if "final" in df:
         d = df.iloc[::-1]
         colors = {"fine-tuned": "tab:blue", "zero-shot": "tab:orange", "baseline": "tab:gray"}
-        err = [d["rouge_sum"] - d["rouge_sum_lo"], d["rouge_sum_hi"] - d["rouge_sum"]]
-        ax.barh(d["system"], d["rouge_sum"], xerr=err, color=[colors[k] for k in d["kind"]], capsize=3)
-        ax.set_xlabel(f"ROUGE-1 + ROUGE-2 + ROUGE-L (F1 x100, {df['split'].iloc[0]}; bars: bootstrap 95% CI)")
-    ax.set_title("Systems by ROUGE sum (Kiwi morphemes)")
+        err = [d["final"] - d["final_lo"], d["final_hi"] - d["final"]]
+        ax.barh(d["system"], d["final"], xerr=err, color=[colors[k] for k in d["kind"]], capsize=3)
+        ax.set_xlabel(
+            f"mean of ROUGE-1/2/L F1 x100 (the leaderboard's scale; {df['split'].iloc[0]}; bars: bootstrap 95% CI)"
+        )
+    ax.set_title("Systems by final score (Kiwi morphemes)")
     _save(fig, out)
     plt.close(fig)
 
