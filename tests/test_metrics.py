@@ -31,6 +31,7 @@ from kdsum.metrics import (
     default_num_workers,
     foreign_script_share,
     has_foreign_script,
+    has_hangul,
     lcs_length,
     paired_bootstrap,
     prediction_length,
@@ -687,3 +688,57 @@ def test_korean_dev_summaries_against_themselves():
     assert len(df) == 499
     assert s["rouge_sum"] == pytest.approx(300.0)
     assert (df[KEYS] == 1.0).all().all()
+
+
+# --------------------------------------------------------------------------- hostile text (issue 11)
+
+
+def _nfd(text: str) -> str:
+    import unicodedata
+
+    return unicodedata.normalize("NFD", text)
+
+
+def test_nfd_hangul_scores_like_nfc_on_both_sides():
+    ref = "#Person1#은 #Person2#에게 천식 검사를 위해 폐 전문의에게 가볼 것을 권합니다."
+    assert _nfd(ref) != ref
+    # before normalisation an NFD prediction equal to its reference scored 10-37
+    for pred, refs in ((_nfd(ref), [ref]), (ref, [_nfd(ref)]), (_nfd(ref), [_nfd(ref)])):
+        assert row(rouge_scores([pred], [refs])) == (1.0, 1.0, 1.0)
+    other = "민수가 학교에 갔다."
+    clean = rouge_scores([other], [["민수는 어제 학교에 갔다."]])
+    hostile = rouge_scores([_nfd(other)], [[_nfd("민수는 어제 학교에 갔다.")]])
+    assert row(hostile) == row(clean) and clean["pred_tokens"].tolist() == hostile["pred_tokens"].tolist()
+    assert KIWI.tokenize(_nfd(ref)) == KIWI.tokenize(ref) and KIWI.tokenize_many([_nfd(ref)]) == [KIWI.tokenize(ref)]
+    assert has_hangul(_nfd(ref))
+
+
+def test_invisible_and_control_characters_do_not_change_scores():
+    ref = "#Person2#는 Jimmy를 만난다."
+    hostile = "#Person2#는\u200b Jim\u200dmy를\ufeff 만\x00난다.\u2060"
+    assert row(rouge_scores([hostile], [[ref]])) == (1.0, 1.0, 1.0)
+    assert row(rouge_scores([ref], [[hostile]])) == (1.0, 1.0, 1.0)
+
+
+def test_evaluate_counts_normalised_texts(tmp_path):
+    preds = {
+        "dev_0": _nfd("민수가 학교에 갔다."),
+        "dev_1": "#Person1#은\u200b 사과와 배를 샀다.",
+        "dev_2": "둘이 만난다.",
+    }
+    refs = dict(REFS, dev_2=[_nfd(r) for r in REFS["dev_2"]])
+    p, r = _write_inputs(tmp_path, preds, refs)
+    spec = _evaluation_spec(tmp_path, bootstrap=0)
+    out_json, out_items = tmp_path / "out" / "S.json", tmp_path / "out" / "I.csv"
+    argv = ["evaluate", "--spec", str(spec), "--predictions", str(p), "--references", str(r)]
+    assert _exit_code([*argv, "--out-json", str(out_json), "--out-items", str(out_items)]) == 0
+    s = json.loads(out_json.read_text(encoding="utf-8"))
+    assert s["normalised_texts"] == {"predictions": 2, "references": 3}
+    items = pd.read_csv(out_items).set_index("fname")
+    assert items.loc["dev_1", "rouge1"] == 100.0  # the zero-width space is gone
+    assert items.loc["dev_2", "rougeL"] == pytest.approx(100 * naive_scores("둘이 만난다.", REFS["dev_2"], KIWI)[2])
+    # clean inputs: nothing counted
+    p, r = _write_inputs(tmp_path, {"dev_0": "민수", "dev_1": "사과", "dev_2": "둘"}, REFS)
+    assert _exit_code(["evaluate", "--spec", str(spec), "--predictions", str(p), "--references", str(r),
+                       "--out-json", str(out_json), "--out-items", str(out_items)]) == 0  # fmt: skip
+    assert json.loads(out_json.read_text(encoding="utf-8"))["normalised_texts"] == {"predictions": 0, "references": 0}

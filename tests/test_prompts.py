@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from kdsum.config import ConfigError, load_config, spec_for
-from kdsum.data import normalize_dialogue
+from kdsum.data import NEAR_DUPLICATE_THRESHOLD, normalize_dialogue
 from kdsum.errors import KdsumError
 from kdsum.prompts import PromptError, format_chat_record, format_seq2seq_record, format_split, format_user_message
 from kdsum.spec import DataSpec, PromptFormat, to_json
@@ -164,10 +164,14 @@ def test_prompts_on_real_data(repo_root, tmp_path, shared_data):
     config = load_config(repo_root / "config.yaml")
     for name, (spec, extra) in {
         "ko": (
+            # the Korean splits hold translations of DialogSum's duplicated dialogues: allowed in the spec
             DataSpec(
                 train=str(shared_data / "ko/train_subset_2500.csv"),
                 dev=str(shared_data / "ko/dev.csv"),
                 test=str(shared_data / "ko/test.csv"),
+                encoding="auto",
+                allow_leakage=True,
+                near_duplicate_threshold=NEAR_DUPLICATE_THRESHOLD,
             ),
             [],
         ),
@@ -176,8 +180,11 @@ def test_prompts_on_real_data(repo_root, tmp_path, shared_data):
                 train=str(shared_data / "dialogsum/train.jsonl"),
                 dev=str(shared_data / "dialogsum/dev.jsonl"),
                 test=str(shared_data / "dialogsum/test.jsonl"),
+                encoding="auto",
+                allow_leakage=False,
+                near_duplicate_threshold=NEAR_DUPLICATE_THRESHOLD,
             ),
-            ["--allow-leakage"],
+            ["--allow-leakage"],  # the command-line override
         ),
     }.items():
         data = tmp_path / name / "data"

@@ -1,10 +1,14 @@
 """Data ingestion: raw competition CSV / DialogSum JSONL -> normalised JSONL + stats.
 
 The stage reads one raw file per split (train is required; dev and test are optional),
-validates every split completely, checks for train/dev/test leakage and only then writes
-``{split}.jsonl`` and ``stats.json`` through the atomic writers in :mod:`kdsum.io`, so a
-refused run leaves nothing behind. Reading the raw files is :mod:`kdsum.readers`; the
-statistics are :mod:`kdsum.datastats`.
+normalises every text (Unicode NFC, no zero-width/format or control characters:
+:func:`kdsum.text.normalize_text`; speaker tags wherever they stand, in any spelling:
+:func:`parse_turns`) and counts what that changed, validates every split completely, checks
+for train/dev/test leakage (shared fnames, identical and near-duplicate dialogues) and only
+then writes ``{split}.jsonl`` and ``stats.json`` together, in one swap of the output
+directory (:func:`kdsum.io.atomic_dir`), so a refused or killed run leaves nothing behind.
+Reading (and decoding) the raw files is :mod:`kdsum.readers`; the statistics are
+:mod:`kdsum.datastats`.
 
 Normalised record (one JSON object per line)::
 
@@ -19,18 +23,22 @@ fname and the column.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+import unicodedata
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kdsum.datastats import collect_special_tokens, split_stats
-from kdsum.io import read_jsonl, write_json, write_jsonl
-from kdsum.readers import DataError, RawTable, read_raw
-from kdsum.text import collapse_whitespace, render_turns
+from kdsum.io import atomic_dir, read_jsonl, write_json, write_jsonl
+from kdsum.readers import AUTO, DataError, RawTable, read_raw
+from kdsum.text import collapse_whitespace, normalize_text, render_turns
 
 __all__ = [
+    "NEAR_DUPLICATE_THRESHOLD",
     "SPLITS",
     "DataError",
     "collect_special_tokens",
@@ -39,54 +47,74 @@ __all__ = [
     "normalize_dialogue",
     "parse_turns",
     "read_split",
+    "similarity",
+    "similarity_text",
     "split_stats",
 ]
 
 #: Split names in the order they are validated, written and compared for leakage.
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 
-# A turn starts with the tag immediately followed by ':' (``#Person1# :`` is not a tag).
-_SPEAKER_TAG_RE = re.compile(r"#Person(\d+)#:")
+# A speaker tag opens a turn wherever it stands (also mid-line, e.g. two turns on one line): '#', "Person" in any
+# case, the number, '#', then ':' right after it. Blanks inside the hashes are tolerated (``# Person2 #:``); the
+# canonical form is ``#Person2#:``. ``#Person1# :`` (a blank before the colon) is not a tag.
+_SPEAKER_TAG_RE = re.compile(r"#\s*(?i:person)\s*([0-9]+)\s*#:")
 _SUMMARY_K_RE = re.compile(r"summary(\d+)")
 _LINE_BREAK_RE = re.compile(r"\r\n|\r|\n")
 
 _RECORD_KEYS = ("fname", "dialogue", "turns", "summaries", "topic")
 
+#: What ingest normalises, counted per split in ``stats.json`` (``normalisation``): texts whose Unicode NFC form
+#: differed, format characters (zero-width space, BOM, ...) and control characters (NUL, ...) removed, speaker
+#: tags rewritten to ``#PersonN#:`` and turns split off where a tag stood mid-line.
+NORMALISATIONS = ("nfc", "format_chars", "control_chars", "speaker_tags", "turns_split")
+
 
 # --------------------------------------------------------------------------- turns
 
 
-def parse_turns(dialogue: str) -> list[dict[str, str]]:
+def parse_turns(dialogue: str, counts: Counter | None = None) -> list[dict[str, str]]:
     """Split a raw dialogue into ``[{"speaker": "#PersonN#", "text": ...}]``.
 
-    A line (after stripping) starting with ``#PersonN#:`` opens a turn; any other non-blank
-    line continues the previous turn. Raises :class:`DataError` (without location; the
-    caller adds it) when the dialogue has no speaker tag at all, or when text precedes the
-    first tag (it could not be attributed to a speaker).
+    Every speaker tag (:data:`_SPEAKER_TAG_RE`: ``#Person1#:``, also ``#person1#:`` or ``# Person1 #:``) opens a
+    turn, at the start of a line or within one; other text continues the turn before it. Raises
+    :class:`DataError` (without location; the caller adds it) when the dialogue has no speaker tag at all, or
+    when text precedes the first tag (it could not be attributed to a speaker). ``counts`` (optional) is
+    incremented by ``speaker_tags`` (tags not written ``#PersonN#:``) and ``turns_split`` (turns opened mid-line).
     """
     turns: list[dict[str, str]] = []
+    n_tags = n_split = 0
     for raw_line in _LINE_BREAK_RE.split(dialogue):
         # Leading blanks are layout, not content: " #Person1#: hi" still opens a turn.
         line = raw_line.strip()
         if not line:
             continue
-        match = _SPEAKER_TAG_RE.match(line)
-        if match:
-            turns.append({"speaker": f"#Person{match.group(1)}#", "text": collapse_whitespace(line[match.end() :])})
-        elif turns:
-            turns[-1]["text"] = collapse_whitespace(f"{turns[-1]['text']} {line}")
-        elif _SPEAKER_TAG_RE.search(dialogue) is None:
-            raise DataError("dialogue has no speaker tag (#PersonN#:)")
-        else:
-            raise DataError(f"text before the first speaker tag: {line[:40]!r}")
+        tags = list(_SPEAKER_TAG_RE.finditer(line))
+        head = line[: tags[0].start()].strip() if tags else line
+        if head:
+            if turns:
+                turns[-1]["text"] = collapse_whitespace(f"{turns[-1]['text']} {head}")
+            elif _SPEAKER_TAG_RE.search(dialogue) is None:
+                raise DataError("dialogue has no speaker tag (#PersonN#:)")
+            else:
+                raise DataError(f"text before the first speaker tag: {head[:40]!r}")
+        for k, tag in enumerate(tags):
+            end = tags[k + 1].start() if k + 1 < len(tags) else len(line)
+            speaker = f"#Person{int(tag.group(1))}#"
+            turns.append({"speaker": speaker, "text": collapse_whitespace(line[tag.end() : end])})
+            n_tags += tag.group() != f"{speaker}:"
+            n_split += tag.start() > 0
     if not turns:
         raise DataError("dialogue has no speaker tag (#PersonN#:)")
+    if counts is not None and (n_tags or n_split):
+        counts["speaker_tags"] += n_tags
+        counts["turns_split"] += n_split
     return turns
 
 
 def normalize_dialogue(dialogue: str) -> str:
     """Canonical dialogue text: one ``"{speaker}: {text}"`` line per turn, joined by ``\\n``."""
-    return render_turns(parse_turns(dialogue))
+    return render_turns(parse_turns(normalize_text(dialogue)))
 
 
 # --------------------------------------------------------------------------- validation
@@ -97,6 +125,7 @@ class _Split:
     name: str
     table: RawTable
     records: list[dict[str, Any]]
+    normalisation: dict[str, Any]
 
 
 def _reference_columns(columns: Sequence[str]) -> list[str]:
@@ -119,14 +148,15 @@ def _check_columns(split: str, table: RawTable) -> None:
         )
 
 
-def _cell(loc: str, values: Mapping[str, Any], column: str) -> str:
-    """A cell as str ('' when absent/null); JSONL values of other types are refused."""
+def _cell(loc: str, values: Mapping[str, Any], column: str, counts: Counter) -> str:
+    """A cell as normalised str (:func:`kdsum.text.normalize_text`; '' when absent/null); JSONL values of other
+    types are refused."""
     value = values.get(column)
     if value is None:
         return ""
     if not isinstance(value, str):
         raise DataError(f"{loc}, column {column!r}: expected a string, got {type(value).__name__}")
-    return value
+    return normalize_text(value, counts)
 
 
 def _empty(what: str, values: Mapping[str, Any], column: str | None = None) -> str:
@@ -142,21 +172,21 @@ class _Layout:
     topic_col: str | None
 
 
-def _normalise_row(loc: str, fname: str, values: Mapping[str, Any], layout: _Layout) -> dict[str, Any]:
-    dialogue = _cell(loc, values, "dialogue")
+def _normalise_row(loc: str, fname: str, values: Mapping[str, Any], layout: _Layout, counts: Counter) -> dict[str, Any]:
+    dialogue = _cell(loc, values, "dialogue", counts)
     if not dialogue.strip():
         raise DataError(f"{loc}, column 'dialogue': {_empty('dialogue', values)}")
     try:
-        turns = parse_turns(dialogue)
+        turns = parse_turns(dialogue, counts)
     except DataError as exc:
         raise DataError(f"{loc}, column 'dialogue': {exc}") from None
     summaries = []
     for col in layout.ref_cols:
-        summary = collapse_whitespace(_cell(loc, values, col))
+        summary = collapse_whitespace(_cell(loc, values, col, counts))
         if not summary:
             raise DataError(f"{loc}, column {col!r}: {_empty('summary', values, col)}")
         summaries.append(summary)
-    topic = collapse_whitespace(_cell(loc, values, layout.topic_col)) if layout.topic_col else ""
+    topic = collapse_whitespace(_cell(loc, values, layout.topic_col, counts)) if layout.topic_col else ""
     return {
         "fname": fname,
         "dialogue": render_turns(turns),
@@ -166,7 +196,15 @@ def _normalise_row(loc: str, fname: str, values: Mapping[str, Any], layout: _Lay
     }
 
 
-def _normalise_split(split: str, table: RawTable) -> list[dict[str, Any]]:
+def _normalisation_stats(per_row: Sequence[Counter]) -> dict[str, Any]:
+    """``{"rows_changed": n, kind: {"rows": r, "count": c}}`` for each kind of :data:`NORMALISATIONS`."""
+    out: dict[str, Any] = {"rows_changed": sum(1 for c in per_row if any(c.values()))}
+    for kind in NORMALISATIONS:
+        out[kind] = {"rows": sum(1 for c in per_row if c[kind]), "count": sum(c[kind] for c in per_row)}
+    return out
+
+
+def _normalise_split(split: str, table: RawTable) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     _check_columns(split, table)
     topic_col = "topic" if "topic" in table.columns else ("topic1" if "topic1" in table.columns else None)
     layout = _Layout(_reference_columns(table.columns), topic_col)
@@ -174,62 +212,272 @@ def _normalise_split(split: str, table: RawTable) -> list[dict[str, Any]]:
         raise DataError(f"{table.path}: no data rows")
     seen: dict[str, int] = {}
     records: list[dict[str, Any]] = []
+    per_row: list[Counter] = []
     for row_no, values in table.rows:
         where = f"{table.path}: {table.unit} {row_no}"
-        fname = _cell(where, values, "fname").strip()
+        counts: Counter = Counter()
+        fname = _cell(where, values, "fname", counts).strip()
         if not fname:
             raise DataError(f"{where}, column 'fname': empty fname")
         if fname in seen:
             raise DataError(f"{table.path}: duplicate fname {fname!r} at {table.unit}s {seen[fname]} and {row_no}")
         seen[fname] = row_no
-        records.append(_normalise_row(f"{where} (fname {fname!r})", fname, values, layout))
-    return records
+        records.append(_normalise_row(f"{where} (fname {fname!r})", fname, values, layout, counts))
+        per_row.append(counts)
+    return records, _normalisation_stats(per_row)
 
 
-def _read_validated(split: str, path: str | Path) -> _Split:
+def _read_validated(split: str, path: str | Path, encoding: str = AUTO) -> _Split:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    table = read_raw(path)
-    return _Split(split, table, _normalise_split(split, table))
+    table = read_raw(path, encoding)
+    records, normalisation = _normalise_split(split, table)
+    return _Split(split, table, records, normalisation)
 
 
-def read_split(path: str | Path, split: str) -> list[dict[str, Any]]:
+def read_split(path: str | Path, split: str, encoding: str = AUTO) -> list[dict[str, Any]]:
     """Read, validate and normalise one raw file as ``split`` (no cross-split checks)."""
-    return _read_validated(split, path).records
+    return _read_validated(split, path, encoding).records
+
+
+# --------------------------------------------------------------------------- near-duplicates
+#
+# Similarity of two dialogues: the Jaccard index of the sets of character 5-grams of their similarity text (the
+# turns' text without speaker tags, case-folded, letters and digits only, Hangul decomposed into jamo by NFD), so
+# that one threshold fits Korean (5 jamo: about 2 syllables) and English (5 letters). Measured on the real data
+# (tests/test_data.py, test_real_data_near_duplicates): DialogSum's duplicated dialogues score 0.47-1.0 in English;
+# the two independent Korean translations of one dialogue 0.21-0.53; Korean dialogues translated from unrelated
+# English ones at most 0.21 (two short stock-phrase reservations); the repository's sample data, written as
+# paraphrases of a few scenarios, at most 0.23. The default threshold, 0.25, refuses nothing of the sample and
+# none of the unrelated pairs, and catches 12 of the 15 Korean translations of DialogSum's identical dialogues.
+#
+# Exact for every pair that shares at least MIN_SHARED_RARE "rare" 5-grams (in at most max(RARE_DOCS, texts/256)
+# distinct texts): candidate pairs come from the rare 5-grams' postings; the 5-grams common to many texts (stock
+# phrases such as "안녕하세요") are counted exactly for the candidates only, with bit sets. Pairs that share only
+# stock phrases are not compared (measured: every pair of the real data at similarity >= 0.2 shares >= 9 rare
+# 5-grams). Identical similarity texts always pair, however short.
+
+SHINGLE = 5
+RARE_DOCS = 50
+MIN_SHARED_RARE = 5
+#: The default of ``data.near_duplicate_threshold`` (schemas/config.schema.yaml), calibrated on the real data.
+NEAR_DUPLICATE_THRESHOLD = 0.25
+_MAX_TEXTS = 1 << 24  # text ids share an int64 with a 40-bit hash
+_NOT_WORD_RE = re.compile(r"[\W_]+")
+
+
+def similarity_text(record: Mapping[str, Any]) -> str:
+    """What near-duplicate detection compares: the turns' text, case-folded, letters and digits only, NFD."""
+    text = "".join(t["text"] for t in record["turns"]).casefold()
+    return unicodedata.normalize("NFD", _NOT_WORD_RE.sub("", text))
+
+
+def similarity(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
+    """The near-duplicate similarity of two normalised records: the Jaccard index of their 5-gram sets (one pair;
+    ingest computes all pairs at once)."""
+    grams = []
+    for record in (a, b):
+        t = similarity_text(record)
+        grams.append({t[i : i + SHINGLE] for i in range(len(t) - SHINGLE + 1)} if len(t) >= SHINGLE else {t} - {""})
+    union = len(grams[0] | grams[1])
+    return len(grams[0] & grams[1]) / union if union else 1.0
+
+
+def _mix64(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, element-wise (uint64, wrapping)."""
+    h = h ^ (h >> np.uint64(31))
+    h = h * np.uint64(0xBF58476D1CE4E5B9)
+    h = h ^ (h >> np.uint64(27))
+    h = h * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def _shingle_table(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(hash, text id) of every distinct character 5-gram of each text, sorted by hash then text id.
+
+    A text shorter than 5 characters (but not empty) is one shingle, itself (padded with NULs, which normalised
+    text never contains). The hash is a 40-bit polynomial hash of the code points: collisions among the 10^6
+    distinct 5-grams of the full competition data are improbable (~10^-6) and would only add one shared 5-gram.
+    """
+    padded = [t if len(t) >= SHINGLE or not t else t.ljust(SHINGLE, "\0") for t in texts]
+    lens = np.fromiter(map(len, padded), dtype=np.int64, count=len(padded))
+    chars = np.frombuffer("".join(padded).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    n_grams = np.maximum(lens - SHINGLE + 1, 0)
+    span = max(chars.size - SHINGLE + 1, 0)
+    h = np.zeros(span, dtype=np.uint64)
+    for k in range(SHINGLE):
+        h = h * np.uint64(0x100000001B3) + chars[k : k + span]
+    h = _mix64(h)
+    text_of = np.repeat(np.arange(len(padded), dtype=np.int64), n_grams)
+    starts = np.cumsum(lens) - lens
+    pos = np.arange(int(n_grams.sum()), dtype=np.int64) + np.repeat(starts - (np.cumsum(n_grams) - n_grams), n_grams)
+    keys = ((h[pos] >> np.uint64(24)).astype(np.int64) << 24) | text_of
+    keys.sort()
+    keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if keys.size else keys
+    return keys >> 24, keys & (_MAX_TEXTS - 1)
+
+
+def _runs(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and length of each run of equal values of a sorted array."""
+    if not sorted_keys.size:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    start = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
+    return start, np.diff(np.concatenate((start, [sorted_keys.size])))
+
+
+def _rare_candidates(hashes: np.ndarray, tids: np.ndarray, in_a: np.ndarray, in_b: np.ndarray) -> np.ndarray:
+    """Ordered text pairs (a in split A, b in split B, a != b) sharing >= MIN_SHARED_RARE of the given (rare)
+    5-grams, as keys ``a << 24 | b``, with those counts: an array of shape (2, pairs)."""
+    ha, ta = hashes[in_a], tids[in_a]
+    hb, tb = hashes[in_b], tids[in_b]
+    lo = np.searchsorted(hb, ha, "left")
+    n = np.searchsorted(hb, ha, "right") - lo
+    first = np.cumsum(n) - n
+    partner = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(first, n) + np.repeat(lo, n)
+    keys = (np.repeat(ta, n) << 24) | tb[partner]
+    keys = keys[(keys >> 24) != (keys & (_MAX_TEXTS - 1))]
+    keys.sort()
+    start, count = _runs(keys)
+    keep = count >= MIN_SHARED_RARE
+    return np.stack((keys[start][keep], count[keep]))
+
+
+def _similar_texts(texts: Sequence[str], masks: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+    """(x, y, Jaccard) of the distinct texts x < y, from different splits (``masks``: the splits of each text as
+    bits), whose 5-gram sets have Jaccard >= ``threshold``."""
+    n_texts = len(texts)
+    if n_texts >= _MAX_TEXTS:
+        raise DataError(f"near-duplicate detection handles at most {_MAX_TEXTS - 1} distinct dialogues")
+    hashes, tids = _shingle_table(texts)
+    size = np.bincount(tids, minlength=n_texts)
+    start, count = _runs(hashes)
+    group = np.repeat(np.arange(start.size), count)
+    rare = count[group] <= max(RARE_DOCS, -(-n_texts // 256))
+    split_bits = masks[tids]
+    found = []
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        in_a = rare & ((split_bits >> a) & 1).astype(bool)
+        in_b = rare & ((split_bits >> b) & 1).astype(bool)
+        if in_a.any() and in_b.any():
+            found.append(_rare_candidates(hashes, tids, in_a, in_b))
+    if not found:
+        return []
+    keys, rare_shared = np.concatenate(found, axis=1)
+    x, y = keys >> 24, keys & (_MAX_TEXTS - 1)
+    keys = (np.minimum(x, y) << 24) | np.maximum(x, y)  # one entry per unordered pair
+    keys, first = np.unique(keys, return_index=True)
+    rare_shared = rare_shared[first]
+    x, y = keys >> 24, keys & (_MAX_TEXTS - 1)
+    if not x.size:
+        return []
+    # the common 5-grams each candidate pair shares, exactly, from per-text bit sets
+    common = ~rare
+    common_group = group[common]
+    common_id = np.cumsum(np.concatenate(([True], common_group[1:] != common_group[:-1]))) - 1
+    common_id = common_id[: common_group.size]
+    width = (int(common_id[-1]) + 8) // 8 if common_id.size else 1
+    bits = np.zeros(n_texts * width, dtype=np.uint8)
+    np.bitwise_or.at(bits, tids[common] * width + (common_id >> 3), np.left_shift(1, common_id & 7).astype(np.uint8))
+    bits = bits.reshape(n_texts, width)
+    shared = rare_shared.copy()
+    for s in range(0, x.size, 4096):
+        both = bits[x[s : s + 4096]] & bits[y[s : s + 4096]]
+        shared[s : s + 4096] += np.bitwise_count(both).sum(axis=1, dtype=np.int64)
+    jaccard = shared / (size[x] + size[y] - shared)
+    keep = np.flatnonzero(jaccard >= threshold)
+    return [(int(x[i]), int(y[i]), float(jaccard[i])) for i in keep]
 
 
 # --------------------------------------------------------------------------- leakage
 
+_SHOW_PAIRS = 3  # how many pairs a refusal names
 
-def _leakage(splits: Sequence[_Split]) -> list[dict[str, Any]]:
-    """Per pair of splits (train-dev, train-test, dev-test), the [fname_a, fname_b] pairs
-    whose normalised dialogues are identical, in file order of the earlier split."""
+
+def _leakage(splits: Sequence[_Split], threshold: float) -> list[dict[str, Any]]:
+    """Per pair of splits (train-dev, train-test, dev-test) that overlap: the fnames they share, and the pairs of
+    rows whose dialogues are identical after normalisation or near-duplicates (similarity >= ``threshold``), in
+    file order of the earlier split, then of the later."""
+    docs = [(si, r) for si, s in enumerate(splits) for r in s.records]
+    text_id: dict[str, int] = {}
+    doc_text = [text_id.setdefault(similarity_text(r), len(text_id)) for _, r in docs]
+    masks = np.zeros(len(text_id), dtype=np.int64)
+    docs_of: defaultdict[int, list[int]] = defaultdict(list)
+    for d, ((si, _), t) in enumerate(zip(docs, doc_text, strict=True)):
+        masks[t] |= 1 << si
+        docs_of[t].append(d)
+    similar = [(t, t, 1.0) for t in docs_of if masks[t] & (masks[t] - 1)]  # one text in several splits
+    similar += _similar_texts(list(text_id), masks, threshold)
+    pairs: defaultdict[tuple[int, int], list[tuple[int, int, float]]] = defaultdict(list)
+    for x, y, sim in similar:
+        for dx in docs_of[x]:
+            for dy in docs_of[y] if x != y else docs_of[x]:
+                (sa, _), (sb, _) = docs[dx], docs[dy]
+                if sa < sb:
+                    pairs[sa, sb].append((dx, dy, sim))
+                elif sb < sa and x != y:
+                    pairs[sb, sa].append((dy, dx, sim))
     found: list[dict[str, Any]] = []
     for i, a in enumerate(splits):
-        for b in splits[i + 1 :]:
-            fnames_b: dict[str, list[str]] = defaultdict(list)
-            for r in b.records:
-                fnames_b[r["dialogue"]].append(r["fname"])
-            pairs = [[r["fname"], fb] for r in a.records for fb in fnames_b.get(r["dialogue"], ())]
-            if pairs:
-                found.append(
-                    {"splits": [a.name, b.name], "files": [str(a.table.path), str(b.table.path)], "pairs": pairs}
-                )
+        for j in range(i + 1, len(splits)):
+            b = splits[j]
+            shared = sorted({r["fname"] for r in a.records} & {r["fname"] for r in b.records})
+            rows = sorted(pairs.get((i, j), ()))
+            if not shared and not rows:
+                continue
+            found.append(
+                {
+                    "splits": [a.name, b.name],
+                    "files": [str(a.table.path), str(b.table.path)],
+                    "shared_fnames": [f for f in (r["fname"] for r in a.records) if f in set(shared)],
+                    "pairs": [
+                        {
+                            "fnames": [docs[dx][1]["fname"], docs[dy][1]["fname"]],
+                            "similarity": round(sim, 4),
+                            "identical": docs[dx][1]["dialogue"] == docs[dy][1]["dialogue"],
+                        }
+                        for dx, dy, sim in rows
+                    ],
+                }
+            )
     return found
 
 
-def _leakage_error(leakage: list[dict[str, Any]]) -> DataError:
+def _leakage_error(leakage: list[dict[str, Any]], threshold: float) -> DataError:
+    """One line naming the first overlapping split pair, its files and its first (most similar) pairs."""
     first = leakage[0]
-    (name_a, name_b), (file_a, file_b), pairs = first["splits"], first["files"], first["pairs"]
+    (name_a, name_b), (file_a, file_b) = first["splits"], first["files"]
+    fnames, pairs = first["shared_fnames"], first["pairs"]
+    between = f"between {name_a} and {name_b}"
+    if fnames:
+        what = (
+            f"fname {fnames[0]!r} is in both {name_a} ({file_a}) and {name_b} ({file_b}); {len(fnames)} shared "
+            f"fname(s) {between}" + (f", and {len(pairs)} shared dialogue(s)" if pairs else "")
+        )
+    else:
+        # identical first, then the most similar; file order among equals (a stable sort)
+        shown = sorted(pairs, key=lambda p: (not p["identical"], -p["similarity"]))[:_SHOW_PAIRS]
+        top = shown[0]
+        how = (
+            "is identical after normalisation to"
+            if top["identical"]
+            else f"is a near-duplicate (similarity {top['similarity']:.2f}) of"
+        )
+        also = ", ".join(f"{p['fnames'][1]!r} ~ {p['fnames'][0]!r} ({p['similarity']:.2f})" for p in shown[1:])
+        what = (
+            f"dialogue of {top['fnames'][1]!r} in {name_b} ({file_b}) {how} {top['fnames'][0]!r} in {name_a} "
+            f"({file_a}); {len(pairs)} such pair(s) {between} (identical, or similarity >= "
+            f"data.near_duplicate_threshold {threshold})" + (f", also {also}" if also else "")
+        )
+    others = f"; {len(leakage) - 1} other split pair(s) also overlap" if len(leakage) > 1 else ""
     return DataError(
-        f"leakage: dialogue of {pairs[0][1]!r} in {name_b} ({file_b}) is identical after "
-        f"normalisation to {pairs[0][0]!r} in {name_a} ({file_a}); {len(pairs)} such pair(s) "
-        f"between {name_a} and {name_b}"
-        + (f"; {len(leakage) - 1} other split pair(s) also overlap" if len(leakage) > 1 else "")
+        f"leakage: {what}{others}; remove them, or set data.allow_leakage: true to record them in stats.json"
     )
 
 
 # --------------------------------------------------------------------------- stage entry points
+
+#: The files ingest writes into its output directory (and owns there).
+OUTPUT_FILES = (*(f"{s}.jsonl" for s in SPLITS), "stats.json")
 
 
 def ingest_splits(
@@ -237,43 +485,53 @@ def ingest_splits(
     out_dir: str | Path,
     *,
     allow_leakage: bool = False,
+    encoding: str = AUTO,
+    near_duplicate_threshold: float = NEAR_DUPLICATE_THRESHOLD,
 ) -> dict[str, Any]:
     """Validate all raw splits, then write ``out_dir/{split}.jsonl`` and ``stats.json``.
 
-    ``paths`` maps "train" (required), "dev", "test" to raw files (None/absent = skip).
-    Every split is read and validated, and leakage (same normalised dialogue in two splits)
-    is checked, before anything is written; on any problem :class:`DataError` is raised and
-    ``out_dir`` is left untouched. ``allow_leakage=True`` is an explicit opt-in for corpora
-    known to overlap (e.g. the public DialogSum release): overlaps are then listed under
-    ``stats["leakage"]`` instead of refused. Split files of a previous run that this run
-    does not produce are removed, so ``out_dir`` never mixes runs. Returns the stats dict.
+    ``paths`` maps "train" (required), "dev", "test" to raw files (None/absent = skip); ``encoding`` is
+    ``data.encoding`` (:func:`kdsum.readers.decode`). Every split is read, normalised (:func:`kdsum.text.
+    normalize_text`, :func:`parse_turns`) and validated, and leakage is checked, before anything is written:
+    an fname in two splits, or a dialogue identical after normalisation or a near-duplicate (similarity >=
+    ``near_duplicate_threshold``, :func:`similarity_text`) to one in another split. On any problem
+    :class:`DataError` is raised and ``out_dir`` is left untouched. ``allow_leakage=True`` is an explicit opt-in
+    for corpora known to overlap (e.g. the public DialogSum release): overlaps are then listed under
+    ``stats["leakage"]`` instead of refused. The output files appear together, in one swap of the directory
+    (:func:`kdsum.io.atomic_dir`): split files of a previous run that this run does not produce are gone with it,
+    so ``out_dir`` never mixes runs, and what a killed run left is removed by the next. Returns the stats dict.
     """
     unknown = sorted(set(paths) - set(SPLITS))
     if unknown:
         raise DataError(f"unknown split(s) {', '.join(unknown)}; expected {', '.join(SPLITS)}")
     if not paths.get("train"):
         raise DataError("a train file is required")
-    splits = [_read_validated(name, p) for name in SPLITS if (p := paths.get(name))]
-    leakage = _leakage(splits)
+    if not 0 < near_duplicate_threshold <= 1:
+        raise DataError(f"data.near_duplicate_threshold: must be in (0, 1], got {near_duplicate_threshold}")
+    splits = [_read_validated(name, p, encoding) for name in SPLITS if (p := paths.get(name))]
+    leakage = _leakage(splits, near_duplicate_threshold)
     if leakage and not allow_leakage:
-        raise _leakage_error(leakage)
+        raise _leakage_error(leakage, near_duplicate_threshold)
     stats: dict[str, Any] = {
         "splits": {
-            s.name: {**split_stats(s.records), "format": s.table.fmt, "encoding": s.table.encoding} for s in splits
+            s.name: {
+                **split_stats(s.records),
+                "format": s.table.fmt,
+                "encoding": s.table.encoding,
+                "normalisation": s.normalisation,
+            }
+            for s in splits
         },
         "special_tokens": collect_special_tokens(r for s in splits for r in s.records),
         "source_files": {s.name: str(s.table.path) for s in splits},
         "source_sha256": {s.name: s.table.sha256 for s in splits},
+        "near_duplicate_threshold": near_duplicate_threshold,
         "leakage": leakage,
     }
-    out = Path(out_dir)
-    for s in splits:
-        write_jsonl(out / f"{s.name}.jsonl", s.records)
-    # stats.json last: its presence marks a complete run.
-    write_json(out / "stats.json", stats)
-    for name in SPLITS:
-        if not paths.get(name):
-            (out / f"{name}.jsonl").unlink(missing_ok=True)
+    with atomic_dir(out_dir, replace_only=OUTPUT_FILES) as tmp:
+        for s in splits:
+            write_jsonl(tmp / f"{s.name}.jsonl", s.records)
+        write_json(tmp / "stats.json", stats)
     return stats
 
 

@@ -2,8 +2,10 @@
 scores against each other (``kdsum compare``).
 
 Predictions: a CSV with columns ``fname,summary`` (other columns, e.g. a submission's index, are ignored).
-References: JSONL with one ``{"fname", "summaries": [...], ...}`` object per line. Every problem with the input
-files raises :class:`InputError` naming the file; nothing is written by this module.
+References: JSONL with one ``{"fname", "summaries": [...], ...}`` object per line. Both are normalised as ingest
+normalises the data (:func:`kdsum.text.normalize_text`: NFC, no zero-width or control characters), and the texts
+that changed are counted (``normalised_texts``). Every problem with the input files raises :class:`InputError`
+naming the file; nothing is written by this module.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from kdsum.guards import tokenizer_name
 from kdsum.io import read_jsonl
 from kdsum.kiwi import KiwiMorphemeTokenizer
 from kdsum.rouge import ROUGE_KEYS, rouge_scores
+from kdsum.text import normalize_text
 
 _SHOW = 5  # how many fnames an error message names
 T = TypeVar("T")
@@ -91,6 +94,12 @@ def load_references(path: Path) -> dict[str, list[str]]:
     return refs
 
 
+def _normalized(text: str, fixed: dict[str, int], side: str) -> str:
+    out = normalize_text(text)
+    fixed[side] += out != text
+    return out
+
+
 def _paired(predictions: Path, references: Path) -> tuple[list[str], list[str], list[list[str]]]:
     """(fnames in reference order, their predictions, their references); every fname on both sides."""
     preds = load_predictions(predictions)
@@ -124,6 +133,10 @@ def evaluate(
     if n_bootstrap < 0:
         raise InputError("bootstrap must be >= 0")
     fnames, texts, refs = _paired(predictions, references)
+    # Both sides normalised as ingest normalises the data (NFC, no zero-width or control characters); counted.
+    fixed = {"predictions": 0, "references": 0}
+    texts = [_normalized(t, fixed, "predictions") for t in texts]
+    refs = [[_normalized(r, fixed, "references") for r in rs] for rs in refs]
     tokenizer = KiwiMorphemeTokenizer(num_workers=threads)
     scores = rouge_scores(texts, refs, aggregate=aggregate, tokenizer=tokenizer)
     summary = corpus_summary(scores, n_resamples=n_bootstrap, seed=seed)
@@ -136,6 +149,7 @@ def evaluate(
         **prediction_length(texts, token_counts=scores["pred_tokens"].tolist()),
         "foreign_script_share": foreign_script_share(texts),
         "empty_predictions": sum(1 for t in texts if not t.strip()),
+        "normalised_texts": fixed,
         "tokenizer": tokenizer_name(tokenizer),
         "bootstrap": n_bootstrap,
         "seed": seed,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -26,6 +27,7 @@ from kdsum.kiwi import KiwiMorphemeTokenizer
 
 # Hangul syllables: a text with any of these must produce Hangul tokens.
 _HANGUL_SYLLABLE_RE = re.compile(r"[\uac00-\ud7a3]")
+_CONJOINING_JAMO_RE = re.compile(r"[\u1100-\u11ff]")
 # Any Hangul: syllables, conjoining jamo (Kiwi emits e.g. "ᆸ니다"), compatibility jamo.
 _HANGUL_ANY_RE = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\ud7b0-\ud7ff]")
 
@@ -73,8 +75,12 @@ def tokenize_texts(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[str]
 
 
 def has_hangul(text: str) -> bool:
-    """True if ``text`` contains a Hangul syllable (가-힣)."""
-    return _HANGUL_SYLLABLE_RE.search(text) is not None
+    """True if ``text`` contains a Hangul syllable (가-힣), also one written in NFD as conjoining jamo."""
+    if _HANGUL_SYLLABLE_RE.search(text) is not None:
+        return True
+    return _CONJOINING_JAMO_RE.search(text) is not None and bool(
+        _HANGUL_SYLLABLE_RE.search(unicodedata.normalize("NFC", text))
+    )
 
 
 def is_rouge_default(tokenizer: Any) -> bool:

@@ -5,6 +5,7 @@ imported only when a Kiwi is first needed.
 
 Tokenisation choices (:class:`KiwiMorphemeTokenizer`)
 -----------------------------------------------------
+* Text is composed to Unicode NFC first: Kiwi analyses Hangul in NFD (conjoining jamo) as other text.
 * Tokens are Kiwi morpheme *forms* (``kiwipiepy`` with its default ``cong`` model, allomorphs
   integrated, default dictionaries), lowercased.  Tags are not part of the token: ROUGE
   compares surface morphemes, so the particle ``가/JKS`` and the verb stem ``가/VV`` match.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
+import unicodedata
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -99,6 +101,11 @@ def _forms(tokens: Iterable[Any]) -> list[str]:
     return out
 
 
+def _nfc(text: str) -> str:
+    """Unicode NFC: Kiwi reads Hangul in NFD (conjoining jamo) as other text."""
+    return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
+
+
 def _check_str(text: Any) -> None:
     if not isinstance(text, str):
         raise TypeError(f"expected str, got {type(text).__name__}: {text!r}")
@@ -133,9 +140,9 @@ class KiwiMorphemeTokenizer:
         return f"kiwi {kiwipiepy.__version__} morphemes"
 
     def tokenize(self, text: str) -> list[str]:
-        """Morpheme forms of one text (the ``RougeScorer`` interface)."""
+        """Morpheme forms of one text (the ``RougeScorer`` interface); NFD Hangul is composed first."""
         _check_str(text)
-        return _forms(self.kiwi.tokenize(text))
+        return _forms(self.kiwi.tokenize(_nfc(text)))
 
     def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
         """Morpheme forms of many texts, using Kiwi's multi-threaded list input."""
@@ -144,7 +151,7 @@ class KiwiMorphemeTokenizer:
             _check_str(t)
         if not texts:
             return []
-        return [_forms(toks) for toks in self.kiwi.tokenize(texts)]
+        return [_forms(toks) for toks in self.kiwi.tokenize([_nfc(t) for t in texts])]
 
     def __repr__(self) -> str:
         return f"KiwiMorphemeTokenizer(num_workers={self.num_workers})"

@@ -11,8 +11,10 @@ with a bit-parallel algorithm (Hyyrö 2004) on Python integers instead of rouge_
 O(n*m) Python table.  ``"max"`` takes each metric's maximum independently, like
 ``RougeScorer.score_multi``.  docs/BENCHMARKS.md section 4 has the measured speed.
 
-Every text is checked by :func:`kdsum.guards.guard_tokens`: a Hangul text that lost its Hangul in
-tokenisation raises :class:`kdsum.guards.TokenizationError` instead of scoring 0.
+Every text is first normalised like ingest's (:func:`kdsum.text.normalize_text`: NFC, no zero-width or control
+characters), predictions and references alike, so that Hangul saved in NFD (conjoining jamo) scores like the same
+text in NFC; clean text is unchanged by it. Every text is checked by :func:`kdsum.guards.guard_tokens`: a Hangul
+text that lost its Hangul in tokenisation raises :class:`kdsum.guards.TokenizationError` instead of scoring 0.
 
 Note: ROUGE-L F1 <= ROUGE-1 F1 always holds (an LCS is a sub-multiset of both texts), but
 ROUGE-L >= ROUGE-2 does not (``a b c d`` vs ``c d a b``: ROUGE-2 2/3, ROUGE-L 1/2).
@@ -31,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from kdsum.guards import check_tokenizer, guard_tokens, has_hangul, is_rouge_default, resolve_tokenizer, tokenize_texts
+from kdsum.text import normalize_text
 
 ROUGE_KEYS: tuple[str, str, str] = ("rouge1", "rouge2", "rougeL")
 
@@ -205,6 +208,11 @@ def _reference_lists(predictions: Sequence[str], references: Sequence[Sequence[s
     return refs_lists
 
 
+def _normalized(text: Any) -> Any:
+    """``kdsum.text.normalize_text`` of a str; anything else is left for :func:`_distinct_texts` to refuse."""
+    return normalize_text(text) if isinstance(text, str) else text
+
+
 def _distinct_texts(texts: Iterator[str]) -> dict[str, int]:
     """text -> index, each distinct text once, in first-seen order."""
     index: dict[str, int] = {}
@@ -275,6 +283,10 @@ def rouge_scores(
         raise ValueError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
     refs_lists = _reference_lists(predictions, references)
     tok = resolve_tokenizer(tokenizer)
+    # Both sides as ingest normalises text (NFC, no zero-width or control characters): Hangul in NFD is conjoining
+    # jamo, which would tokenise and score as other text. Clean text is unchanged, so its scores too.
+    predictions = [_normalized(p) for p in predictions]
+    refs_lists = [[_normalized(r) for r in refs] for refs in refs_lists]
     # Tokenise every distinct text exactly once, in one batch.
     index = _distinct_texts(chain(predictions, (r for refs in refs_lists for r in refs)))
     n_refs = np.fromiter(map(len, refs_lists), dtype=np.int64, count=len(refs_lists))

@@ -2,10 +2,11 @@
 
     kdsum ingest --spec results/specs/data.json --out-dir results/data [--allow-leakage]
 
-The raw paths come from the data spec (kdsum.spec.DataSpec), never from a shell command line. Inputs are
-competition CSV (UTF-8, UTF-8+BOM, CRLF or CP949) or DialogSum-style JSONL, chosen by extension. Refused input
-raises kdsum.data.DataError (``error: <message>``, exit status 2), leaving the output directory untouched.
-All logic lives in :mod:`kdsum.data`.
+The raw paths and settings come from the data spec (kdsum.spec.DataSpec: data.encoding, data.allow_leakage,
+data.near_duplicate_threshold), never from a shell command line. Inputs are competition CSV (UTF-8, UTF-8+BOM,
+CRLF or CP949 with data.encoding: auto; any codec named by data.encoding) or DialogSum-style JSONL, chosen by
+extension. Refused input raises kdsum.data.DataError (``error: <message>``, exit status 2), leaving the output
+directory untouched. All logic lives in :mod:`kdsum.data`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow-leakage",
         action="store_true",
-        help="record identical dialogues across splits in stats.json instead of refusing "
-        "(explicit opt-in, e.g. for the public DialogSum release)",
+        help="record dialogues and fnames shared across splits in stats.json instead of refusing, whatever "
+        "data.allow_leakage says (explicit opt-in, e.g. for the public DialogSum release)",
     )
     return parser
 
@@ -33,9 +34,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     spec = read_spec(args.spec, DataSpec)
-    stats = ingest_splits(spec.splits(), args.out_dir, allow_leakage=args.allow_leakage)
+    stats = ingest_splits(
+        spec.splits(),
+        args.out_dir,
+        allow_leakage=spec.allow_leakage or args.allow_leakage,
+        encoding=spec.encoding,
+        near_duplicate_threshold=spec.near_duplicate_threshold,
+    )
     rows = ", ".join(f"{name}={s['rows']}" for name, s in stats["splits"].items())
     print(f"wrote {args.out_dir}: {rows}; {len(stats['special_tokens'])} special tokens", file=sys.stderr)
+    for name, s in stats["splits"].items():
+        fixed = {k: v["count"] for k, v in s["normalisation"].items() if k != "rows_changed" and v["count"]}
+        if fixed:
+            what = ", ".join(f"{k} {n}" for k, n in fixed.items())
+            print(f"note: {name}: normalised {s['normalisation']['rows_changed']} row(s) ({what})", file=sys.stderr)
     for item in stats["leakage"]:
         shared = " and ".join(item["splits"])
-        print(f"warning: {len(item['pairs'])} dialogue(s) shared by {shared}", file=sys.stderr)
+        identical = sum(p["identical"] for p in item["pairs"])
+        print(
+            f"warning: {len(item['pairs'])} dialogue(s) shared by {shared} ({identical} identical, "
+            f"{len(item['pairs']) - identical} near-duplicate(s) at similarity >= {stats['near_duplicate_threshold']})"
+            + (f"; {len(item['shared_fnames'])} fname(s) in both" if item["shared_fnames"] else ""),
+            file=sys.stderr,
+        )
