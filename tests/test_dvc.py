@@ -11,8 +11,8 @@ Fast tests (no pipeline run, a few seconds each):
 Slow tests (`-m slow`; one copy of the repo whose config.yaml is config.yaml + tests/fixtures/config.fast.yaml):
 a full `dvc repro`, a no-op second one, metrics and plots, Snakemake agreeing after DVC (`kdsum sync-mtimes`),
 push/pull through a local remote, `dvc exp run -S` on one model's learning rate (exactly that model's jobs rerun),
-an edit of one training summary (exactly the stages whose inputs changed rerun), a model added to run.models
-(`dvc repro` stops first, naming `kdsum dvc-yaml`), and a learning rate changed by `snakemake --config`.
+an edit of one training summary (exactly the stages whose inputs changed rerun), and a model added to run.models
+(`dvc repro` stops first, naming `kdsum dvc-yaml`).
 """
 
 from __future__ import annotations
@@ -629,20 +629,6 @@ def test_raw_data_edit_reruns_exactly_what_depends_on_it(dvc_repo):
     assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
     sh([*KDSUM, "sync-mtimes"], dvc_repo)
     assert nothing_to_do(dvc_repo)[0]
-
-
-@pytest.mark.slow
-def test_snakemake_config_override_reruns_exactly_that_models_jobs(dvc_repo):
-    """`snakemake --config models.tiny-llama.train.learning_rate=...` after a complete run plans that model's
-    spec, training and everything downstream of its model, and nothing of the other model."""
-    sh([*KDSUM, "sync-mtimes"], dvc_repo)
-    lr = load_yaml(dvc_repo / "config.yaml")["models"]["tiny-llama"]["train"]["learning_rate"]
-    text = nothing_to_do(dvc_repo, "--config", f"models__tiny-llama__train__learning_rate={lr * 2}")[1]
-    planned = dict(re.findall(r"^(\w+)\s+(\d+)$", text.split("Job stats:")[1].split("total")[0], re.M))
-    assert planned == {"spec": "2", "train": "1", "predict": "4", "evaluate": "2", "submission": "2", "summary": "1"}, (
-        text[-3000:]
-    )
-    assert "tiny-bart" not in text.split("Job stats:")[0].replace("results/scores/tiny-bart", "")
 
 
 @pytest.mark.slow

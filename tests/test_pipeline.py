@@ -5,6 +5,7 @@ competition format, and that a second run has nothing to do.
 """
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -156,3 +157,34 @@ def test_html_report_has_summary_plots_and_rule_graph(pipeline_run):
     html = (work / "results/report.html").read_text(encoding="utf-8")
     for needle in ("summary.csv", "scores.png", "loss.png", "rulegraph", "format_prompts"):
         assert needle in html, needle
+
+
+def test_a_config_override_reruns_exactly_that_models_jobs(pipeline_run):
+    """`snakemake --config models__tiny-llama__train__learning_rate=...` after a complete run plans that model's
+    spec, its training and what depends on its model, and nothing of the other model or the zero-shot rows."""
+    work, _ = pipeline_run
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--cores",
+            "1",
+            "results/summary.csv",
+            "--config",
+            "models__tiny-llama__train__learning_rate=0.05",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    stats = text.split("Job stats:")[1].split("total")[0]
+    planned = dict(re.findall(r"^(\w+)\s+(\d+)$", stats, re.M))
+    assert planned == {"spec": "1", "train": "1", "predict": "2", "evaluate": "1", "submission": "1", "summary": "1"}, (
+        text[-3000:]
+    )
+    outputs = " ".join(re.findall(r"^\s+output: (.*)$", text, re.M))
+    assert "tiny-llama/default" in outputs and "tiny-bart" not in outputs and "zeroshot" not in outputs
