@@ -1,5 +1,6 @@
 """Prompt formats: exact expected text for a small dialogue, the topic policy, and the special tokens."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from kdsum.config import ConfigError, load_config, spec_for
 from kdsum.data import NEAR_DUPLICATE_THRESHOLD, normalize_dialogue
 from kdsum.errors import KdsumError
 from kdsum.prompts import PromptError, format_chat_record, format_seq2seq_record, format_split, format_user_message
-from kdsum.spec import DataSpec, PromptFormat, to_json
+from kdsum.spec import PromptFormat, to_json
 
 RECORD = {
     "fname": "t_1",
@@ -22,7 +23,12 @@ RECORD = {
     "summaries": ["#Person2#는 #Person1#에게 전화번호를 알려줍니다."],
     "topic": "연락처",
 }
-PLAIN = {"system": "대화를 요약하세요.", "question": "위 대화를 요약해 주세요.", "topic": False}
+PLAIN = {
+    "system": "대화를 요약하세요.",
+    "question": "위 대화를 요약해 주세요.",
+    "topic": False,
+    "enable_thinking": False,
+}
 
 
 def test_chat_format_exact_text():
@@ -59,7 +65,7 @@ def test_a_prompt_format_spec_and_a_mapping_give_the_same_rows():
     rows = format_split([RECORD], "causal", fmt=fmt)  # the model family of a chat prompt set; name from the format
     assert rows == format_split([RECORD], "chat", "plain", PLAIN)
     with pytest.raises(PromptError, match="with-topic"):
-        format_split([dict(RECORD, topic=None)], "causal", fmt=PromptFormat("with-topic", "", "q", True))
+        format_split([dict(RECORD, topic=None)], "causal", fmt=PromptFormat("with-topic", "", "q", True, False))
     with pytest.raises(PromptError, match="unknown prompt family"):
         format_split([RECORD], "encoder")
     assert issubclass(PromptError, KdsumError)
@@ -140,6 +146,8 @@ def test_cli_writes_prompts_and_special_tokens(repo_root, tmp_path):
         "test.jsonl",
         "train.jsonl",
     ]
+    # the think switch is part of the format (schema default false), read by training and prediction alike
+    assert json.loads((out / "format.json").read_text(encoding="utf-8"))["enable_thinking"] is False
     tokens = json.loads((out / "special_tokens.json").read_text(encoding="utf-8"))["tokens"]
     # collected from the data, not a hand-written list: the sample has 4 speakers and a date-of-birth mask
     assert {"#Person1#", "#Person4#", "#DateOfBirth#", "#PhoneNumber#", "#PassportNumber#"} <= set(tokens)
@@ -162,10 +170,12 @@ def test_cli_writes_prompts_and_special_tokens(repo_root, tmp_path):
 @pytest.mark.integration
 def test_prompts_on_real_data(repo_root, tmp_path, shared_data):
     config = load_config(repo_root / "config.yaml")
+    base = spec_for(config, "data")  # the config's data settings (encoding, leakage, near duplicates)
     for name, (spec, extra) in {
         "ko": (
             # the Korean splits hold translations of DialogSum's duplicated dialogues: allowed in the spec
-            DataSpec(
+            dataclasses.replace(
+                base,
                 train=str(shared_data / "ko/train_subset_2500.csv"),
                 dev=str(shared_data / "ko/dev.csv"),
                 test=str(shared_data / "ko/test.csv"),
@@ -176,7 +186,8 @@ def test_prompts_on_real_data(repo_root, tmp_path, shared_data):
             [],
         ),
         "dialogsum": (
-            DataSpec(
+            dataclasses.replace(
+                base,
                 train=str(shared_data / "dialogsum/train.jsonl"),
                 dev=str(shared_data / "dialogsum/dev.jsonl"),
                 test=str(shared_data / "dialogsum/test.jsonl"),

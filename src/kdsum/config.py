@@ -319,7 +319,13 @@ def resolve_settings(config: dict, model: str, variant: str) -> dict:
 
 def _prompt_format(config: dict, name: str) -> PromptFormat:
     fmt = config["prompt"]["formats"][name]
-    return PromptFormat(name=name, system=fmt["system"], question=fmt["question"], topic=fmt["topic"])
+    return PromptFormat(
+        name=name,
+        system=fmt["system"],
+        question=fmt["question"],
+        topic=fmt["topic"],
+        enable_thinking=fmt["enable_thinking"],
+    )
 
 
 def resolve(config: dict, model: str, variant: str = "default") -> Job:

@@ -36,24 +36,28 @@ def add_data_tokens(tokenizer, data_tokens: list[str]) -> list[int]:
 
 
 def resize_for_new_tokens(model, tokenizer, new_ids: list[int]) -> None:
-    """Grow the embeddings to the tokenizer and give the new rows a deterministic start: the mean of the old rows
-    (input and, if untied, output embeddings), so that training and reloading agree without saving full matrices."""
-    if not new_ids:
-        return
+    """Grow the embeddings to the tokenizer and give every new row a deterministic start: the mean of the rows
+    below the first new one (input and, if untied, output embeddings), so that training and reloading agree without
+    saving full matrices. ``new_ids`` within the embedding matrix already (Qwen3's: the matrix has 151,936 rows, the
+    tokenizer 151,669 tokens) get the same start instead of whatever the unused rows held."""
     old = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) <= old:
+    rows = sorted({*new_ids, *range(old, len(tokenizer))})
+    if not rows:
         return
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if len(tokenizer) > old:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     embeddings = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    index = torch.tensor(rows)
     with torch.no_grad():
         for emb in {id(m): m for m in embeddings}.values():
             w = emb.weight
-            if w.shape[0] >= len(tokenizer):
-                w[old:] = w[:old].float().mean(0, keepdim=True).to(w.dtype)
+            if w.shape[0] > rows[-1]:
+                w[index.to(w.device)] = w[: rows[0]].float().mean(0, keepdim=True).to(w.dtype)
 
 
 def grow_to_tokenizer(model, tokenizer) -> None:
-    """Before attaching an adapter: grow a base whose tokenizer gained data tokens in training, as training did."""
+    """Before attaching an adapter (or generating zero-shot): grow a base whose tokenizer gained tokens (data tokens
+    in training, a pad token: kdsum.modeling.choose_pad_token), as training grew it."""
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
         resize_for_new_tokens(model, tokenizer, list(range(vocab, len(tokenizer))))

@@ -3,7 +3,13 @@
 Inputs (:func:`encode_rows`)
 ----------------------------
 * chat rows: the prompt messages rendered with the tokenizer's chat template and its assistant generation prompt
-  (``add_generation_prompt=True``), then tokenized without adding special tokens again (the template has them).
+  (``add_generation_prompt=True``), then tokenized without adding special tokens again (the template has them:
+  Llama-3's template writes ``<|begin_of_text|>`` itself, so a tokenizer call with specials would double it).
+  Every render, at training and at prediction, passes the prompt format's chat-template settings
+  (:func:`template_kwargs`: ``enable_thinking``, false by default). Qwen3's template renders an empty
+  ``<think>\n\n</think>\n\n`` before every answer in a conversation but after a bare generation prompt only with
+  ``enable_thinking=False``; with the one setting passed everywhere the trained prompt is the prediction prompt,
+  id for id, and with false the think block is part of that prompt, not of what the model learns to write.
 * seq2seq rows: the dialogue (``source``), framed ``<s> ... </s>`` and right-truncated by :func:`encode_seq2seq`,
   the function the training stage encodes its sources with.
 * Truncation. Causal input budget = ``train.max_length - generation.max_new_tokens`` (the two share the context),
@@ -25,14 +31,19 @@ Generation (:func:`generate_summaries`)
 Rows are sorted by input length, longest first (an out-of-memory batch fails at the start, not after an hour),
 generated in batches of ``generation.batch_size`` with the job's generation settings passed explicitly (greedy
 unless ``num_beams > 1``; ``do_sample=False``), and the results are put back in the input order. Causal batches
-are padded on the left (:func:`pad_batch`) so that every row's new tokens start at the same position.
+are padded on the left (:func:`pad_batch`) with the tokenizer's pad token, which is no end id
+(kdsum.modeling.choose_pad_token), so that every row's new tokens start at the same position. Generation stops at
+the tokenizer's eos, the template's end of turn (:func:`end_of_turn_ids`: ``<|eot_id|>``, ``<|im_end|>``) and the
+model's own end ids.
 Foreign-script blocking (``generation.block_foreign_scripts``): kdsum.blocking.
 
 Post-processing (:func:`postprocess`)
 -------------------------------------
-Only the new tokens are decoded (the prompt never reaches the output), with special tokens skipped; data tokens
-such as ``#Person1#`` are ordinary added tokens and survive. Then whitespace runs are collapsed, the text is
-stripped, and a leading label such as ``요약:`` / ``Summary:`` / ``[요약]`` is removed.
+Only the new tokens are decoded (the prompt never reaches the output), up to the first end id, with special tokens
+skipped; data tokens such as ``#Person1#`` are ordinary added tokens and survive. A think block the model wrote
+(Qwen3's ``<think>`` tags are ordinary added tokens, which ``skip_special_tokens`` keeps) is removed
+(:func:`strip_think`), then whitespace runs are collapsed, the text is stripped, and a leading label such as
+``요약:`` / ``Summary:`` / ``[요약]`` is removed.
 """
 
 from __future__ import annotations
@@ -65,6 +76,8 @@ _LABEL_RE = re.compile(
     r"(?:대화\s*)?(?:요약(?:문)?|summary|답변|답|answer)\s*[:：])\s*",
     re.IGNORECASE,
 )
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+_THINK_BLOCK_RE = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)
 
 
 class GenerationError(KdsumError):
@@ -167,14 +180,41 @@ def fit_seq2seq(tokenizer, text: str, budget: int) -> tuple[list[int], bool]:
     return encode_seq2seq(tokenizer, text, budget), True
 
 
-def chat_prompt_text(tokenizer, messages: list[dict]) -> str:
+def template_kwargs(job_or_format) -> dict:
+    """The chat-template settings of a prompt format (a kdsum.spec.PromptFormat, a Job, or None): the one set of
+    keyword arguments every render passes, at training and at prediction alike. ``enable_thinking`` is Qwen3's think
+    switch; templates that do not read it ignore it."""
+    fmt = getattr(job_or_format, "prompt", job_or_format)
+    return {"enable_thinking": bool(getattr(fmt, "enable_thinking", False))}
+
+
+def chat_prompt_text(tokenizer, messages: list[dict], kwargs: dict | None = None) -> str:
     """The prompt messages in the tokenizer's chat template, ending with the assistant generation prompt."""
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **(kwargs or {}))
 
 
-def chat_text(tokenizer, messages: list[dict]) -> str:
+def chat_text(tokenizer, messages: list[dict], kwargs: dict | None = None) -> str:
     """A whole conversation (prompt + assistant completion) in the chat template, as training sees it."""
-    return tokenizer.apply_chat_template(messages, tokenize=False)
+    return tokenizer.apply_chat_template(messages, tokenize=False, **(kwargs or {}))
+
+
+def end_of_turn_ids(tokenizer, kwargs: dict | None = None) -> list[int]:
+    """The ids that end an assistant turn: the tokenizer's eos and the chat template's own end of turn (Llama-3's
+    ``<|eot_id|>``, ChatML's ``<|im_end|>``: the last special token the template puts after an answer)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if getattr(tokenizer, "chat_template", None):
+        probe = [{"role": "user", "content": "x"}]
+        try:
+            prompt = chat_prompt_text(tokenizer, probe, kwargs)
+            full = chat_text(tokenizer, [*probe, {"role": "assistant", "content": "y"}], kwargs)
+        except Exception:  # a template that needs more than a user turn: eos alone
+            full = prompt = ""
+        if full.startswith(prompt):
+            special = set(tokenizer.all_special_ids)
+            tail = [i for i in _ids(tokenizer, full[len(prompt) :]) if i in special]
+            if tail and tail[-1] not in ids:
+                ids.append(tail[-1])
+    return ids
 
 
 def split_user_message(content: str) -> tuple[str, str, str] | None:
@@ -211,17 +251,18 @@ def _longest_fitting_prefix(fits: Callable[[int], bool], n: int) -> int:
 
 
 def fit_chat_messages(
-    tokenizer, messages: list[dict], budget: int, ids: list[int] | None = None
+    tokenizer, messages: list[dict], budget: int, ids: list[int] | None = None, kwargs: dict | None = None
 ) -> tuple[list[dict], list[int], bool]:
     """The one rule that fits a chat prompt to ``budget`` tokens, at prediction and at training: the prompt messages
     with the conversation cut so that the rendered prompt fits, its token ids, and whether it was cut.
 
     The cut keeps the beginning of the conversation and ends at a turn boundary when the kept part has one; the
     system message, the ``[Question]`` block and the chat markup stay whole. ``ids``: the prompt's ids when the
-    caller has them already. Raises GenerationError when even an empty conversation does not fit.
+    caller has them already; ``kwargs``: the chat-template settings (:func:`template_kwargs`). Raises
+    GenerationError when even an empty conversation does not fit.
     """
     if ids is None:
-        ids = _ids(tokenizer, chat_prompt_text(tokenizer, messages))
+        ids = _ids(tokenizer, chat_prompt_text(tokenizer, messages, kwargs))
     if len(ids) <= budget:
         return messages, ids, False
     user_i = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
@@ -234,7 +275,7 @@ def fit_chat_messages(
     conv = parts[1]
 
     def fits(n_chars: int) -> bool:
-        text = chat_prompt_text(tokenizer, _with_conversation(messages, user_i, parts, conv[:n_chars]))
+        text = chat_prompt_text(tokenizer, _with_conversation(messages, user_i, parts, conv[:n_chars]), kwargs)
         return len(_ids(tokenizer, text)) <= budget
 
     if budget < 1 or not fits(0):
@@ -247,64 +288,94 @@ def fit_chat_messages(
     if nl > 0:  # end at a turn boundary
         cut = cut[:nl]
     msgs = _with_conversation(messages, user_i, parts, cut.rstrip())
-    return msgs, _ids(tokenizer, chat_prompt_text(tokenizer, msgs)), True
+    return msgs, _ids(tokenizer, chat_prompt_text(tokenizer, msgs, kwargs)), True
 
 
-def fit_chat_prompt(tokenizer, messages: list[dict], budget: int) -> tuple[list[int], bool]:
+def fit_chat_prompt(tokenizer, messages: list[dict], budget: int, kwargs: dict | None = None) -> tuple[list[int], bool]:
     """Token ids of the chat prompt, the conversation cut so that it fits ``budget`` (:func:`fit_chat_messages`);
     and whether it was cut."""
-    _, ids, cut = fit_chat_messages(tokenizer, messages, budget)
+    _, ids, cut = fit_chat_messages(tokenizer, messages, budget, kwargs=kwargs)
     return ids, cut
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+def completion_ids(
+    tokenizer,
+    prompt: list[dict],
+    completion: list[dict],
+    kwargs: dict | None = None,
+    prompt_ids: list[int] | None = None,
+) -> list[int]:
+    """The ids the template puts after the rendered prompt when the completion is added: e.g. Llama-3's
+    ``{summary}<|eot_id|>``, Qwen3's ``<think>\n\n</think>\n\n{summary}<|im_end|>\n`` (``{summary}<|im_end|>\n``
+    when ``enable_thinking`` is false: the empty think block is then in the prompt), with what the template renders
+    after the end of turn (ChatML's newline), as TRL renders a conversational completion.
+
+    The whole conversation is tokenized, and the prompt's ids (``prompt_ids`` when the caller has them) must be its
+    exact beginning; where tokens merge across the boundary, the completion's text is tokenized on its own
+    instead, so the trained prompt stays exactly the one prediction gives. Ended with eos when the template puts
+    no end of turn (:func:`end_of_turn_ids`) after the answer, so that the model learns to stop. Raises
+    GenerationError when the template renders the prompt alone otherwise than as the conversation's beginning."""
+    prompt_text = chat_prompt_text(tokenizer, prompt, kwargs)
+    full = chat_text(tokenizer, prompt + completion, kwargs)
+    if not full.startswith(prompt_text):
+        raise GenerationError(
+            "the chat template renders the prompt with its generation prompt otherwise than as the beginning of "
+            f"the whole conversation (prompt ends {prompt_text[-40:]!r}, conversation continues "
+            f"{full[max(0, len(prompt_text) - 40) : len(prompt_text) + 20]!r}): check "
+            "prompt.formats.<f>.enable_thinking"
+        )
+    prompt_ids = _ids(tokenizer, prompt_text) if prompt_ids is None else prompt_ids
+    full_ids = _ids(tokenizer, full)
+    if full_ids[: len(prompt_ids)] == prompt_ids:
+        ids = full_ids[len(prompt_ids) :]
+    else:  # a merge across the boundary: the completion on its own, the prompt kept as prediction renders it
+        ids = _ids(tokenizer, full[len(prompt_text) :])
+    if any(t in ids for t in end_of_turn_ids(tokenizer, kwargs)) or tokenizer.eos_token_id is None:
+        return ids
+    return ids + [tokenizer.eos_token_id]
 
 
 def fit_chat_example(
-    tokenizer, prompt: list[dict], completion: list[dict], total: int, budget: int
+    tokenizer, prompt: list[dict], completion: list[dict], total: int, budget: int, kwargs: dict | None = None
 ) -> tuple[list[int], int, bool]:
     """A training row: ``(ids, n_prompt, cut)``, the ids of prompt + completion in the chat template, of which the
     first ``n_prompt`` are the prompt (masked from the loss) and the rest the whole completion (summary and
-    end-of-turn markup, never cut); ``cut``: whether the conversation was cut.
+    end-of-turn markup, never cut); ``cut``: whether the conversation was cut. ``kwargs``: the chat-template
+    settings (:func:`template_kwargs`), the same prediction renders with.
 
-    The prompt is fitted by :func:`fit_chat_messages` (the rule prediction uses) to ``budget`` (prediction's input
-    budget), lowered to ``total - completion tokens`` when the completion is longer than prediction leaves room for,
-    so that ``len(ids) <= total``. The prompt part is where the rendered prompt and the whole conversation stop
-    agreeing (as TRL computes it): the prompt alone ends with the generation prompt. Raises GenerationError when the
-    completion alone (with an empty conversation) does not fit ``total``.
+    The prompt part is exactly the ids prediction gives the model for this row (:func:`fit_chat_messages`, to
+    ``budget``, prediction's input budget), lowered to ``total - completion tokens`` when the completion is longer
+    than prediction leaves room for, so that ``len(ids) <= total``; the completion part is
+    :func:`completion_ids`. Raises GenerationError when the completion alone (with an empty conversation) does not
+    fit ``total``.
     """
-    prompt_ids = _ids(tokenizer, chat_prompt_text(tokenizer, prompt))
-    full = _ids(tokenizer, chat_text(tokenizer, prompt + completion))
-    n_completion = len(full) - _common_prefix(prompt_ids, full)
-    if n_completion < 1:
-        raise GenerationError("the completion adds no tokens to the prompt")
-    limit, cut, messages = min(budget, total - n_completion), False, prompt
+    completion = list(completion)
+    prompt_ids = _ids(tokenizer, chat_prompt_text(tokenizer, prompt, kwargs))
+    tail = completion_ids(tokenizer, prompt, completion, kwargs, prompt_ids)
+    limit, cut, messages = min(budget, total - len(tail)), False, prompt
     for _ in range(3):  # the completion's tokens hardly depend on the prompt's cut; if they do, fit again
         if limit < 1:
             break
-        messages, ids, cut = fit_chat_messages(tokenizer, prompt, limit, ids=prompt_ids)
+        messages, ids, cut = fit_chat_messages(tokenizer, prompt, limit, ids=prompt_ids, kwargs=kwargs)
         if cut:
-            full = _ids(tokenizer, chat_text(tokenizer, messages + completion))
-        if len(full) <= total:
-            return full, _common_prefix(ids, full), cut
-        limit -= len(full) - total
+            tail = completion_ids(tokenizer, messages, completion, kwargs, ids)
+        if len(ids) + len(tail) <= total:
+            return ids + tail, len(ids), cut
+        limit -= len(ids) + len(tail) - total
     raise GenerationError(
-        f"the completion of {n_completion} tokens does not fit a sequence of {total} tokens with any conversation"
+        f"the completion of {len(tail)} tokens does not fit a sequence of {total} tokens with any conversation"
     )
 
 
-def encode_rows(rows: Sequence[dict], tokenizer, family: str, budget: int) -> tuple[list[list[int]], int]:
-    """Input ids of every prompt row (chat rows for causal, seq2seq rows for seq2seq); and how many were cut."""
+def encode_rows(
+    rows: Sequence[dict], tokenizer, family: str, budget: int, kwargs: dict | None = None
+) -> tuple[list[list[int]], int]:
+    """Input ids of every prompt row (chat rows for causal, rendered with the chat-template settings ``kwargs``;
+    seq2seq rows for seq2seq); and how many were cut."""
     encoded, n_cut = [], 0
     for row in rows:
         if family == "causal":
-            ids, cut = fit_chat_prompt(tokenizer, row["prompt"], budget)
+            ids, cut = fit_chat_prompt(tokenizer, row["prompt"], budget, kwargs)
         else:
             # framed <s> ... </s> and right-truncated exactly as the training stage encodes its sources
             ids, cut = fit_seq2seq(tokenizer, row["source"], budget)
@@ -329,9 +400,19 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -
 
 
 # --------------------------------------------------------------------------------------------- outputs
+def strip_think(text: str) -> str:
+    """Remove a think block the model emitted before its answer (Qwen3's ``<think>\n\n</think>\n\n``, empty or
+    not: what is inside is no summary), an unclosed one (cut by ``max_new_tokens``: no answer came), and any stray
+    think tag. ``<think>`` is an ordinary added token of Qwen3's tokenizer, so ``skip_special_tokens`` keeps it."""
+    text = _THINK_BLOCK_RE.sub("", text, count=1)
+    if _THINK_OPEN in text and _THINK_CLOSE not in text:
+        text = text[: text.index(_THINK_OPEN)]
+    return text.replace(_THINK_OPEN, " ").replace(_THINK_CLOSE, " ")
+
+
 def postprocess(text: str) -> str:
-    """Collapse whitespace runs, strip, and remove a leading label such as ``요약:``."""
-    text = " ".join(text.split())
+    """Strip a think block, collapse whitespace runs, strip, and remove a leading label such as ``요약:``."""
+    text = " ".join(strip_think(text).split())
     for _ in range(2):  # "요약: 요약: ..." happens
         new = _LABEL_RE.sub("", text, count=1)
         if new == text:
@@ -340,16 +421,27 @@ def postprocess(text: str) -> str:
     return text.strip()
 
 
-def decode_new_tokens(tokenizer, sequences: torch.Tensor, prompt_width: int, family: str) -> list[str]:
-    """Decode only what the model generated: for causal models everything after the (left-padded) prompt."""
+def decode_new_tokens(
+    tokenizer, sequences: torch.Tensor, prompt_width: int, family: str, end_ids: Sequence[int] = ()
+) -> list[str]:
+    """Decode only what the model generated: for causal models everything after the (left-padded) prompt, up to
+    the first of ``end_ids`` (causal: the end of turn; what follows is padding), special tokens skipped, then
+    :func:`postprocess` (think blocks, whitespace, labels)."""
     new = sequences[:, prompt_width:] if family == "causal" else sequences
-    texts = tokenizer.batch_decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    rows = []
+    for row in new.tolist():
+        stop = next((k for k, t in enumerate(row) if t in end_ids), len(row))
+        rows.append(row[:stop])
+    texts = tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return [postprocess(t) for t in texts]
 
 
-def _eos_ids(tokenizer, model) -> list[int]:
+def _eos_ids(tokenizer, model, kwargs: dict | None = None) -> list[int]:
+    """The ids that stop generation: the tokenizer's eos, the template's end of turn (:func:`end_of_turn_ids`) and
+    the model's own end ids (e.g. Llama-3.2's three)."""
     ids: list[int] = []
-    for cand in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+    turn_ends = end_of_turn_ids(tokenizer, kwargs) if kwargs is not None else []
+    for cand in (tokenizer.eos_token_id, turn_ends, getattr(model.generation_config, "eos_token_id", None)):
         for i in cand if isinstance(cand, (list, tuple)) else [cand]:
             if i is not None and i not in ids:
                 ids.append(int(i))
@@ -359,10 +451,11 @@ def _eos_ids(tokenizer, model) -> list[int]:
 
 
 def generation_kwargs(job: Job, tokenizer, model) -> dict:
-    """The generate() settings, all explicit: the job's GenerationConfig fields, eos from the tokenizer (plus the
-    model's own end ids, e.g. Qwen's two), pad id set."""
+    """The generate() settings, all explicit: the job's GenerationConfig fields, eos from the tokenizer plus the
+    chat template's end of turn and the model's own end ids (:func:`_eos_ids`), pad id set (never an end id where
+    the tokenizer has a pad token: kdsum.modeling.load_tokenizer)."""
     g = job.generation
-    eos = _eos_ids(tokenizer, model)
+    eos = _eos_ids(tokenizer, model, template_kwargs(job) if job.family == "causal" else None)
     return dict(
         do_sample=False,
         num_beams=g.num_beams,
@@ -406,7 +499,8 @@ def _batch_generator(model, tokenizer, job: Job, kwargs: dict, processors) -> Ca
         out = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), logits_processor=processors, **kwargs
         )
-        return decode_new_tokens(tokenizer, out.cpu(), ids.shape[1], job.family)
+        ends = kwargs["eos_token_id"] if job.family == "causal" else ()  # a seq2seq output starts with its eos
+        return decode_new_tokens(tokenizer, out.cpu(), ids.shape[1], job.family, ends)
 
     return run
 
@@ -427,7 +521,7 @@ def generate_summaries(
         raise GenerationError("no rows to generate for")
     t0 = time.perf_counter()
     budget = input_budget(job, model)
-    encoded, n_cut = encode_rows(rows, tokenizer, job.family, budget)
+    encoded, n_cut = encode_rows(rows, tokenizer, job.family, budget, template_kwargs(job))
     if n_cut:
         log.warning(
             "%d of %d inputs were longer than %d tokens and were cut (conversation end dropped)",

@@ -14,6 +14,11 @@ padded to its longest row, and ``seq_len`` is that longest row, ``train.max_leng
   under plain LoRA (PEFT upcasts them), bf16 under QLoRA (TRL casts them) -- 16 and 8 bytes per adapter parameter;
   ``r x (d_in + d_out)`` per adapted linear, all seven linears of each layer (``all-linear``). A full fine-tune keeps
   fp32 gradients and moments of every parameter (12 bytes each; the fp32 weights are under *weights*).
+  ``trainable_tokens`` (the data-token rows trained through PEFT's ``trainable_token_indices``, kdsum.embeddings):
+  16 bytes per trained value (``rows x h``, twice when the head is untied), plus the merged ``V x h`` weight that
+  PEFT builds in every forward (``index_copy`` of the trained rows into the frozen matrix) and its gradient, kept
+  together in the LM head's backward pass: ``2 V h`` x the embedding's bytes (a prior from PEFT's code, not
+  measured).
 * **activations** -- what autograd saves, per token and layer (bf16 activations, frozen base weights):
   two RMSNorm fp32 inputs ``8h``; SDPA's q, k, v, output ``2(2q + 2kv)``, with k and v repeated to ``q`` width when
   a mask is passed (padded batches, or packed batches on the SDPA path, where transformers builds a dense
@@ -212,6 +217,7 @@ def estimate_peak_memory(
     double_quant: bool = True,
     kbit_upcast: bool = True,
     completion_fraction: float = 1.0,
+    trainable_tokens: int = 0,
     name: str | None = None,
 ) -> dict:
     """Estimated peak GPU memory (GiB) of one training job; see the module docstring for every term.
@@ -219,6 +225,9 @@ def estimate_peak_memory(
     ``attention``: ``sdpa`` (transformers' default: padded or packed batches carry a mask) or ``varlen``
     (a variable-length flash kernel that reads the packed sequences' boundaries; no mask).
     ``loss``: ``fused`` (TRL's chunked LM head, the pipeline) or ``full`` (the model computes full logits).
+    ``model_config``'s vocabulary is the model's as trained: pass a :class:`ModelDims` with ``vocab`` =
+    ``len(tokenizer)`` when data tokens grow it (kdsum.preflight.estimate_for_spec does).
+    ``trainable_tokens``: how many embedding rows are trained (data tokens added to a hub vocabulary).
     Returns ``{"total_gb", "allocated_gb", "parts": {...}, "tokens", "inputs"}``; ``allocated_gb`` is the part that
     ``torch.cuda.max_memory_allocated`` sees (total minus overhead).
     """
@@ -237,6 +246,7 @@ def estimate_peak_memory(
         double_quant=bool(double_quant),
         kbit_upcast=bool(kbit_upcast),
         completion_fraction=float(completion_fraction),
+        trainable_tokens=int(trainable_tokens),
     )
     d = model_dims(model_config, name)
     counts = parameter_counts(d)
@@ -292,7 +302,15 @@ def _trainable_bytes(d: ModelDims, counts: dict[str, int], i: dict) -> float:
     """Trainable parameters, their gradients and AdamW's two moments."""
     if i["method"] == "full":
         return counts["total"] * 12
-    return lora_parameter_count(d, i["lora_r"]) * (8 if i["method"] == "qlora" else 16)
+    adapters = lora_parameter_count(d, i["lora_r"]) * (8 if i["method"] == "qlora" else 16)
+    rows = i.get("trainable_tokens", 0)
+    if not rows:
+        return adapters
+    embed_bytes = (
+        4 if (i["method"] == "qlora" and i["kbit_upcast"]) else DTYPE_BYTES[str(i["dtype"]).replace("torch.", "")]
+    )
+    values = rows * d.hidden * (1 if d.tied else 2)
+    return adapters + 16 * values + 2 * d.vocab * d.hidden * embed_bytes
 
 
 def _activation_bytes(d: ModelDims, i: dict, T: int) -> float:

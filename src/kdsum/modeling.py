@@ -1,11 +1,13 @@
 """Loading any model the same way, from a hub id or a local path; the one loader of a model to generate with.
 
 * :func:`load_tokenizer`, :func:`load_base_model`: what training and prediction both load a base with (dtype from
-  :func:`use_bf16`, the one bf16 decision; 4-bit NF4 through :func:`quantization_config` for QLoRA).
+  :func:`use_bf16`, the one bf16 decision; 4-bit NF4 through :func:`quantization_config` for QLoRA). A chat
+  tokenizer gets a pad token that is none of its end ids (:func:`choose_pad_token`).
 * :func:`load_for_generation`: a trained or zero-shot model ready for ``generate``, used by the predict stage and
   the tests:
 
-  - zero-shot (variant ``zeroshot``): the base alone, ``--base-dir`` (a built model) or ``job.source``.
+  - zero-shot (variant ``zeroshot``): the base alone, ``--base-dir`` (a built model) or ``job.source``; grown to
+    the tokenizer when :func:`choose_pad_token` had to add a pad token.
   - causal, fine-tuned: the model directory is a PEFT LoRA adapter. The base is ``--base-dir``, else
     ``job.source``, else the adapter's ``adapter_config.json`` (``base_model_name_or_path``). When training added
     data tokens to the tokenizer, the base is first grown exactly as training grew it
@@ -183,13 +185,43 @@ def load_tokenizer(source: str, name: str, family: str, key: str | None = None):
 
     check_local_source(source, key or f"model '{name}': tokenizer source", ("tokenizer",))
     tok = _from_pretrained(AutoTokenizer, source, name)
-    if tok.pad_token is None:  # Llama-style tokenizers ship without one
-        tok.pad_token = tok.eos_token
     if family == "causal":
         tok.padding_side = "left"
         if not getattr(tok, "chat_template", None):
             tok.chat_template = CHAT_TEMPLATE
+        choose_pad_token(tok)
+    elif tok.pad_token is None:
+        tok.pad_token = tok.eos_token
     return tok
+
+
+# pad tokens a chat tokenizer may have besides its end ids: Llama-3.1+'s own, the common names
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "<|padding|>")
+RESERVED_PREFIX = "<|reserved_special_token_"  # Llama-3's unused special tokens
+ADDED_PAD = "<|pad|>"
+
+
+def choose_pad_token(tok) -> str | None:
+    """Give a chat tokenizer a pad token that is none of its end ids (eos, the template's end of turn:
+    kdsum.generation.end_of_turn_ids), so that padding never stands for, nor hides, the token that teaches the model
+    to stop. Kept when it is one already (Qwen3's ``<|endoftext|>``); else the first of :data:`PAD_CANDIDATES` in the
+    vocabulary, else Llama-3's first reserved special token (``<|reserved_special_token_0|>``), else
+    ``<|pad|>`` added (the embeddings then grow: kdsum.embeddings.grow_to_tokenizer). Returns the token chosen,
+    None when the pad token was kept."""
+    from kdsum.generation import end_of_turn_ids
+
+    ends = set(end_of_turn_ids(tok))
+    if tok.pad_token_id is not None and tok.pad_token_id not in ends:
+        return None
+    vocab = tok.get_vocab()
+    reserved = sorted((i, t) for t, i in vocab.items() if t.startswith(RESERVED_PREFIX))
+    for cand in [*PAD_CANDIDATES, *(t for _, t in reserved)]:
+        if cand in vocab and vocab[cand] not in ends:
+            tok.pad_token = cand
+            return cand
+    tok.add_special_tokens({"pad_token": ADDED_PAD})
+    log.info("the tokenizer has no pad token besides its end ids: added %s (id %d)", ADDED_PAD, tok.pad_token_id)
+    return ADDED_PAD
 
 
 def load_base_model(job: Job, source: str, method: str | None = None, for_training: bool = True):
@@ -297,6 +329,10 @@ def load_for_generation(
     merge = load_method != "qlora"
     if adapter is not None:
         model = _attach_adapter(model, tokenizer, job, adapter, source, merge)
+    elif job.family == "causal":  # a pad token added by choose_pad_token: grow as training grows
+        from kdsum.embeddings import grow_to_tokenizer
+
+        grow_to_tokenizer(model, tokenizer)
     if load_method != "qlora":
         model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()

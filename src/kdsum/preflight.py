@@ -9,11 +9,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from typing import Any
 
 from kdsum.errors import KdsumError
-from kdsum.memory import GIB, ModelDims, estimate_peak_memory
+from kdsum.memory import GIB, ModelDims, estimate_peak_memory, model_dims
 from kdsum.spec import Job
 
 log = logging.getLogger(__name__)
@@ -128,12 +129,26 @@ def check_fits(
     )
 
 
-def estimate_for_spec(job: Job, model_config: Any, method: str | None = None, attention: str = "sdpa") -> dict:
+def estimate_for_spec(
+    job: Job,
+    model_config: Any,
+    method: str | None = None,
+    attention: str = "sdpa",
+    vocab: int | None = None,
+    trainable_tokens: int = 0,
+) -> dict:
     """The estimate of a job (kdsum.spec.Job) for a causal model trained by the pipeline (TRL SFTTrainer: fused
-    LM head; transformers' default SDPA attention unless ``attention='varlen'``)."""
+    LM head; transformers' default SDPA attention unless ``attention='varlen'``).
+
+    ``vocab``: the tokenizer's length once the data tokens (and a pad token) are added; the model grows to it when
+    it exceeds the config's ``vocab_size`` (kdsum.embeddings), so the estimate takes the larger of the two.
+    ``trainable_tokens``: the data-token rows trained (kdsum.memory, lora+optimizer)."""
     t = job.train
+    dims = model_dims(model_config, job.model)
+    if vocab is not None and vocab > dims.vocab:
+        dims = dataclasses.replace(dims, vocab=int(vocab))
     return estimate_peak_memory(
-        model_config,
+        dims,
         method or job.method,
         t.per_device_train_batch_size,
         t.max_length,
@@ -145,7 +160,7 @@ def estimate_for_spec(job: Job, model_config: Any, method: str | None = None, at
         attention=attention,
         loss="fused",
         double_quant=job.quantization.bnb_4bit_use_double_quant,
-        name=job.model,
+        trainable_tokens=trainable_tokens,
     )
 
 
@@ -165,13 +180,21 @@ def _read_model_config(source: str) -> tuple[Any, str | None]:
 
 
 def check_spec_fits(
-    job: Job, source: str, method: str | None = None, available_gb: float | None = None, attention: str = "sdpa"
+    job: Job,
+    source: str,
+    method: str | None = None,
+    available_gb: float | None = None,
+    attention: str = "sdpa",
+    vocab: int | None = None,
+    trainable_tokens: int = 0,
 ) -> dict:
     """Check a causal LoRA/QLoRA job before its model is loaded: read the model's config from ``source`` (a local
     directory or a hub id), estimate, compare with the free GPU memory. Skipped (returns ``checked: False``) without
     CUDA, for seq2seq models, or when the config cannot be read (training then reports the real problem).
     ``attention``: the job's resolved ``train.attention`` (kdsum.attention); ``eager`` is planned as ``sdpa``
-    (the debugging path also keeps the attention probabilities: the plan is low for it)."""
+    (the debugging path also keeps the attention probabilities: the plan is low for it). ``vocab``,
+    ``trainable_tokens``: :func:`estimate_for_spec` (the training stage passes ``len(tokenizer)`` and the data
+    tokens it added)."""
     method = method or job.method
     if job.family != "causal" or method not in ("lora", "qlora"):
         return {"checked": False, "reason": f"{job.family}/{method}: the planner covers causal LoRA/QLoRA"}
@@ -180,7 +203,14 @@ def check_spec_fits(
     model_config, unreadable = _read_model_config(source)
     if unreadable:
         return {"checked": False, "reason": unreadable}
-    est = estimate_for_spec(job, model_config, method, attention="varlen" if attention == "varlen" else "sdpa")
+    est = estimate_for_spec(
+        job,
+        model_config,
+        method,
+        attention="varlen" if attention == "varlen" else "sdpa",
+        vocab=vocab,
+        trainable_tokens=trainable_tokens,
+    )
     result = check_fits(est, available_gb=available_gb)
     result["estimate"] = est
     log.info(

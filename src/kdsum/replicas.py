@@ -11,6 +11,7 @@ runs (``from_pretrained`` on a directory).
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,6 +250,11 @@ def write_replica(
     }
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        if _seed(name).tokenizer is None:
+            tokenizer.save_pretrained(tmp)
+        else:  # the real tokenizer's files as published, byte for byte (a hub download has them so)
+            for f in sorted((Path(tokenizers_dir) / _seed(name).tokenizer).iterdir()):
+                if f.is_file():
+                    shutil.copyfile(f, Path(tmp) / f.name)
         (Path(tmp) / "replica.json").write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return info

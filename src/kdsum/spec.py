@@ -32,6 +32,9 @@ class PromptFormat:
     system: str
     question: str
     topic: bool
+    # Qwen3-style hybrid templates: the think switch, passed to the chat template at training and prediction alike
+    # (kdsum.generation.template_kwargs); its default (false) is the schema's
+    enable_thinking: bool
 
 
 @dataclass(frozen=True)

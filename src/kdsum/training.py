@@ -7,8 +7,12 @@ One entry point, :func:`train`, serves every job (kdsum.spec.Job):
   the offline pretraining (kdsum.generation.fit_seq2seq, the rule prediction cuts its inputs by), batches made by
   ``DataCollatorForSeq2Seq``.
 - ``causal`` / ``lora`` | ``qlora``: TRL ``SFTTrainer`` on the conversational prompt/completion rows, tokenized
-  here (:func:`encode_chat_rows`) with their chat template, with ``completion_only_loss=True`` (prompt tokens get
-  label -100) and ``peft_config=LoraConfig(...)``. ``qlora`` loads
+  here (:func:`encode_chat_rows`) with their chat template and the prompt format's template settings
+  (kdsum.generation.template_kwargs: ``enable_thinking``, the one prediction renders with; TRL would take them
+  from a ``chat_template_kwargs`` column, but it gets the rows tokenized and applies no template), with
+  ``completion_only_loss=True`` (prompt tokens get label -100) and ``peft_config=LoraConfig(...)``. The
+  tokenizer pads with a token that is no end id (kdsum.modeling.choose_pad_token: Llama-3 ships none and
+  ``<|eot_id|>`` must stay a label), TRL's collator pads on the right with it and labels -100. ``qlora`` loads
   the base model in 4-bit NF4 through kdsum.modeling.load_base_model and prepares it with
   ``peft.prepare_model_for_kbit_training``; without CUDA it runs as LoRA and says so in ``train_metrics.json``
   (``warnings``, ``method_effective``).
@@ -78,6 +82,7 @@ from kdsum.generation import (
     input_budget,
     sequence_limit,
     target_limit,
+    template_kwargs,
 )
 from kdsum.io import read_jsonl
 from kdsum.modeling import (
@@ -238,11 +243,12 @@ def encode_chat_rows(rows: list[dict], tokenizer, job: Job, model=None) -> tuple
     kdsum.generation.fit_chat_example (the conversation cut as at prediction, the completion whole); rows whose
     completion alone does not fit are dropped. Returns the encoded rows and the counts."""
     report = FitReport("causal", sequence_limit(job, model), input_budget(job, model), rows=len(rows))
+    kwargs = template_kwargs(job)  # the chat-template settings prediction renders with (enable_thinking)
     data = []
     for i, row in enumerate(rows, start=1):
         try:
             ids, n_prompt, cut = fit_chat_example(
-                tokenizer, row["prompt"], row["completion"], report.limit, report.budget
+                tokenizer, row["prompt"], row["completion"], report.limit, report.budget, kwargs
             )
         except GenerationError as exc:
             report.drop(f"{_row_name(row, i)}: {exc}")
@@ -323,13 +329,21 @@ def _seq2seq_trainer(job, base_source, prompts_dir, args_kw, method, callbacks):
     return trainer, {"new_token_ids": new_ids, "fit": report}
 
 
-def _causal_model(job, base_source, prompts_dir, tokenizer, method, attention):
-    """The base model to put adapters on: attention set, data tokens added, 4-bit prepared for QLoRA."""
+def causal_tokenizer(job, base_source, prompts_dir):
+    """The tokenizer a causal job trains with: the base's, with a pad token that is no end id
+    (kdsum.modeling.choose_pad_token) and the data tokens of the prompt set added (kdsum.embeddings); and the ids
+    of the data tokens added."""
+    tokenizer = load_tokenizer(base_source, job.model, job.family, key=source_key(job, base_source))
+    return tokenizer, add_data_tokens(tokenizer, read_data_tokens(prompts_dir))
+
+
+def _causal_model(job, base_source, tokenizer, new_ids, method, attention):
+    """The base model to put adapters on: attention set, grown to the tokenizer (data tokens, an added pad token),
+    4-bit prepared for QLoRA."""
     model = load_base_model(job, base_source, method)
     info = {"attn_implementation": set_attention(model, attention)}
-    new_ids = add_data_tokens(tokenizer, read_data_tokens(prompts_dir))
+    resize_for_new_tokens(model, tokenizer, new_ids)  # a pad token added to the tokenizer grows it too
     if new_ids:  # a hub tokenizer that splits #Person4# etc.: train just those embedding rows
-        resize_for_new_tokens(model, tokenizer, new_ids)
         log.info("added %d data tokens to the tokenizer; training those embedding rows", len(new_ids))
     info.update(new_token_ids=new_ids, trainable_tokens=trainable_token_indices(model, new_ids))
     if method == "qlora":
@@ -343,13 +357,10 @@ def _causal_model(job, base_source, prompts_dir, tokenizer, method, attention):
     return model, info
 
 
-def _causal_trainer(job, base_source, prompts_dir, args_kw, method, attention, callbacks):
+def _causal_trainer(job, base_source, prompts_dir, tokenizer, new_ids, args_kw, method, attention, callbacks):
     from trl import SFTConfig
 
-    if method not in ("lora", "qlora"):
-        raise TrainingError(f"model '{job.model}': causal models train `lora` or `qlora`, not {method}")
-    tokenizer = load_tokenizer(base_source, job.model, job.family, key=source_key(job, base_source))
-    model, info = _causal_model(job, base_source, prompts_dir, tokenizer, method, attention)
+    model, info = _causal_model(job, base_source, tokenizer, new_ids, method, attention)
     dataset, info["fit"] = load_chat_dataset(prompts_dir, tokenizer, job, model)
     args = SFTConfig(
         **args_kw,
@@ -388,9 +399,22 @@ def build_trainer(
     """Tokenizer, model, dataset and Trainer for one job. Returns (trainer, info dict)."""
     method = method or effective_method(job)[0]
     attention = resolve_attention(job)
-    # Before anything is loaded: refuse a job whose estimated peak GPU memory does not fit the card
-    # (kdsum.memory; a no-op without CUDA or for models the planner does not cover).
-    memory_plan = check_spec_fits(job, base_source, method, attention=attention)
+    tokenizer = new_ids = None
+    if job.family == "causal":
+        if method not in ("lora", "qlora"):
+            raise TrainingError(f"model '{job.model}': causal models train `lora` or `qlora`, not {method}")
+        tokenizer, new_ids = causal_tokenizer(job, base_source, prompts_dir)
+    # Before the model is loaded: refuse a job whose estimated peak GPU memory does not fit the card
+    # (kdsum.memory, with the vocabulary the model will have: the tokenizer's length once the data tokens are
+    # added, or the config's when larger; a no-op without CUDA or for models the planner does not cover).
+    memory_plan = check_spec_fits(
+        job,
+        base_source,
+        method,
+        attention=attention,
+        vocab=len(tokenizer) if tokenizer is not None else None,
+        trainable_tokens=len(new_ids or ()),
+    )
     set_seed(job.train.seed)
     args_kw = training_arguments(job, str(checkpoint_dir), progress)
     tracker = GradNormTracker()
@@ -398,7 +422,9 @@ def build_trainer(
     if job.family == "seq2seq":
         trainer, info = _seq2seq_trainer(job, base_source, prompts_dir, args_kw, method, callbacks)
     else:
-        trainer, info = _causal_trainer(job, base_source, prompts_dir, args_kw, method, attention, callbacks)
+        trainer, info = _causal_trainer(
+            job, base_source, prompts_dir, tokenizer, new_ids, args_kw, method, attention, callbacks
+        )
     trainer.kdsum_grad_tracker = tracker
     plan = {k: v for k, v in memory_plan.items() if k != "estimate"}
     fit = info.pop("fit")
