@@ -57,6 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local directories only: never wait on the network
 sys.path.insert(0, str(ROOT / "src"))
 
+from kdsum.replicas import SEEDS  # noqa: E402
+
 DEFAULT_RAW = ROOT.parent / "shared" / "data" / "dialogsum" / "train.jsonl"
 EN_FORMAT = {
     "system": "You summarize dialogues.",
@@ -66,37 +68,12 @@ EN_FORMAT = {
 VOCAB_EN = 8000
 SUBSET = 2000
 
-# Public configurations (rope scaling left out: it changes no cost). tie/untie as the released models.
+# Public configurations: the replicas' (kdsum.replicas, one definition), without the token ids (the benchmark's
+# tokenizer sets them) and rope scaling (it changes no cost). tie/untie as the released models.
+_NOT_COST = ("bos_token_id", "eos_token_id", "rope_scaling")
 ARCHS = {
-    "llama-3b": dict(
-        model_type="llama",
-        hidden_size=3072,
-        num_hidden_layers=28,
-        num_attention_heads=24,
-        num_key_value_heads=8,
-        head_dim=128,
-        intermediate_size=8192,
-        vocab_size=128256,
-        tie_word_embeddings=True,
-        rms_norm_eps=1e-5,
-        rope_theta=500000.0,
-        max_position_embeddings=131072,
-        hidden_act="silu",
-    ),
-    "qwen-7b": dict(
-        model_type="qwen2",
-        hidden_size=3584,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        intermediate_size=18944,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-        rms_norm_eps=1e-6,
-        rope_theta=1000000.0,
-        max_position_embeddings=32768,
-        hidden_act="silu",
-    ),
+    "llama-3b": {k: v for k, v in SEEDS["llama-3.2-3b"].config.items() if k not in _NOT_COST},
+    "qwen-7b": {k: v for k, v in SEEDS["qwen2.5-7b"].config.items() if k not in _NOT_COST},
     # CPU smoke test only
     "tiny": dict(
         model_type="llama",
