@@ -114,7 +114,8 @@ def earlier_generate(
     """The earlier settings: batches in input order (unsorted), left padding, beam search."""
     import torch
 
-    from kdsum.generation import decode_new_tokens, pad_batch
+    from kdsum.fitting import pad_batch
+    from kdsum.generation import decode_new_tokens
 
     device = next(model.parameters()).device
     kw = dict(kwargs, num_beams=num_beams)
@@ -162,7 +163,8 @@ def speed(args) -> dict:
 
     import kdsum.generation as gen
     from kdsum.config import load_config, resolve
-    from kdsum.generation import encode_rows, generate_summaries, input_budget
+    from kdsum.fitting import encode_rows, input_budget
+    from kdsum.generation import generate_summaries
     from kdsum.io import read_jsonl
     from kdsum.modeling import load_for_generation
 
@@ -395,7 +397,8 @@ def quality(args) -> dict:
     import pandas as pd
     import torch
 
-    from kdsum.generation import encode_rows, generate_summaries, generation_kwargs, input_budget
+    from kdsum.fitting import encode_rows, input_budget
+    from kdsum.generation import generate_summaries, generation_kwargs
     from kdsum.io import read_json, read_jsonl
     from kdsum.modeling import load_for_generation
 

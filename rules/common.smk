@@ -3,19 +3,8 @@ import os
 import re
 from pathlib import Path
 
-from kdsum.config import (
-    ZERO_SHOT,
-    BASELINE_MODEL,
-    REPLICAS,
-    ConfigError,
-    grid,
-    load_config,
-    predict_splits,
-    scored_splits,
-    spec_for,
-    spec_keys,
-    systems,
-)
+from kdsum.config import ZERO_SHOT, BASELINE_MODEL, REPLICAS, grid, load_config, predict_splits, scored_splits, spec_for, spec_keys, systems
+from kdsum.config_files import ConfigError
 from kdsum.deps import stage_code
 from kdsum.spec import to_json
 

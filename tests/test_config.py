@@ -10,17 +10,8 @@ import sys
 import pytest
 import yaml
 
-from kdsum.config import (
-    ConfigError,
-    grid,
-    load_config,
-    load_schema,
-    merged_config,
-    resolve,
-    spec_for,
-    spec_names,
-    validate_config,
-)
+from kdsum.config import grid, load_config, load_schema, resolve, spec_for, spec_names, validate_config
+from kdsum.config_files import ConfigError, merged_config
 from kdsum.spec import GenerationArgs, Job, LoraArgs, QuantizationArgs, TrainArgs, from_dict, read_spec, to_json
 
 

@@ -21,7 +21,6 @@ import pytest
 import yaml
 
 from kdsum.data import (
-    NEAR_DUPLICATE_THRESHOLD,
     NORMALISATIONS,
     DataError,
     collect_special_tokens,
@@ -33,6 +32,7 @@ from kdsum.data import (
     split_stats,
 )
 from kdsum.errors import KdsumError
+from kdsum.leakage import NEAR_DUPLICATE_THRESHOLD
 from kdsum.spec import DataSpec, to_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -500,7 +500,8 @@ KNOWN_KO_PAIRS = [
 @pytest.mark.integration
 def test_real_data_near_duplicates(tmp_path: Path) -> None:
     """The calibration of data.near_duplicate_threshold, and the speed of the detection at full scale."""
-    from kdsum.data import _leakage, _read_validated, similarity
+    from kdsum.data import _read_validated
+    from kdsum.leakage import _leakage, similarity
 
     ko = {"train": _shared("ko", "train_subset_2500.csv"), "dev": _shared("ko", "dev.csv"),
           "test": _shared("ko", "test.csv")}  # fmt: skip
@@ -757,7 +758,7 @@ def test_fname_in_two_splits_is_refused(tmp_path: Path) -> None:
 
 
 def test_similarity_is_exact_jaccard_of_jamo_5_grams() -> None:
-    from kdsum.data import _similar_texts, similarity_text
+    from kdsum.leakage import _similar_texts, similarity_text
 
     records = [read_split(fx("plain_utf8.csv"), "train")[0], read_split(fx("dev_multi_ref.csv"), "dev")[0]]
     texts = [similarity_text(r) for r in records] + [unicodedata.normalize("NFD", "무엇을도와드릴까요제휴대폰")]

@@ -32,7 +32,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdsum.config import load_config, merged_config
+from kdsum.config import load_config
+from kdsum.config_files import merged_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = "tests/fixtures/config.fast.yaml"

@@ -25,23 +25,25 @@ from kdsum.blocking import foreign_token_mask, has_foreign_text
 from kdsum.config import load_config, resolve, spec_for
 from kdsum.data import ingest_splits, load_split, read_split
 from kdsum.datastats import collect_special_tokens
-from kdsum.generation import (
+from kdsum.fitting import (
     GenerationError,
     chat_prompt_text,
     chat_text,
-    decode_new_tokens,
     encode_rows,
     fit_chat_example,
     fit_chat_prompt,
     fit_seq2seq,
-    generate_summaries,
     input_budget,
+    pad_batch,
+    split_user_message,
+)
+from kdsum.generation import (
+    decode_new_tokens,
+    generate_summaries,
     length_sorted_order,
     map_sorted_batches,
-    pad_batch,
     postprocess,
     read_prompt_rows,
-    split_user_message,
 )
 from kdsum.io import read_jsonl, write_jsonl, write_text
 from kdsum.modeling import load_for_generation

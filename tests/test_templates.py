@@ -16,24 +16,15 @@ import torch
 from kdsum.config import load_config, resolve, spec_for
 from kdsum.data import ingest_splits
 from kdsum.embeddings import add_data_tokens, read_data_tokens
-from kdsum.generation import (
-    decode_new_tokens,
-    encode_rows,
-    end_of_turn_ids,
-    fit_chat_example,
-    generation_kwargs,
-    input_budget,
-    postprocess,
-    sequence_limit,
-    template_kwargs,
-)
+from kdsum.fitting import encode_rows, end_of_turn_ids, fit_chat_example, input_budget, sequence_limit, template_kwargs
+from kdsum.generation import decode_new_tokens, generation_kwargs, postprocess
 from kdsum.io import read_jsonl
 from kdsum.modeling import ADDED_PAD, choose_pad_token, load_tokenizer
 from kdsum.preflight import estimate_for_spec
 from kdsum.prompts import write_prompt_set
 from kdsum.replicas import replica_config, write_replica
 from kdsum.spec import PromptFormat
-from kdsum.training import encode_chat_rows
+from kdsum.train_data import encode_chat_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZERS = ROOT.parent / "shared" / "tokenizers"

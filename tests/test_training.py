@@ -191,7 +191,7 @@ def test_causal_lora_trains_reloads_and_generates(env, tmp_path):
 def test_seq2seq_full_finetune_trains_reloads_and_generates(env, tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 
-    from kdsum.generation import encode_seq2seq
+    from kdsum.fitting import encode_seq2seq
 
     spec = _spec(env, "tiny-bart")
     out = tmp_path / "train"
@@ -693,7 +693,7 @@ def _repeat_to(text: str, tok, tokens: int, sep: str = "\n") -> str:
 
 
 def _with_conversation(row: dict, conversation: str) -> dict:
-    from kdsum.generation import split_user_message
+    from kdsum.fitting import split_user_message
 
     row = json.loads(json.dumps(row))
     user = next(m for m in row["prompt"] if m["role"] == "user")
@@ -715,7 +715,7 @@ def test_long_chat_rows_cut_the_conversation_never_the_summary(env, tmp_path):
     max_length is dropped; both counted in train_metrics.json, with warnings."""
     from transformers import AutoModelForCausalLM
 
-    from kdsum.generation import chat_prompt_text, chat_text, encode_rows, input_budget, split_user_message
+    from kdsum.fitting import chat_prompt_text, chat_text, encode_rows, input_budget, split_user_message
 
     base = env["bases"]["tiny-llama"]
     tok = load_tokenizer(str(base), "tiny-llama", "causal")
@@ -777,7 +777,7 @@ def test_long_seq2seq_rows_cut_source_and_target_separately(env, tmp_path):
     max_target_length (counted apart), a row without a summary dropped."""
     from transformers import AutoModelForSeq2SeqLM
 
-    from kdsum.generation import encode_rows, encode_seq2seq, input_budget
+    from kdsum.fitting import encode_rows, encode_seq2seq, input_budget
 
     base = env["bases"]["tiny-bart"]
     tok = load_tokenizer(str(base), "tiny-bart", "seq2seq")

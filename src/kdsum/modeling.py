@@ -203,12 +203,12 @@ ADDED_PAD = "<|pad|>"
 
 def choose_pad_token(tok) -> str | None:
     """Give a chat tokenizer a pad token that is none of its end ids (eos, the template's end of turn:
-    kdsum.generation.end_of_turn_ids), so that padding never stands for, nor hides, the token that teaches the model
+    kdsum.fitting.end_of_turn_ids), so that padding never stands for, nor hides, the token that teaches the model
     to stop. Kept when it is one already (Qwen3's ``<|endoftext|>``); else the first of :data:`PAD_CANDIDATES` in the
     vocabulary, else Llama-3's first reserved special token (``<|reserved_special_token_0|>``), else
     ``<|pad|>`` added (the embeddings then grow: kdsum.embeddings.grow_to_tokenizer). Returns the token chosen,
     None when the pad token was kept."""
-    from kdsum.generation import end_of_turn_ids
+    from kdsum.fitting import end_of_turn_ids
 
     ends = set(end_of_turn_ids(tok))
     if tok.pad_token_id is not None and tok.pad_token_id not in ends:

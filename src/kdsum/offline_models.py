@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from kdsum.embeddings import add_data_tokens
-from kdsum.generation import pad_batch
+from kdsum.fitting import pad_batch
 from kdsum.modeling import CHAT_TEMPLATE, set_seed
 from kdsum.spec import BuildArgs
 

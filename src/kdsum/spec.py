@@ -33,7 +33,7 @@ class PromptFormat:
     question: str
     topic: bool
     # Qwen3-style hybrid templates: the think switch, passed to the chat template at training and prediction alike
-    # (kdsum.generation.template_kwargs); its default (false) is the schema's
+    # (kdsum.fitting.template_kwargs); its default (false) is the schema's
     enable_thinking: bool
 
 

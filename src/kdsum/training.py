@@ -4,11 +4,11 @@ One entry point, :func:`train`, serves every job (kdsum.spec.Job):
 
 - ``seq2seq`` / ``full``: ``Seq2SeqTrainer`` on ``{"source", "target"}`` rows; source cut to ``train.max_length``
   (prediction's encoder budget) and target to ``train.max_target_length`` tokens, both framed ``<s> ... </s>`` as in
-  the offline pretraining (kdsum.generation.fit_seq2seq, the rule prediction cuts its inputs by), batches made by
+  the offline pretraining (kdsum.fitting.fit_seq2seq, the rule prediction cuts its inputs by), batches made by
   ``DataCollatorForSeq2Seq``.
 - ``causal`` / ``lora`` | ``qlora``: TRL ``SFTTrainer`` on the conversational prompt/completion rows, tokenized
   here (:func:`encode_chat_rows`) with their chat template and the prompt format's template settings
-  (kdsum.generation.template_kwargs: ``enable_thinking``, the one prediction renders with; TRL would take them
+  (kdsum.fitting.template_kwargs: ``enable_thinking``, the one prediction renders with; TRL would take them
   from a ``chat_template_kwargs`` column, but it gets the rows tokenized and applies no template), with
   ``completion_only_loss=True`` (prompt tokens get label -100) and ``peft_config=LoraConfig(...)``. The
   tokenizer pads with a token that is no end id (kdsum.modeling.choose_pad_token: Llama-3 ships none and
@@ -28,8 +28,8 @@ losses, and that a cache-carrying forward, where the detection is skipped, does 
 FLOPs; ``train.attention`` (kdsum.attention) picks the varlen kernel instead.
 
 Long rows (:class:`FitReport`): TRL's own truncation would cut a long row from its end, i.e. cut the summary or
-leave the row with nothing to learn. Instead every chat row is fitted by kdsum.generation.fit_chat_example: the
-*conversation* is cut by the very function prediction uses (kdsum.generation.fit_chat_messages), to the same input
+leave the row with nothing to learn. Instead every chat row is fitted by kdsum.fitting.fit_chat_example: the
+*conversation* is cut by the very function prediction uses (kdsum.fitting.fit_chat_messages), to the same input
 budget (``max_length - generation.max_new_tokens``, lowered where the summary is longer than that leaves room for),
 so a row trains on the prompt prediction gives it; the summary and its end-of-turn markup are never cut, and a row
 whose summary alone does not fit ``train.max_length`` is dropped. The counts (``rows_cut``, ``rows_dropped``,
@@ -48,7 +48,6 @@ all, and the checkpoints are deleted after a successful run.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 import os
@@ -74,17 +73,6 @@ from kdsum.embeddings import (
     resize_for_new_tokens,
     trainable_token_indices,
 )
-from kdsum.errors import KdsumError
-from kdsum.generation import (
-    GenerationError,
-    fit_chat_example,
-    fit_seq2seq,
-    input_budget,
-    sequence_limit,
-    target_limit,
-    template_kwargs,
-)
-from kdsum.io import read_jsonl
 from kdsum.modeling import (
     check_local_source,
     effective_method,
@@ -96,13 +84,10 @@ from kdsum.modeling import (
 )
 from kdsum.preflight import check_spec_fits
 from kdsum.spec import Job
+from kdsum.train_data import TrainingError, load_chat_dataset, load_seq2seq_dataset
 from kdsum.trainer_hooks import GradNormTracker, seq2seq_trainer_cls, sft_trainer_cls
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(KdsumError):
-    """A training job that cannot run as configured; the message says why."""
 
 
 # --------------------------------------------------------------------------------------------- arguments
@@ -155,152 +140,6 @@ def lora_config(job: Job, trainable_token_indices: Any = None):
         task_type="CAUSAL_LM",
         trainable_token_indices=trainable_token_indices,
     )
-
-
-# --------------------------------------------------------------------------------------------- datasets
-def _read_rows(prompts_dir: str | os.PathLike, split: str, key: str, family: str) -> list[dict]:
-    path = Path(prompts_dir) / f"{split}.jsonl"
-    rows = read_jsonl(path)
-    if not rows:
-        raise TrainingError(f"{path}: no rows to train on")
-    if key not in rows[0]:
-        raise TrainingError(
-            f"{path}: expected {family} rows (key '{key}', the {family} prompt set); got keys {sorted(rows[0])}"
-        )
-    return rows
-
-
-@dataclasses.dataclass
-class FitReport:
-    """How the training rows were fitted to the sequence budget (see the module docstring: Long rows)."""
-
-    family: str
-    limit: int  # tokens per sequence (train.max_length, capped by the model's positions)
-    budget: int  # the input budget prediction gives a prompt (causal) / a source (seq2seq)
-    target_budget: int | None = None  # seq2seq: tokens per target
-    rows: int = 0
-    cut: int = 0
-    dropped: int = 0
-    targets_cut: int = 0
-    first_drop: str | None = None
-
-    def drop(self, why: str) -> None:
-        self.dropped += 1
-        if self.first_drop is None:
-            self.first_drop = why
-            log.warning("dropping training row %s", why)
-
-    def metrics(self) -> dict:
-        return {
-            "rows_total": self.rows,
-            "rows_trained": self.rows - self.dropped,
-            "rows_cut": self.cut,
-            "rows_dropped": self.dropped,
-            "targets_cut": self.targets_cut,
-            "input_budget": self.budget,
-            "target_budget": self.target_budget,
-        }
-
-    def warnings(self, job: Job) -> list[str]:
-        out, n = [], self.rows
-        head = f"model '{job.model}'"
-        if self.family == "causal":
-            if self.cut:
-                out.append(
-                    f"{head}: {self.cut} of {n} training rows had their conversation cut to fit (prompt budget "
-                    f"{self.budget} tokens = train.max_length - generation.max_new_tokens, as at prediction; "
-                    f"less where the summary is longer); their summaries were kept whole"
-                )
-            if self.dropped:
-                out.append(
-                    f"{head}: {self.dropped} of {n} training rows dropped: the summary with the prompt's fixed "
-                    f"part does not fit train.max_length={self.limit} (first: {self.first_drop})"
-                )
-        else:
-            if self.cut:
-                out.append(
-                    f"{head}: {self.cut} of {n} training dialogues longer than {self.budget} tokens "
-                    f"(train.max_length) were cut, their end dropped (as at prediction)"
-                )
-            if self.targets_cut:
-                out.append(
-                    f"{head}: {self.targets_cut} of {n} training summaries longer than {self.target_budget} "
-                    f"tokens (train.max_target_length) were cut"
-                )
-            if self.dropped:
-                out.append(f"{head}: {self.dropped} of {n} training rows without a target summary were dropped")
-        for w in out:
-            log.warning(w)
-        return out
-
-
-def _row_name(row: dict, i: int) -> str:
-    return str(row.get("fname") or f"line {i}")
-
-
-def encode_chat_rows(rows: list[dict], tokenizer, job: Job, model=None) -> tuple[list[dict], FitReport]:
-    """Chat prompt/completion rows as ``{"input_ids", "completion_mask"}``, every row fitted by
-    kdsum.generation.fit_chat_example (the conversation cut as at prediction, the completion whole); rows whose
-    completion alone does not fit are dropped. Returns the encoded rows and the counts."""
-    report = FitReport("causal", sequence_limit(job, model), input_budget(job, model), rows=len(rows))
-    kwargs = template_kwargs(job)  # the chat-template settings prediction renders with (enable_thinking)
-    data = []
-    for i, row in enumerate(rows, start=1):
-        try:
-            ids, n_prompt, cut = fit_chat_example(
-                tokenizer, row["prompt"], row["completion"], report.limit, report.budget, kwargs
-            )
-        except GenerationError as exc:
-            report.drop(f"{_row_name(row, i)}: {exc}")
-            continue
-        report.cut += cut
-        data.append({"input_ids": ids, "completion_mask": [0] * n_prompt + [1] * (len(ids) - n_prompt)})
-    return data, report
-
-
-def encode_seq2seq_rows(rows: list[dict], tokenizer, job: Job, model=None) -> tuple[list[dict], FitReport]:
-    """Seq2seq rows as ``{"input_ids", "attention_mask", "labels"}``: the source cut by kdsum.generation.fit_seq2seq
-    to prediction's encoder budget, the target to ``train.max_target_length`` (counted separately)."""
-    report = FitReport(
-        "seq2seq", sequence_limit(job, model), input_budget(job, model), target_limit(job, model), rows=len(rows)
-    )
-    data = []
-    for i, row in enumerate(rows, start=1):
-        if not row.get("target"):
-            report.drop(f"{_row_name(row, i)}: no target summary")
-            continue
-        ids, cut = fit_seq2seq(tokenizer, row["source"], report.budget)
-        labels, target_cut = fit_seq2seq(tokenizer, row["target"], report.target_budget)
-        report.cut += cut
-        report.targets_cut += target_cut
-        data.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-    return data, report
-
-
-def _dataset(data: list[dict], report: FitReport, path: Path):
-    from datasets import Dataset
-
-    if not data:
-        raise TrainingError(
-            f"{path}: none of the {report.rows} rows fits train.max_length={report.limit} ({report.first_drop})"
-        )
-    return Dataset.from_list(data)
-
-
-def load_chat_dataset(prompts_dir: str | os.PathLike, tokenizer, job: Job, model=None, split: str = "train"):
-    """The chat rows of ``split``, tokenized and fitted (:func:`encode_chat_rows`): ``(Dataset, FitReport)``."""
-    rows = _read_rows(prompts_dir, split, "prompt", "chat prompt/completion")
-    if "completion" not in rows[0]:
-        raise TrainingError(f"{Path(prompts_dir) / f'{split}.jsonl'}: chat rows without a completion")
-    data, report = encode_chat_rows(rows, tokenizer, job, model)
-    return _dataset(data, report, Path(prompts_dir) / f"{split}.jsonl"), report
-
-
-def load_seq2seq_dataset(prompts_dir: str | os.PathLike, tokenizer, job: Job, model=None, split: str = "train"):
-    """The seq2seq rows of ``split``, encoded and fitted (:func:`encode_seq2seq_rows`): ``(Dataset, FitReport)``."""
-    rows = _read_rows(prompts_dir, split, "source", "seq2seq source/target")
-    data, report = encode_seq2seq_rows(rows, tokenizer, job, model)
-    return _dataset(data, report, Path(prompts_dir) / f"{split}.jsonl"), report
 
 
 # --------------------------------------------------------------------------------------------- building

@@ -12,7 +12,8 @@ import json
 
 import yaml
 
-from kdsum.config import ConfigError, load_config, spec_for
+from kdsum.config import load_config, spec_for
+from kdsum.config_files import ConfigError
 from kdsum.io import write_text
 from kdsum.spec import SpecError, from_dict, to_json
 
