@@ -501,7 +501,7 @@ KNOWN_KO_PAIRS = [
 def test_real_data_near_duplicates(tmp_path: Path) -> None:
     """The calibration of data.near_duplicate_threshold, and the speed of the detection at full scale."""
     from kdsum.data import _read_validated
-    from kdsum.leakage import _leakage, similarity
+    from kdsum.leakage import find_leakage, similarity
 
     ko = {"train": _shared("ko", "train_subset_2500.csv"), "dev": _shared("ko", "dev.csv"),
           "test": _shared("ko", "test.csv")}  # fmt: skip
@@ -509,7 +509,7 @@ def test_real_data_near_duplicates(tmp_path: Path) -> None:
     # 12,460 x 500 x 500 dialogues (DialogSum): all pairs compared, in seconds on one core (about 2 s measured)
     ds_splits = [_read_validated(name, path) for name, path in ds.items()]
     start = time.perf_counter()
-    ds_pairs = _leakage(ds_splits, NEAR_DUPLICATE_THRESHOLD)
+    ds_pairs = find_leakage(ds_splits, NEAR_DUPLICATE_THRESHOLD)
     assert time.perf_counter() - start < 20
     assert sum(len(item["pairs"]) for item in ds_pairs) == 238
     english = {r["fname"]: r for s in ds_splits for r in s.records}
