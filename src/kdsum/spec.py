@@ -60,10 +60,19 @@ class TrainArgs:
     # the pipeline's own
     max_target_length: int  # summary tokens (seq2seq)
     attention: str  # auto | sdpa | eager | varlen (kdsum.attention)
+    kernels: str  # auto | liger | none (kdsum.kernels)
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """The fields that ``TrainingArguments`` takes as they are."""
-        own = {"max_length", "packing", "bf16", "max_target_length", "attention", "gradient_checkpointing"}
+        own = {
+            "max_length",
+            "packing",
+            "bf16",
+            "max_target_length",
+            "attention",
+            "kernels",
+            "gradient_checkpointing",
+        }
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in own}
 
 

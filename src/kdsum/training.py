@@ -73,6 +73,7 @@ from kdsum.embeddings import (
     resize_for_new_tokens,
     trainable_token_indices,
 )
+from kdsum.kernels import model_type, resolve_kernels
 from kdsum.modeling import (
     check_local_source,
     effective_method,
@@ -238,6 +239,7 @@ def build_trainer(
     """Tokenizer, model, dataset and Trainer for one job. Returns (trainer, info dict)."""
     method = method or effective_method(job)[0]
     attention = resolve_attention(job)
+    kernels = resolve_kernels(job, model_type(base_source))
     tokenizer = new_ids = None
     if job.family == "causal":
         if method not in ("lora", "qlora"):
@@ -251,11 +253,13 @@ def build_trainer(
         base_source,
         method,
         attention=attention,
+        kernels=kernels,
         vocab=len(tokenizer) if tokenizer is not None else None,
         trainable_tokens=len(new_ids or ()),
     )
     set_seed(job.train.seed)
     args_kw = training_arguments(job, str(checkpoint_dir), progress)
+    args_kw["use_liger_kernel"] = kernels == "liger"
     tracker = GradNormTracker()
     callbacks = [tracker, *(callbacks or [])]
     if job.family == "seq2seq":
@@ -270,6 +274,7 @@ def build_trainer(
     return trainer, {
         "method_effective": method,
         "attention_effective": attention,
+        "kernels_effective": kernels,
         "memory_plan": plan,
         "data": fit.metrics(),
         "data_warnings": fit.warnings(job),
