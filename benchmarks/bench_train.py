@@ -109,7 +109,7 @@ def J(name, recipe, method, **kw):
         windows=4,
         profile=0,
         kernels="none",  # train.kernels (kdsum.kernels); "none" unless a job names it, so rows stay comparable
-        compile=False,  # torch.compile of each decoder layer (in place) after the trainer is built
+        compile=False,  # train.compile: torch.compile of each decoder layer (kdsum.kernels)
     )
     job.update(kw)
     return job
@@ -218,6 +218,21 @@ JOBS = {
             kernels="liger",
         ),
         fast("pipeline-qlora-liger-nodropout", "qlora", kernels="liger", lora_dropout=0.0),
+        # the defaults as shipped (kernels and compile auto: Liger and compiled layers on CUDA, LoRA dropout 0.05)
+        fast("pipeline-lora-auto", kernels="auto", compile="auto"),
+        J(
+            "pipeline-qlora-shipped-auto",
+            "pipeline",
+            "qlora",
+            attention="varlen",
+            packing=True,
+            micro_batch=8,
+            grad_accum=2,
+            ckpt=True,
+            measure=8,
+            kernels="auto",
+            compile="auto",
+        ),
     ],
     "qwen-7b": [
         J("earlier-lora", "earlier", "lora", measure=6, windows=3),
@@ -272,6 +287,7 @@ JOBS = {
         ),
         fast("pipeline-lora-liger-nodropout", kernels="liger", lora_dropout=0.0, micro_batch=4, grad_accum=2),
         fast("pipeline-lora-liger-nodropout-mb8", kernels="liger", lora_dropout=0.0, measure=6, windows=3),
+        fast("pipeline-lora-auto", kernels="auto", compile="auto", micro_batch=4, grad_accum=2, measure=6, windows=3),
     ],
     "smoke": [
         J("earlier-lora", "earlier", "lora", warmup=1, measure=4, windows=2, max_length=256),
@@ -591,6 +607,7 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
             lr_scheduler_type="constant",
             attention=job["attention"],
             kernels=job.get("kernels", "none"),
+            compile=job.get("compile", False),
         )
         spec = dataclasses.replace(spec, train=train, lora=lora)
         trainer, _info = training.build_trainer(
@@ -604,11 +621,8 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
         )
         result["kernels_effective"] = _info.get("kernels_effective")
     model = trainer.model
-    if job.get("compile"):
-        layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
-        for layer in layers:
-            layer.compile()  # in place: the trainer, the optimizer and PEFT keep the same modules
-        result["compiled_layers"] = len(layers)
+    if job["recipe"] == "pipeline":
+        result["compiled_layers"] = _info["compiled_layers"]
     result["attn_implementation"] = getattr(getattr(model, "config", None), "_attn_implementation", None)
     _hook_backbone(model, tokens, shapes)
     if cuda:

@@ -971,16 +971,22 @@ def _liger_parts(model) -> set[str]:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="Liger's Triton kernels need a CUDA GPU")
-def test_liger_kernels_keep_the_losses(env, four_examples, tmp_path):
-    """The same job with and without train.kernels: liger: per-step losses equal within bf16 noise, and Liger's
-    modules are really in the model."""
+def test_liger_kernels_and_compile_keep_the_losses(env, four_examples, tmp_path):
+    """The same job plain, with train.kernels: liger, and with liger and compiled decoder layers: per-step losses
+    equal within bf16 noise, and Liger's modules and the compiled layers are really in the model."""
     pytest.importorskip("liger_kernel")
     common = dict(max_steps=4, logging_steps=1, warmup_steps=0, learning_rate=5e-3, packing=True, bf16=True)
     runs = {}
-    for kernels in ("none", "liger"):
-        trainer = _sft_trainer(env, four_examples, tmp_path / kernels, kernels=kernels, **common)
+    for kernels, compiled in (("none", False), ("liger", False), ("liger", True)):
+        key = f"{kernels}-{compiled}"
+        trainer = _sft_trainer(env, four_examples, tmp_path / key, kernels=kernels, compile=compiled, **common)
         trainer.train()
-        runs[kernels] = (_losses(trainer.state.log_history), trainer)
-    assert {"LigerSwiGLUMLP", "LigerRMSNorm"} <= _liger_parts(runs["liger"][1].model)
-    assert not _liger_parts(runs["none"][1].model)
-    assert runs["none"][0] == pytest.approx(runs["liger"][0], rel=2e-2), runs
+        runs[key] = (_losses(trainer.state.log_history), trainer)
+    assert {"LigerSwiGLUMLP", "LigerRMSNorm"} <= _liger_parts(runs["liger-False"][1].model)
+    assert not _liger_parts(runs["none-False"][1].model)
+    compiled = [m for m in runs["liger-True"][1].model.modules() if getattr(m, "_compiled_call_impl", None)]
+    assert len(compiled) == runs["liger-True"][1].model.config.num_hidden_layers
+    plain = runs["none-False"][0]
+    assert len(plain) == 4
+    for key in ("liger-False", "liger-True"):
+        assert runs[key][0] == pytest.approx(plain, rel=2e-2), (key, runs[key][0], plain)

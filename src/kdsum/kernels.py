@@ -1,16 +1,26 @@
-"""Fused training kernels (``train.kernels``): ``auto`` | ``liger`` | ``none``.
+"""Fused training kernels (``train.kernels``: ``auto`` | ``liger`` | ``none``) and compiled decoder layers
+(``train.compile``: ``auto`` | true | false).
 
 ``liger`` applies Liger-Kernel's Triton kernels to the decoder layers (RMSNorm, SwiGLU, RoPE) through
 ``TrainingArguments.use_liger_kernel``; TRL keeps its own fused LM-head loss. The kernels save memory as well as
 time: Liger's RMSNorm keeps its bf16 input instead of an fp32 copy, its SwiGLU keeps gate and up but not the SiLU
 output (kdsum.memory plans with ``kernels``). ``auto`` takes Liger on CUDA when it is installed (the ``[gpu]``
 extra) and supports the architecture, and nothing otherwise; ``liger`` refuses to run without them, in one line.
+
+``train.compile`` compiles each decoder layer in place (``nn.Module.compile``: the trainer, the optimizer and PEFT
+keep the same modules; one graph per layer, reused by all of them). Inductor fuses what the profile shows between
+the matmuls (LoRA's dtype casts and adds, residual adds). ``auto`` compiles causal models on CUDA; on a CPU the
+compile time is not paid back by a tiny model's few steps.
+
+The training stage also turns on PyTorch's expandable segments (``PYTORCH_CUDA_ALLOC_CONF``, unless set): packed
+batches change shape every step, and the caching allocator otherwise keeps blocks of every earlier shape.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -67,3 +77,28 @@ def resolve_kernels(job: Job, source_model_type: str | None, cuda: bool | None =
     if not supported:
         raise KernelError(f"{where}: Liger has no kernels for model type {source_model_type!r}; use auto or none")
     return "liger"
+
+
+def resolve_compile(job: Job, cuda: bool | None = None) -> bool:
+    """Whether the training job compiles its decoder layers (see the module docstring)."""
+    choice = job.train.compile
+    if choice == "auto":
+        cuda = torch.cuda.is_available() if cuda is None else cuda
+        return bool(cuda and job.family == "causal")
+    return bool(choice)
+
+
+def compile_decoder_layers(model) -> int:
+    """Compile every decoder layer of ``model`` in place; returns how many."""
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
+ALLOCATOR_SETTING = "expandable_segments:True"
+
+
+def configure_cuda_allocator() -> None:
+    """Expandable segments for training, unless the user set the allocator (call before CUDA is first used)."""
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", ALLOCATOR_SETTING)

@@ -61,6 +61,7 @@ class TrainArgs:
     max_target_length: int  # summary tokens (seq2seq)
     attention: str  # auto | sdpa | eager | varlen (kdsum.attention)
     kernels: str  # auto | liger | none (kdsum.kernels)
+    compile: bool | str  # true / false / "auto": compiled decoder layers (kdsum.kernels)
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """The fields that ``TrainingArguments`` takes as they are."""
@@ -71,6 +72,7 @@ class TrainArgs:
             "max_target_length",
             "attention",
             "kernels",
+            "compile",
             "gradient_checkpointing",
         }
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in own}
