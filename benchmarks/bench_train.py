@@ -999,7 +999,7 @@ def estimate_for_job(res: dict) -> dict:
         "bfloat16",
         lora_dropout=job.get("lora_dropout", 0.05),
         attention=job["attention"],
-        kernels=job.get("kernels", "none") if job["recipe"] == "pipeline" else "none",
+        kernels=res.get("kernels_effective") or "none",
         loss="full" if job["recipe"] == "earlier" else "fused",
         name=f"{job['arch']}/{job['name']}",
     )

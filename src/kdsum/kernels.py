@@ -100,5 +100,10 @@ ALLOCATOR_SETTING = "expandable_segments:True"
 
 
 def configure_cuda_allocator() -> None:
-    """Expandable segments for training, unless the user set the allocator (call before CUDA is first used)."""
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", ALLOCATOR_SETTING)
+    """Expandable segments for training, unless the user set the allocator. Before CUDA starts the environment
+    variable is enough; after it, the allocator is told directly."""
+    if os.environ.get("PYTORCH_CUDA_ALLOC_CONF"):
+        return
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOCATOR_SETTING
+    if torch.cuda.is_initialized():
+        torch.cuda.memory._set_allocator_settings(ALLOCATOR_SETTING)
