@@ -12,7 +12,17 @@ import yaml
 
 from kdsum.config import grid, load_config, load_schema, resolve, spec_for, spec_names, validate_config
 from kdsum.config_files import ConfigError, merged_config
-from kdsum.spec import GenerationArgs, Job, LoraArgs, QuantizationArgs, TrainArgs, from_dict, read_spec, to_json
+from kdsum.spec import (
+    OWN_TRAIN_FIELDS,
+    GenerationArgs,
+    Job,
+    LoraArgs,
+    QuantizationArgs,
+    TrainArgs,
+    from_dict,
+    read_spec,
+    to_json,
+)
 
 
 @pytest.fixture()
@@ -89,8 +99,8 @@ def test_training_keys_are_the_library_fields():
     from transformers import GenerationConfig, TrainingArguments
 
     ta = {f.name for f in dataclasses.fields(TrainingArguments)}
-    own = {"max_length", "packing", "max_target_length", "attention"}  # SFTConfig's or the pipeline's own
-    assert {f.name for f in dataclasses.fields(TrainArgs)} - own <= ta
+    assert {f.name for f in dataclasses.fields(TrainArgs)} - OWN_TRAIN_FIELDS <= ta
+    assert "gradient_checkpointing" in ta and "bf16" in ta  # own only because the stage maps them
     assert {f.name for f in dataclasses.fields(LoraArgs)} <= {f.name for f in dataclasses.fields(LoraConfig)}
     gen = GenerationConfig()
     assert all(

@@ -37,6 +37,12 @@ class PromptFormat:
     enable_thinking: bool
 
 
+# TrainArgs fields that are SFTConfig's or the pipeline's own, not TrainingArguments' (the stage maps them itself)
+OWN_TRAIN_FIELDS = frozenset(
+    {"max_length", "packing", "bf16", "max_target_length", "attention", "kernels", "compile", "gradient_checkpointing"}
+)
+
+
 @dataclass(frozen=True)
 class TrainArgs:
     # TrainingArguments / SFTConfig fields, same names and meaning
@@ -65,17 +71,7 @@ class TrainArgs:
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """The fields that ``TrainingArguments`` takes as they are."""
-        own = {
-            "max_length",
-            "packing",
-            "bf16",
-            "max_target_length",
-            "attention",
-            "kernels",
-            "compile",
-            "gradient_checkpointing",
-        }
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in own}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in OWN_TRAIN_FIELDS}
 
 
 @dataclass(frozen=True)
