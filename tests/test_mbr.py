@@ -73,11 +73,19 @@ def test_config_ensembles_become_systems_and_unknown_members_are_refused(repo_ro
     for e, entry in cfg["ensembles"].items():
         assert f"ensemble/{e}" in names
         assert spec_for(cfg, f"ensemble/{e}").systems == entry["systems"]
-    overrides = {"ensembles": {"x": {"systems": ["tiny-bart/default", "tiny-llama/lr-1e-4", "baseline/lead"]}}}
-    with pytest.raises(ConfigError, match=r"key 'ensembles\.x\.systems\[1\]' names 'tiny-llama/lr-1e-4'"):
-        load_config(repo_root / "config.yaml", overrides)
+    with pytest.raises(ConfigError, match=r"key 'ensembles\.x\.systems\[1\]': 'tiny-lama/default' is not a system"):
+        load_config(
+            repo_root / "config.yaml", {"ensembles": {"x": {"systems": ["baseline/lead", "tiny-lama/default", "a/b"]}}}
+        )
     with pytest.raises(ConfigError, match=r"ensembles\.x\.systems"):  # two members always tie: refused
         load_config(repo_root / "config.yaml", {"ensembles": {"x": {"systems": ["baseline/lead", "baseline/longest"]}}})
+    # a member outside the run (another variant, a model left out) leaves the ensemble out, as one-model runs need
+    out = {"ensembles": {"x": {"systems": ["tiny-bart/default", "tiny-llama/lr-1e-4", "baseline/lead"]}}}
+    assert "ensemble/x" not in [s.name for s in systems(load_config(repo_root / "config.yaml", out))]
+    one = load_config(repo_root / "config.yaml", {"run": {"models": ["tiny-llama"]}})
+    assert not [s for s in systems(one) if s.kind == "ensemble"]
+    with pytest.raises(ConfigError, match="unknown spec"):
+        spec_for(one, "ensemble/mbr")
 
 
 def test_paired_bootstrap_against_the_best_single_system(tmp_path):

@@ -155,13 +155,16 @@ def _check_references(config: dict, source: str) -> None:
                     raise ConfigError(
                         f"{source}: key 'models.{name}.build.{k}' is required for a {entry['family']} build"
                     )
-    singles = [r.name for r in single_systems(config)]
     for name, entry in config["ensembles"].items():
         for i, member in enumerate(entry["systems"]):
-            if member not in singles:
+            model, _, variant = member.partition("/")
+            known = (model == BASELINE_MODEL and variant in ("lead", "longest")) or (
+                model in models and (variant == ZERO_SHOT or variant in variants)
+            )
+            if not known:
                 raise ConfigError(
-                    f"{source}: key 'ensembles.{name}.systems[{i}]' names '{member}', not a system of this run "
-                    f"(systems: {', '.join(singles)})"
+                    f"{source}: key 'ensembles.{name}.systems[{i}]': '{member}' is not a system name "
+                    "(model/variant, model/zeroshot or baseline/lead|longest)"
                 )
     for name, entry in models.items():
         if "source" in entry and (problem := _source_problem(entry["source"])):
@@ -276,8 +279,15 @@ def systems(config: dict) -> list[SystemRow]:
             method=e["method"],
             source=" + ".join(e["systems"]),
         )
-        for n, e in config["ensembles"].items()
+        for n, e in active_ensembles(config).items()
     ]
+
+
+def active_ensembles(config: dict) -> dict:
+    """The ensembles whose members are all systems of this run; like a variant for another family, an ensemble of
+    a model left out of `run.models` is left out (not an error), so `run.models=[one-model]` still runs."""
+    singles = {r.name for r in single_systems(config)}
+    return {n: e for n, e in config["ensembles"].items() if singles.issuperset(e["systems"])}
 
 
 def single_systems(config: dict) -> list[SystemRow]:
@@ -343,7 +353,7 @@ def spec_for(config: dict, name: str) -> Any:
         return SummarySpec(split=split, systems=systems(config), bootstrap=ev["bootstrap"], seed=ev["seed"])
     if name == "report" and scored_splits(config):
         return ReportSpec(split=scored_splits(config)[0], systems=systems(config), **config["report"])
-    if parts[0] == ENSEMBLE_MODEL and len(parts) == 2 and parts[1] in config["ensembles"]:
+    if parts[0] == ENSEMBLE_MODEL and len(parts) == 2 and parts[1] in active_ensembles(config):
         return EnsembleSpec(name=parts[1], **config["ensembles"][parts[1]])
     if parts[0] == "prompts" and len(parts) == 2:
         if parts[1] == "seq2seq":
@@ -401,7 +411,7 @@ def spec_names(config: dict) -> list[str]:
     names += [f"model/{m}/{v}" for m, v in grid(config)]
     if config["run"]["zero_shot"]:
         names += [f"model/{m}/{ZERO_SHOT}" for m in config["run"]["models"]]
-    names += [f"{ENSEMBLE_MODEL}/{e}" for e in config["ensembles"]]
+    names += [f"{ENSEMBLE_MODEL}/{e}" for e in active_ensembles(config)]
     return names + (["evaluation", "report"] if scored_splits(config) else [])
 
 
