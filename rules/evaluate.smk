@@ -9,7 +9,7 @@ rule evaluate:
         metrics="results/scores/{system}/{split}.json",
         per_item="results/scores/{system}/{split}_items.csv",
     wildcard_constraints:
-        system=f"({one_of(CFG['models'])})/({one_of([*CFG['variants'], ZERO_SHOT])})|{BASELINE_MODEL}/[a-z]+",
+        system=f"({one_of(CFG['models'])})/({one_of([*CFG['variants'], ZERO_SHOT])})|{BASELINE_MODEL}/[a-z]+|{ENSEMBLE_MODEL}/({one_of(CFG['ensembles']) or 'none'})",
     log:
         "results/logs/evaluate/{system}/{split}.log",
     benchmark:

@@ -48,6 +48,7 @@ RULES = [
     "predict",
     "baseline",
     "submission",
+    "mbr",
     "evaluate",
     "summary",
 ]
@@ -550,6 +551,8 @@ def test_exp_run_on_one_models_learning_rate_reruns_that_model_only(dvc_repo):
     assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
     preds = {s: dvc_repo / f"results/predictions/tiny-llama/default/{s}.csv" for s in ("dev", "test")}
     old = {s: md5(p) for s, p in preds.items()}
+    mbr_dev = dvc_repo / "results/predictions/ensemble/mbr/dev.csv"  # tiny-llama/default is one of its members
+    old_mbr_dev = md5(mbr_dev)
     start = time.perf_counter()
     proc = dvc(dvc_repo, "exp", "run", "-S", "config.yaml:models.tiny-llama.train.learning_rate=0.05")
     FIGURES["dvc exp run -S (tiny-llama learning rate), s"] = round(time.perf_counter() - start, 1)
@@ -567,6 +570,8 @@ def test_exp_run_on_one_models_learning_rate_reruns_that_model_only(dvc_repo):
     # DVC compares content: scoring/submission rerun when the new model's predictions differ
     expected |= {"evaluate_tiny-llama_default_dev"} if "dev" in changed else set()
     expected |= {"submission_tiny-llama_default"} if "test" in changed else set()
+    expected |= {f"mbr_mbr_{s}" for s in changed}
+    expected |= {"evaluate_ensemble_mbr_dev"} if md5(mbr_dev) != old_mbr_dev else set()
     assert sorted(ran) == sorted(expected), (ran, changed)
     assert len(ran) == len(set(ran))
     assert load_yaml(dvc_repo / "config.yaml")["models"]["tiny-llama"]["train"]["learning_rate"] == 0.05

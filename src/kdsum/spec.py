@@ -20,6 +20,7 @@ from kdsum.errors import KdsumError
 
 ZERO_SHOT = "zeroshot"  # reserved variant name: the base model without fine-tuning
 BASELINE_MODEL = "baseline"  # reserved model name: non-neural reference systems
+ENSEMBLE_MODEL = "ensemble"  # reserved model name: systems that choose among other systems' summaries
 
 
 class SpecError(KdsumError):
@@ -189,7 +190,7 @@ class SystemRow:
     name: str
     model: str
     variant: str
-    kind: str  # fine-tuned | zero-shot | baseline
+    kind: str  # fine-tuned | zero-shot | baseline | ensemble
     family: str | None = None
     method: str | None = None
     source: str | None = None
@@ -200,13 +201,39 @@ class SystemRow:
 class SummarySpec:
     split: str | None  # the scored split, if any
     systems: list[SystemRow] = field(default_factory=list)
+    # the paired bootstrap of every system against the best one (kdsum.comparisons); the evaluation's settings
+    bootstrap: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """An ensemble system: per dialogue, one of its member systems' summaries (kdsum.mbr)."""
+
+    name: str
+    method: str  # mbr
+    systems: list[str]  # member system names (model/variant), in config order: the tie-break order
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """The examples page of the Snakemake report (kdsum.report_page)."""
+
+    split: str
+    systems: list[SystemRow]
+    sample: int  # dialogues drawn at random (seeded)
+    worst: int  # the best system's lowest-scoring dialogues
+    seed: int
 
 
 def prompt_set_name(family: str, format_name: str | None) -> str:
     return "seq2seq" if family == "seq2seq" else f"chat-{format_name}"
 
 
-SPEC_TYPES = {cls.__name__: cls for cls in (Job, DataSpec, PromptSetSpec, BaseSpec, EvaluationArgs, SummarySpec)}
+SPEC_TYPES = {
+    cls.__name__: cls
+    for cls in (Job, DataSpec, PromptSetSpec, BaseSpec, EvaluationArgs, SummarySpec, EnsembleSpec, ReportSpec)
+}
 
 
 # ------------------------------------------------------------------------------------------------ JSON
