@@ -15,7 +15,6 @@ done
 [ "$(id -u)" = 0 ] || { echo "start.sh: needs root (it starts munged, slurmctld and slurmd)"; exit 1; }
 
 node_up() { sinfo -h -n localhost -o '%T' 2>/dev/null | grep -Eq '^(idle|mixed|allocated)'; }
-if node_up; then echo "start.sh: SLURM already up"; exit 0; fi
 
 # The node as slurmd sees it (its CPUs and memory), less 5% memory so a job's --mem never exceeds what is there.
 cpus=$(nproc)
@@ -25,7 +24,12 @@ if [ -e "$conf" ] && ! grep -q '^# kdsum-ci:' "$conf"; then
   echo "start.sh: $conf exists and was not written by this script; not touching it"; exit 1
 fi
 sed -e "s|@STATE@|$state|g" -e "s|@CPUS@|$cpus|g" -e "s|@MEM_MB@|$mem_mb|g" "$here/slurm.conf.in" > "$conf.tmp"
-mv "$conf.tmp" "$conf"
+if cmp -s "$conf.tmp" "$conf"; then rm "$conf.tmp"; else mv "$conf.tmp" "$conf"; changed=1; fi
+if node_up; then
+  # up already: a changed template reaches the running daemons without a restart
+  if [ -n "${changed:-}" ]; then scontrol reconfigure; echo "start.sh: SLURM up, configuration reloaded"; else echo "start.sh: SLURM already up"; fi
+  exit 0
+fi
 
 # munge: its key comes with the package; it runs as its own user.
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
