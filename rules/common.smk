@@ -3,7 +3,7 @@ import os
 import re
 from pathlib import Path
 
-from kdsum.config import ZERO_SHOT, BASELINE_MODEL, ENSEMBLE_MODEL, REPLICAS, grid, load_config, predict_splits, scored_splits, spec_for, spec_keys, systems
+from kdsum.config import ZERO_SHOT, BASELINE_MODEL, ENSEMBLE_MODEL, REPLICAS, grid, load_config, predict_splits, rule_resources, scored_splits, spec_for, spec_keys, systems
 from kdsum.config_files import ConfigError
 from kdsum.deps import stage_code
 from kdsum.spec import to_json
@@ -32,6 +32,15 @@ wildcard_constraints:
 def code(stage):
     """The files `kdsum <stage>` runs: a rule input, so a code change reruns the stage (and DVC lists the same)."""
     return stage_code(stage)
+
+
+def threads_for(rule):
+    """A heavy rule's threads and resources come from config `resources` (cluster profiles read them)."""
+    return rule_resources(CFG, rule)[0]
+
+
+def resources_for(rule):
+    return rule_resources(CFG, rule)[1]
 
 
 def spec_file(name):

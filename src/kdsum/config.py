@@ -415,5 +415,15 @@ def spec_names(config: dict) -> list[str]:
     return names + (["evaluation", "report"] if scored_splits(config) else [])
 
 
+def rule_resources(config: dict, rule: str) -> tuple[int, dict]:
+    """A heavy rule's threads and scheduler resources (config `resources`: mem_mb, runtime in minutes, gpu), for its
+    `threads:` and `resources:`; a cluster executor (profiles/slurm) turns them into its request. Resources are no
+    rerun trigger, so changing them reruns nothing."""
+    entry = config.get("resources", {}).get(rule)
+    if entry is None:
+        raise ConfigError(f"key 'resources.{rule}' is missing (config.yaml sets threads, mem_mb, runtime, gpu)")
+    return entry["threads"], {k: v for k, v in entry.items() if k != "threads"}
+
+
 def as_plain(spec: Any) -> dict:
     return dataclasses.asdict(spec)
