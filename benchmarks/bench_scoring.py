@@ -26,6 +26,17 @@ import) alongside: its ``kdsum evaluate``, or, in a checkout from before the sta
 
     python benchmarks/bench_scoring.py --out results/bench_scoring.json [--repeats 5] [--limit N]
         [--sweep-threads 1,2,3,4] [--evaluate-job [--evaluate-other OTHER_CHECKOUT]]
+
+``--korean-dev`` runs another benchmark instead, on the Korean dev split (``../shared/data/ko/dev.csv``, 499 items):
+the naive loop against the evaluate stage's own path, ``kdsum.evaluation.evaluate`` with the pipeline's settings
+(bootstrap included), called in this process with Kiwi warm, for one system (no cache; a cache miss; a hit: what
+every system of a split after the first gets) and for ``--systems`` N systems sharing the references (system k: the
+k-th utterance of each dialogue, ``--turns`` utterances long). Every item of every path must equal the naive loop's
+scores exactly, and the outputs with the cache must equal those without. ``--jobs`` also times the N systems as
+whole ``kdsum evaluate`` jobs, with and without ``--token-cache``.
+
+    python benchmarks/bench_scoring.py --korean-dev --out /tmp/bench_korean.json [--repeats 3] [--systems 6]
+        [--turns 1] [--jobs]
 """
 
 from __future__ import annotations

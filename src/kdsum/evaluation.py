@@ -5,7 +5,7 @@ Predictions: a CSV with columns ``fname,summary`` (other columns, e.g. a submiss
 References: JSONL with one ``{"fname", "summaries": [...], ...}`` object per line. Both are normalised as ingest
 normalises the data (:func:`kdsum.text.normalize_text`: NFC, no zero-width or control characters), and the texts
 that changed are counted (``normalised_texts``). Every problem with the input files raises :class:`InputError`
-naming the file; nothing is written by this module.
+naming the file; this module writes nothing but the morpheme cache it may be given (kdsum.token_cache).
 """
 
 from __future__ import annotations
