@@ -17,7 +17,7 @@ from rouge_score import rouge_scorer
 from kdsum.evaluation import evaluate
 from kdsum.kiwi import KiwiMorphemeTokenizer
 from kdsum.rouge import ROUGE_KEYS, rouge_scores
-from kdsum.token_cache import cache_key, cached_tokens, fingerprint, with_cached_references
+from kdsum.token_cache import ReferenceTokens, cache_key, cached_tokens, fingerprint
 
 KIWI = KiwiMorphemeTokenizer()
 PREDS = ["#Person1#은 사과를 샀다.", "민수가 학교에 갔다.", "", "Jimmy와 #Person2#는 내일 만난다."]
@@ -47,9 +47,10 @@ def test_a_hit_gives_the_scores_of_the_naive_loop(tmp_path):
     naive = [_naive(p, r) for p, r in zip(PREDS, REFS, strict=True)]
     statuses = []
     for _ in range(2):  # a miss that fills the cache, then a hit that reads it
-        tok, status = with_cached_references(KIWI, REFS, tmp_path)
-        statuses.append(status)
+        tok = ReferenceTokens(KIWI, REFS, tmp_path)
+        statuses.append(tok.status)
         assert _rows(rouge_scores(PREDS, REFS, tokenizer=tok)) == naive  # exact, not approx
+        tok.store()
     assert statuses == ["miss", "hit"]
     assert len(_files(tmp_path)) == 1  # one file per data set, no temporary left behind
     assert tok.name == KIWI.name
@@ -60,18 +61,52 @@ def test_a_changed_reference_misses(tmp_path):
     assert status == "miss" and tokens == KIWI.tokenize_many([r for refs in REFS for r in refs])
     changed = [list(refs) for refs in REFS]
     changed[1][0] = "민수는 오늘 학교에 갔다."  # one word of one reference
-    tok, status = with_cached_references(KIWI, changed, tmp_path)
-    assert status == "miss"
+    tok = ReferenceTokens(KIWI, changed, tmp_path)
+    assert tok.status == "miss"
     assert _rows(rouge_scores(PREDS, changed, tokenizer=tok)) == [
         _naive(p, r) for p, r in zip(PREDS, changed, strict=True)
     ]
+    tok.store()
     assert len(_files(tmp_path)) == 2
+    assert ReferenceTokens(KIWI, changed, tmp_path).status == "hit"
     # the order of the texts is part of the key too, and so is the tokenizer's fingerprint
     texts = [r for refs in REFS for r in refs]
     print_ = fingerprint(KIWI)
     assert cache_key(print_, texts) != cache_key(print_, texts[::-1])
     assert cache_key(print_, ["ab", "c"]) != cache_key(print_, ["a", "bc"])
     assert cache_key(print_, texts) != cache_key(print_.replace("kiwipiepy ", "kiwipiepy 9"), texts)
+
+
+class CountingKiwi(KiwiMorphemeTokenizer):
+    """The real Kiwi tokenizer, counting the texts of each batch it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def tokenize_many(self, texts):
+        self.batches.append(len(texts))
+        return super().tokenize_many(texts)
+
+
+def test_a_miss_tokenises_in_one_batch_and_a_hit_only_the_predictions(tmp_path):
+    n_refs = len({r for refs in REFS for r in refs})
+    n_texts = len({*PREDS, *(r for refs in REFS for r in refs)})
+    kiwi = CountingKiwi()
+    tok = ReferenceTokens(kiwi, REFS, tmp_path)
+    rouge_scores(PREDS, REFS, tokenizer=tok)
+    tok.store()
+    assert kiwi.batches == [n_texts]  # as without a cache: no second pass over the references
+    distinct_refs = list(dict.fromkeys(r for refs in REFS for r in refs))
+    assert list(ReferenceTokens(kiwi, REFS, tmp_path).known.values()) == KIWI.tokenize_many(distinct_refs)
+    kiwi.batches.clear()
+    rouge_scores(PREDS, REFS, tokenizer=ReferenceTokens(kiwi, REFS, tmp_path))
+    assert kiwi.batches == [n_texts - n_refs]
+    # a failed scoring stores nothing: store() is what writes, and only the evaluate path calls it after scoring
+    other = tmp_path / "other"
+    with pytest.raises(ValueError):
+        rouge_scores(PREDS[:2], REFS, tokenizer=ReferenceTokens(kiwi, REFS, other))
+    assert not other.exists()
 
 
 def test_fingerprint_names_what_tokens_depend_on():

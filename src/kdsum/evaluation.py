@@ -25,7 +25,7 @@ from kdsum.io import read_jsonl
 from kdsum.kiwi import KiwiMorphemeTokenizer
 from kdsum.rouge import ROUGE_KEYS, rouge_scores
 from kdsum.text import normalize_text
-from kdsum.token_cache import with_cached_references
+from kdsum.token_cache import ReferenceTokens
 
 log = logging.getLogger(__name__)
 _SHOW = 5  # how many fnames an error message names
@@ -144,10 +144,11 @@ def evaluate(
     texts = [_normalized(t, fixed, "predictions") for t in texts]
     refs = [[_normalized(r, fixed, "references") for r in rs] for rs in refs]
     tokenizer = KiwiMorphemeTokenizer(num_workers=threads)
-    scorer, cache = with_cached_references(tokenizer, refs, token_cache)
-    if token_cache is not None:  # the job's log, not S.json: a hit and a miss write the same outputs
-        log.info("reference morphemes: cache %s in %s", cache, token_cache)
+    scorer = ReferenceTokens(tokenizer, refs, token_cache)
     scores = rouge_scores(texts, refs, aggregate=aggregate, tokenizer=scorer)
+    scorer.store()  # after a miss, for the split's other systems; only once the scores are made
+    if token_cache is not None:  # the job's log, not S.json: a hit and a miss write the same outputs
+        log.info("reference morphemes: cache %s in %s", scorer.status, token_cache)
     summary = corpus_summary(scores, n_resamples=n_bootstrap, seed=seed)
     result: dict[str, Any] = {
         "n": summary["n"],

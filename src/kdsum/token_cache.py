@@ -87,6 +87,14 @@ def _read(path: Path, key: str, n: int) -> list[list[str]] | None:
     return tokens
 
 
+def _write(path: Path, key: str, print_: str, tokens: list[list[str]]) -> None:
+    payload = {"format": FORMAT, "key": key, "tokenizer": print_, "n": len(tokens), "tokens": tokens}
+    try:
+        write_text(path, json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n")
+    except OSError as exc:  # the cache only saves time: a job must not fail for it
+        log.warning("morpheme cache %s not written: %s", path, exc)
+
+
 def cached_tokens(tokenizer: Any, texts: Sequence[str], directory: Path | None) -> tuple[list[list[str]], str]:
     """The tokens of each text, read from the cache in ``directory`` or made (in one batch) and stored there.
 
@@ -102,22 +110,36 @@ def cached_tokens(tokenizer: Any, texts: Sequence[str], directory: Path | None) 
     if tokens is not None:
         return tokens, "hit"
     tokens = [list(ts) for ts in tokenize_texts(tokenizer, texts)]
-    payload = {"format": FORMAT, "key": key, "tokenizer": print_, "n": len(texts), "tokens": tokens}
-    try:
-        write_text(path, json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n")
-    except OSError as exc:  # the cache only saves time: a job must not fail for it
-        log.warning("morpheme cache %s not written: %s", path, exc)
+    _write(path, key, print_, tokens)
     return tokens, "miss"
 
 
-class KnownTokens:
-    """A tokenizer that serves the texts it was given tokens for and sends the rest, in one batch, to ``inner``.
+class ReferenceTokens:
+    """``inner`` with a data set's reference tokens read from the cache in ``directory`` (see the module docstring).
 
-    The tokens it serves are ``inner``'s own (made by it, or read from a cache keyed by its fingerprint), so scores are
-    those of ``inner``; its ``name`` is ``inner``'s, so the recorded tokenizer is too."""
+    On a hit, :meth:`tokenize_many` serves the references from the file and sends only the other texts (the
+    predictions) to ``inner``. On a miss it sends every text to ``inner`` in one batch, exactly as without a cache,
+    and :meth:`store`, called once the scores are made, writes the references' tokens for the next job. The tokens
+    it serves are ``inner``'s own, so the scores are; its ``name`` is ``inner``'s, so the recorded tokenizer is too.
 
-    def __init__(self, inner: Any, known: dict[str, list[str]]) -> None:
-        self.inner, self.known = inner, known
+    ``references``: as the scorer will see them (normalised), since tokens are served by exact text. ``status``:
+    ``"hit"``, ``"miss"`` or ``"off"`` (no directory, or a tokenizer without a :func:`fingerprint`)."""
+
+    def __init__(self, inner: Any, references: Sequence[Sequence[str]], directory: Path | None) -> None:
+        self.inner = inner
+        self.references = list(dict.fromkeys(r for refs in references for r in refs))
+        self.known: dict[str, list[str]] = {}
+        self._made: dict[str, list[str]] = {}
+        self._print = None if directory is None else fingerprint(inner)
+        if self._print is None:
+            self.status = "off"
+            return
+        self._key = cache_key(self._print, self.references)
+        self.path = cache_path(Path(directory), self._key)
+        tokens = _read(self.path, self._key, len(self.references))
+        self.status = "miss" if tokens is None else "hit"
+        if tokens is not None:
+            self.known = dict(zip(self.references, tokens, strict=True))
 
     @property
     def name(self) -> str:
@@ -132,20 +154,18 @@ class KnownTokens:
     def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
         todo = list(dict.fromkeys(t for t in texts if t not in self.known))
         fresh = dict(zip(todo, tokenize_texts(self.inner, todo), strict=True)) if todo else {}
+        if self.status == "miss":
+            self._made.update(fresh)
         return [self.known[t] if t in self.known else fresh[t] for t in texts]
 
-
-def with_cached_references(
-    tokenizer: Any, references: Sequence[Sequence[str]], directory: Path | None
-) -> tuple[Any, str]:
-    """``tokenizer`` with the distinct reference texts' tokens taken from the cache (see :func:`cached_tokens`).
-
-    The references must be given as the scorer will see them (normalised): tokens are served by exact text."""
-    if directory is None:
-        return tokenizer, "off"
-    distinct = list(dict.fromkeys(r for refs in references for r in refs))
-    tokens, status = cached_tokens(tokenizer, distinct, directory)
-    return KnownTokens(tokenizer, dict(zip(distinct, tokens, strict=True))), status
+    def store(self) -> None:
+        """After a miss: write the references' tokens (those not yet made are made now, in one batch)."""
+        if self.status != "miss":
+            return
+        missing = [r for r in self.references if r not in self._made]
+        if missing:
+            self._made.update(zip(missing, tokenize_texts(self.inner, missing), strict=True))
+        _write(self.path, self._key, self._print, [list(self._made[r]) for r in self.references])
 
 
-__all__ = ["KnownTokens", "cache_key", "cache_path", "cached_tokens", "fingerprint", "with_cached_references"]
+__all__ = ["FORMAT", "ReferenceTokens", "cache_key", "cache_path", "cached_tokens", "fingerprint"]
