@@ -22,6 +22,7 @@ import jsonschema
 import yaml
 
 from kdsum.config_files import ConfigError, deep_merge, merged_config
+from kdsum.distributed import DistributedError, check_accumulation
 from kdsum.spec import (
     BASELINE_MODEL,
     ENSEMBLE_MODEL,
@@ -178,6 +179,10 @@ def _check_references(config: dict, source: str) -> None:
                 f"'{variant}' must exceed 'generation.max_new_tokens' ({new_tokens}): the summary "
                 f"would leave no room for the dialogue"
             )
+        try:
+            check_accumulation(settings["train"]["gradient_accumulation_steps"], settings["train"]["num_gpus"])
+        except DistributedError as exc:
+            raise ConfigError(f"{source}: {exc} (models.{model} under variant '{variant}')") from None
 
 
 REPLICAS = "results/replicas/"

@@ -234,7 +234,7 @@ def load_base_model(job: Job, source: str, method: str | None = None, for_traini
     kwargs = {"dtype": model_dtype(job, method, for_training)}
     if method == "qlora":
         kwargs["quantization_config"] = quantization_config(job.quantization)
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # a DDP rank's own (kdsum.distributed)
     return _from_pretrained(auto, source, job.model, **kwargs)
 
 

@@ -40,7 +40,17 @@ class PromptFormat:
 
 # TrainArgs fields that are SFTConfig's or the pipeline's own, not TrainingArguments' (the stage maps them itself)
 OWN_TRAIN_FIELDS = frozenset(
-    {"max_length", "packing", "bf16", "max_target_length", "attention", "kernels", "compile", "gradient_checkpointing"}
+    {
+        "max_length",
+        "packing",
+        "bf16",
+        "max_target_length",
+        "attention",
+        "kernels",
+        "compile",
+        "gradient_checkpointing",
+        "num_gpus",
+    }
 )
 
 
@@ -69,6 +79,7 @@ class TrainArgs:
     attention: str  # auto | sdpa | eager | varlen (kdsum.attention)
     kernels: str  # auto | liger | none (kdsum.kernels)
     compile: bool | str  # true / false / "auto": compiled decoder layers (kdsum.kernels)
+    num_gpus: int  # DDP ranks (kdsum.distributed); the global batch stays that of one GPU
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """The fields that ``TrainingArguments`` takes as they are."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from kdsum import distributed
 from kdsum.checkpoints import library_versions
 from kdsum.io import atomic_dir, read_json, write_json
 from kdsum.spec import Job
@@ -86,6 +87,7 @@ def training_metrics(
     state, wall = trainer.state, run["wall"]
     trainable, total = count_parameters(trainer.model)
     mem, mem_device = peak_memory()
+    mem = distributed.gather_max(mem)  # DDP: the largest rank's peak (the Trainer sums the tokens over ranks)
     session_tokens = int(state.num_input_tokens_seen) - run["tokens_before"]
     tracker = trainer.kdsum_grad_tracker
     return {
@@ -106,6 +108,7 @@ def training_metrics(
         "trainable_params": trainable,
         "total_params": total,
         "peak_memory_gb": mem,
+        "world_size": distributed.world_size(),  # DDP ranks (processes) that trained
         "memory_device": mem_device,
         **_loss_summary(state.log_history),
         "max_grad_norm": tracker.max_grad_norm,

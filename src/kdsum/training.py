@@ -57,7 +57,7 @@ from typing import Any
 
 import torch
 
-from kdsum import train_report
+from kdsum import distributed, train_report
 from kdsum.attention import resolve_attention, set_attention
 from kdsum.checkpoints import (
     compute_fingerprint,
@@ -107,7 +107,7 @@ def training_arguments(job: Job, output_dir: str, progress: bool = True) -> dict
     """TrainingArguments fields shared by both families: the job's own (``TrainArgs.trainer_kwargs``, as they are)
     and the pipeline's fixed choices."""
     cuda = torch.cuda.is_available()
-    return dict(
+    args = dict(
         **job.train.trainer_kwargs(),
         **checkpointing_args(job.train.gradient_checkpointing),
         output_dir=str(output_dir),
@@ -126,6 +126,7 @@ def training_arguments(job: Job, output_dir: str, progress: bool = True) -> dict
         disable_tqdm=not progress,
         dataloader_num_workers=0,
     )
+    return distributed.per_rank_arguments(args)  # DDP: accumulation divided by the world size
 
 
 def lora_config(job: Job, trainable_token_indices: Any = None):
@@ -371,12 +372,15 @@ def train(
     trainer, info = build_trainer(
         job, base_source, prompts_dir, checkpoint_dir, progress=progress, method=method, callbacks=callbacks
     )
-    _remove_stale_output(out_dir)
-    resume = prepare_checkpoint_dir(checkpoint_dir, fingerprint)
+    with distributed.rank_zero_first():  # DDP: rank 0 deletes and prepares, the others then find its checkpoints
+        if distributed.is_main():
+            _remove_stale_output(out_dir)
+        resume = prepare_checkpoint_dir(checkpoint_dir, fingerprint)
     run = train_report.run_training(trainer, resume)
     warnings = [*warnings, *info["data_warnings"]]
     metrics = train_report.training_metrics(job, trainer, info, run, base_source, warnings, fingerprint)
-    train_report.save_outputs(trainer, job, metrics, out_dir)
-    if not keep_checkpoints:
-        remove_checkpoints(checkpoint_dir)
+    if distributed.is_main():
+        train_report.save_outputs(trainer, job, metrics, out_dir)
+        if not keep_checkpoints:
+            remove_checkpoints(checkpoint_dir)
     return metrics

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from kdsum import gpu_slots
 from kdsum.embeddings import read_data_tokens
 from kdsum.generation import generate_summaries, read_prompt_rows
 from kdsum.io import write_csv
@@ -62,6 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     job = read_spec(args.spec, Job)
+    with gpu_slots.claim(1):  # a free device, before torch touches CUDA (kdsum.gpu_slots)
+        run(args, job)
+
+
+def run(args: argparse.Namespace, job: Job) -> None:
     prompts_dir = Path(args.prompts_dir)
     rows = read_prompt_rows(prompts_dir / f"{args.split}.jsonl", job.family)
     loaded = load_for_generation(job, model_dir=args.model_dir, base_dir=args.base_dir)

@@ -24,6 +24,7 @@ import sys
 
 import torch
 
+from kdsum import distributed, gpu_slots
 from kdsum.modeling import require_base
 from kdsum.spec import Job, read_spec
 from kdsum.training import train
@@ -45,10 +46,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    job = read_spec(args.spec, Job)
+    num_gpus = job.train.num_gpus
+    distributed.check_accumulation(job.train.gradient_accumulation_steps, num_gpus)
+    # before torch touches CUDA: num_gpus free devices, held until the job ends (kdsum.gpu_slots)
+    with gpu_slots.claim(num_gpus):
+        if distributed.needs_launch(num_gpus):  # this process becomes the launcher of num_gpus ranks
+            status = distributed.launch(["train", *argv], num_gpus)
+            if status:
+                sys.exit(status)
+            return
+        run(args, job)
+
+
+def run(args: argparse.Namespace, job: Job) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    job = read_spec(args.spec, Job)
+    distributed.setup_rank()
     source = require_base(job, args.base_dir, "training")
     metrics = train(
         job,
@@ -59,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         keep_checkpoints=args.keep_checkpoints,
         progress=not args.no_progress,
     )
+    if not distributed.is_main():  # one report per job
+        return
     resumed = f", resumed from step {metrics['resumed_from_step']}" if metrics["resumed_from_step"] else ""
     print(
         f"trained {job.name} ({metrics['method_effective']}): {metrics['steps']} steps in "

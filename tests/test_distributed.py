@@ -1,0 +1,239 @@
+"""GPU slots (kdsum.gpu_slots) and multi-GPU training (kdsum.distributed), on a CPU: slots on simulated devices
+(``KDSUM_GPUS``), DDP as two gloo processes under torchrun, started by ``kdsum train`` itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from kdsum.checkpoints import last_complete_checkpoint
+from kdsum.config import load_config, resolve, spec_for
+from kdsum.config_files import ConfigError
+from kdsum.data import ingest_splits, load_split
+from kdsum.distributed import DistributedError, check_accumulation, launch_command, per_rank_arguments
+from kdsum.gpu_slots import GpuSlotError, acquire, device_ids
+from kdsum.io import read_json, write_text
+from kdsum.offline_models import build_base_model
+from kdsum.prompts import write_prompt_set
+from kdsum.spec import to_json
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+
+
+# --------------------------------------------------------------------------------------------- GPU slots
+HOLDER = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from kdsum.gpu_slots import claim
+    with claim(int(sys.argv[1])) as ids:
+        print(os.environ["CUDA_VISIBLE_DEVICES"], flush=True)
+        while not Path(sys.argv[2]).exists():
+            time.sleep(0.05)
+    """
+)
+
+
+def _holder(tmp_path, gpus: int, n: int = 1, release: str = "release") -> subprocess.Popen:
+    env = {**ENV, "KDSUM_GPUS": str(gpus), "KDSUM_GPU_SLOTS_DIR": str(tmp_path / "slots")}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    cmd = [sys.executable, "-c", HOLDER, str(n), str(tmp_path / release)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def _line(proc: subprocess.Popen, timeout: float = 30) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if line:
+            return line.strip()
+        if proc.poll() is not None:
+            break
+    raise AssertionError(f"no device ids from the holder (exit {proc.poll()})")
+
+
+def _stop(*procs: subprocess.Popen) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def test_concurrent_jobs_get_distinct_devices(tmp_path):
+    procs = [_holder(tmp_path, gpus=3) for _ in range(3)]
+    try:
+        ids = sorted(_line(p) for p in procs)
+        assert ids == ["0", "1", "2"]
+        (tmp_path / "release").touch()
+        assert [p.wait(timeout=30) for p in procs] == [0, 0, 0]
+    finally:
+        _stop(*procs)
+
+
+def test_waits_when_all_busy_and_a_killed_holder_frees_its_slot(tmp_path):
+    first = _holder(tmp_path, gpus=2, n=2)
+    waiting = None
+    try:
+        assert _line(first) == "0,1"
+        waiting = _holder(tmp_path, gpus=2, n=1)
+        time.sleep(1.5)
+        assert waiting.poll() is None  # still waiting: both slots are held
+        first.send_signal(signal.SIGKILL)  # no cleanup runs: the kernel drops the flock
+        first.wait()
+        assert _line(waiting) in ("0", "1")
+    finally:
+        (tmp_path / "release").touch()
+        _stop(first, *([waiting] if waiting else []))
+
+
+def test_a_multi_gpu_claim_takes_all_or_none(tmp_path):
+    held = acquire(1, ["0", "1", "2"], tmp_path)
+    try:
+        both = acquire(2, ["0", "1", "2"], tmp_path, timeout=1)
+        assert sorted(both.ids) == ["1", "2"]
+        with pytest.raises(TimeoutError):  # one free slot is not two: it is given back, not kept
+            acquire(2, ["0", "1", "2"], tmp_path, timeout=0.3, poll=0.05)
+        both.release()
+        again = acquire(1, ["0", "1", "2"], tmp_path, timeout=1)
+        assert again.ids == ["1"]
+        again.release()
+    finally:
+        held.release()
+    with pytest.raises(GpuSlotError, match="needs 3 GPU"):
+        acquire(3, ["0", "1"], tmp_path)
+
+
+def test_device_ids_sources():
+    assert device_ids({"KDSUM_GPUS": "2", "CUDA_VISIBLE_DEVICES": "5"}) == ["0", "1"]
+    assert device_ids({"CUDA_VISIBLE_DEVICES": "3,5"}) == ["3", "5"]
+    assert device_ids({"CUDA_VISIBLE_DEVICES": ""}) == []
+    with pytest.raises(GpuSlotError, match="KDSUM_GPUS"):
+        device_ids({"KDSUM_GPUS": "two"})
+
+
+# --------------------------------------------------------------------------------------------- the global batch
+def test_accumulation_is_divided_and_a_remainder_refused(monkeypatch):
+    assert check_accumulation(16, 4) == 4
+    with pytest.raises(DistributedError, match="'train.gradient_accumulation_steps' \\(3\\).*'train.num_gpus' \\(2\\)"):
+        check_accumulation(3, 2)
+    args = {"gradient_accumulation_steps": 8, "learning_rate": 1e-3}
+    assert per_rank_arguments(args) == args
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert per_rank_arguments(args)["gradient_accumulation_steps"] == 4
+    assert per_rank_arguments(args)["ddp_find_unused_parameters"] is False
+    assert launch_command(["train", "--spec", "s"], 2)[-4:] == ["kdsum", "train", "--spec", "s"]
+
+
+def test_config_refuses_accumulation_that_does_not_divide():
+    overrides = {"models": {"tiny-llama": {"train": {"num_gpus": 2, "gradient_accumulation_steps": 3}}}}
+    with pytest.raises(ConfigError, match="'train.gradient_accumulation_steps' \\(3\\).*models.tiny-llama"):
+        load_config(REPO / "config.yaml", overrides)
+    ok = {"models": {"tiny-llama": {"train": {"num_gpus": 2, "gradient_accumulation_steps": 4}}}}
+    assert resolve(load_config(REPO / "config.yaml", ok), "tiny-llama").train.num_gpus == 2
+
+
+# --------------------------------------------------------------------------------------------- DDP on CPU (gloo)
+TRAIN = dict(
+    max_steps=4,
+    logging_steps=1,
+    save_steps=1000,
+    per_device_train_batch_size=2,
+    gradient_accumulation_steps=2,
+    max_length=256,
+    warmup_steps=0,
+    learning_rate=5e-3,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The sample data as chat prompts and the tiny Llama, built with a short pretraining."""
+    root = tmp_path_factory.mktemp("ddp")
+    config = load_config(REPO / "config.yaml")
+    data = root / "data"
+    ingest_splits({s: REPO / "data" / "sample" / f"{s}.csv" for s in ("train", "dev", "test")}, data)
+    prompts = root / "prompts" / "chat-plain"
+    write_prompt_set(spec_for(config, "prompts/chat-plain"), data, prompts)
+    job = resolve(config, "tiny-llama", "default")
+    build = dataclasses.replace(job.build, pretrain_steps=10, pretrain_batch_size=8)
+    dialogues = [r["dialogue"] for r in load_split(data / "train.jsonl")]
+    tokens = read_json(prompts / "special_tokens.json")["tokens"]
+    build_base_model(job.family, build, dialogues, tokens, root / "base", progress=False)
+    # no dropout: ranks draw different dropout masks than one process would
+    lora = dataclasses.replace(job.lora, lora_dropout=0.0)
+    return {"root": root, "prompts": prompts, "base": root / "base", "job": dataclasses.replace(job, lora=lora)}
+
+
+def _train_cmd(tiny, tmp_path, name, num_gpus, **train):
+    job = tiny["job"]
+    job = dataclasses.replace(job, train=dataclasses.replace(job.train, **{**TRAIN, **train, "num_gpus": num_gpus}))
+    spec = tmp_path / "specs" / f"{name}.json"
+    write_text(spec, to_json(job))
+    out, ckpt = tmp_path / "results" / "train" / name, tmp_path / "ckpt" / name
+    cmd = [sys.executable, "-m", "kdsum", "train", "--spec", str(spec), "--prompts-dir", str(tiny["prompts"])]
+    cmd += ["--base-dir", str(tiny["base"]), "--out-dir", str(out), "--checkpoint-dir", str(ckpt)]
+    return [*cmd, "--threads", "1", "--no-progress"], out, ckpt
+
+
+def _losses(out: Path) -> list[float]:
+    import csv
+
+    with open(out / "log_history.csv", encoding="utf-8") as fh:
+        return [float(r["loss"]) for r in csv.DictReader(fh) if r["loss"]]
+
+
+def _run(cmd, timeout=400):
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout, cwd=cmd_cwd(cmd))
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def cmd_cwd(cmd) -> str:
+    return str(Path(cmd[cmd.index("--out-dir") + 1]).parents[2])  # the tmp dir holding results/
+
+
+def test_two_gloo_ranks_match_one_process(tiny, tmp_path):
+    one, out1, _ = _train_cmd(tiny, tmp_path, "one", num_gpus=1)
+    two, out2, ckpt2 = _train_cmd(tiny, tmp_path, "two", num_gpus=2)
+    _run(one)
+    done = _run(two)
+    assert done.stdout.count("trained tiny-llama/default") == 1  # rank 0 reports, the launcher relays
+    m1, m2 = read_json(out1 / "train_metrics.json"), read_json(out2 / "train_metrics.json")
+    assert (m1["world_size"], m2["world_size"]) == (1, 2)
+    assert m2["train_config"]["gradient_accumulation_steps"] == 2 and m2["steps"] == m1["steps"] == 4
+    # the same global batch: the same rows each step, so every rank's tokens add up to one process's
+    assert m2["train_tokens"] == m1["train_tokens"] > 0
+    l1, l2 = _losses(out1), _losses(out2)
+    assert len(l1) == len(l2) == 4
+    assert l2 == pytest.approx(l1, rel=2e-3, abs=2e-3), (l1, l2)
+    assert not ckpt2.exists()
+
+
+def test_two_gloo_ranks_resume_after_the_launcher_is_killed(tiny, tmp_path):
+    cmd, out, ckpt = _train_cmd(tiny, tmp_path, "resume", num_gpus=2, max_steps=8, save_steps=2)
+    proc = subprocess.Popen(cmd, env=ENV, cwd=cmd_cwd(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and last_complete_checkpoint(ckpt) is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+    finally:
+        proc.send_signal(signal.SIGKILL)  # the launcher: torchrun and its ranks get SIGTERM from the kernel
+        proc.wait()
+    killed_at = int(Path(last_complete_checkpoint(ckpt)).name.split("-")[1])
+    assert 0 < killed_at < 8 and not out.exists()
+    done = _run(cmd)
+    assert f"resumed from step {killed_at}" in done.stdout
+    metrics = read_json(out / "train_metrics.json")
+    assert metrics["resumed_from_step"] == killed_at and metrics["steps"] == 8 and metrics["world_size"] == 2
+    assert 0 < metrics["train_tokens_this_run"] < metrics["train_tokens"]
+    assert len(_losses(out)) == 8
