@@ -55,6 +55,17 @@ def job(wildcards):
     return spec_for(CFG, f"model/{wildcards.model}/{wildcards.variant}")
 
 
+def train_resources():
+    """The train rule's resources from config `resources.train`, except gpu (per job: :func:`train_gpus`)."""
+    return {k: v for k, v in resources_for("train").items() if k != "gpu"}
+
+
+def train_gpus(wildcards):
+    """GPUs of a training job: config `resources.train.gpu` (per process) x its train.num_gpus (DDP ranks); the
+    slots `kdsum train` claims, and what --resources gpu=N counts."""
+    return resources_for("train").get("gpu", 1) * job(wildcards).train.num_gpus
+
+
 def built(model):
     return "build" in CFG["models"][model]
 

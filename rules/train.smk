@@ -18,7 +18,8 @@ rule train:
         "results/benchmarks/train/{model}/{variant}.tsv"
     threads: threads_for("train")
     resources:
-        **resources_for("train"),
+        **train_resources(),
+        gpu=train_gpus,
     conda:
         "../envs/kdsum.yaml"
     shell:

@@ -18,12 +18,12 @@ from kdsum.checkpoints import last_complete_checkpoint
 from kdsum.config import load_config, resolve, spec_for
 from kdsum.config_files import ConfigError
 from kdsum.data import ingest_splits, load_split
-from kdsum.distributed import DistributedError, check_accumulation, launch_command, per_rank_arguments
+from kdsum.distributed import launch_command, per_rank_arguments
 from kdsum.gpu_slots import GpuSlotError, acquire, device_ids
 from kdsum.io import read_json, write_text
 from kdsum.offline_models import build_base_model
 from kdsum.prompts import write_prompt_set
-from kdsum.spec import to_json
+from kdsum.spec import BatchError, per_rank_accumulation, to_json
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
@@ -122,9 +122,9 @@ def test_device_ids_sources():
 
 # --------------------------------------------------------------------------------------------- the global batch
 def test_accumulation_is_divided_and_a_remainder_refused(monkeypatch):
-    assert check_accumulation(16, 4) == 4
-    with pytest.raises(DistributedError, match="'train.gradient_accumulation_steps' \\(3\\).*'train.num_gpus' \\(2\\)"):
-        check_accumulation(3, 2)
+    assert per_rank_accumulation(16, 4) == 4
+    with pytest.raises(BatchError, match="'train.gradient_accumulation_steps' \\(3\\).*'train.num_gpus' \\(2\\)"):
+        per_rank_accumulation(3, 2)
     args = {"gradient_accumulation_steps": 8, "learning_rate": 1e-3}
     assert per_rank_arguments(args) == args
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -143,7 +143,7 @@ def test_config_refuses_accumulation_that_does_not_divide():
 
 # --------------------------------------------------------------------------------------------- DDP on CPU (gloo)
 TRAIN = dict(
-    max_steps=4,
+    max_steps=6,
     logging_steps=1,
     save_steps=1000,
     per_device_train_batch_size=2,
@@ -201,39 +201,52 @@ def cmd_cwd(cmd) -> str:
     return str(Path(cmd[cmd.index("--out-dir") + 1]).parents[2])  # the tmp dir holding results/
 
 
-def test_two_gloo_ranks_match_one_process(tiny, tmp_path):
+def _processes_running(marker: str) -> list[int]:
+    """Processes whose command line mentions ``marker`` (a job's spec path)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_two_gloo_ranks_match_one_process_and_resume_after_a_kill(tiny, tmp_path):
+    """One process vs two ranks (accumulation 2 -> 1 each) at the same global batch; the two-rank run is killed
+    (its launcher, SIGKILL) after its first checkpoint and resumed: per-step losses and the token count must
+    still be those of the one uninterrupted process."""
     one, out1, _ = _train_cmd(tiny, tmp_path, "one", num_gpus=1)
-    two, out2, ckpt2 = _train_cmd(tiny, tmp_path, "two", num_gpus=2)
+    two, out2, ckpt2 = _train_cmd(tiny, tmp_path, "two", num_gpus=2, save_steps=2)
     _run(one)
-    done = _run(two)
-    assert done.stdout.count("trained tiny-llama/default") == 1  # rank 0 reports, the launcher relays
-    m1, m2 = read_json(out1 / "train_metrics.json"), read_json(out2 / "train_metrics.json")
-    assert (m1["world_size"], m2["world_size"]) == (1, 2)
-    assert m2["train_config"]["gradient_accumulation_steps"] == 2 and m2["steps"] == m1["steps"] == 4
-    # the same global batch: the same rows each step, so every rank's tokens add up to one process's
-    assert m2["train_tokens"] == m1["train_tokens"] > 0
-    l1, l2 = _losses(out1), _losses(out2)
-    assert len(l1) == len(l2) == 4
-    assert l2 == pytest.approx(l1, rel=2e-3, abs=2e-3), (l1, l2)
-    assert not ckpt2.exists()
-
-
-def test_two_gloo_ranks_resume_after_the_launcher_is_killed(tiny, tmp_path):
-    cmd, out, ckpt = _train_cmd(tiny, tmp_path, "resume", num_gpus=2, max_steps=8, save_steps=2)
-    proc = subprocess.Popen(cmd, env=ENV, cwd=cmd_cwd(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    spec = two[two.index("--spec") + 1]
+    proc = subprocess.Popen(two, env=ENV, cwd=cmd_cwd(two), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and last_complete_checkpoint(ckpt) is None:
+        while time.time() < deadline and proc.poll() is None and last_complete_checkpoint(ckpt2) is None:
             time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read()[-3000:]
     finally:
-        proc.send_signal(signal.SIGKILL)  # the launcher: torchrun and its ranks get SIGTERM from the kernel
+        proc.send_signal(signal.SIGKILL)  # the launcher only: torchrun gets SIGTERM from the kernel, then the ranks
         proc.wait()
-    killed_at = int(Path(last_complete_checkpoint(ckpt)).name.split("-")[1])
-    assert 0 < killed_at < 8 and not out.exists()
-    done = _run(cmd)
+    deadline = time.time() + 60
+    while _processes_running(spec) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _processes_running(spec), "ranks outlived their killed launcher"
+    killed_at = int(Path(last_complete_checkpoint(ckpt2)).name.split("-")[1])
+    assert 0 < killed_at < TRAIN["max_steps"] and not out2.exists()
+
+    done = _run(two)
+    assert done.stdout.count("trained tiny-llama/default") == 1  # rank 0 reports
     assert f"resumed from step {killed_at}" in done.stdout
-    metrics = read_json(out / "train_metrics.json")
-    assert metrics["resumed_from_step"] == killed_at and metrics["steps"] == 8 and metrics["world_size"] == 2
-    assert 0 < metrics["train_tokens_this_run"] < metrics["train_tokens"]
-    assert len(_losses(out)) == 8
+    m1, m2 = read_json(out1 / "train_metrics.json"), read_json(out2 / "train_metrics.json")
+    assert (m1["world_size"], m2["world_size"]) == (1, 2)
+    assert m2["resumed_from_step"] == killed_at and m2["steps"] == m1["steps"] == TRAIN["max_steps"]
+    assert 0 < m2["train_tokens_this_run"] < m2["train_tokens"]
+    # the same rows each step: every rank's tokens add up to what one process saw
+    assert m2["train_tokens"] == m1["train_tokens"] > 0
+    l1, l2 = _losses(out1), _losses(out2)
+    assert len(l1) == len(l2) == TRAIN["max_steps"]
+    assert l2 == pytest.approx(l1, rel=2e-3, abs=2e-3), (l1, l2)
+    assert not ckpt2.exists()

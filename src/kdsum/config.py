@@ -22,12 +22,12 @@ import jsonschema
 import yaml
 
 from kdsum.config_files import ConfigError, deep_merge, merged_config
-from kdsum.distributed import DistributedError, check_accumulation
 from kdsum.spec import (
     BASELINE_MODEL,
     ENSEMBLE_MODEL,
     ZERO_SHOT,
     BaseSpec,
+    BatchError,
     BuildArgs,
     DataSpec,
     EnsembleSpec,
@@ -42,6 +42,7 @@ from kdsum.spec import (
     SummarySpec,
     SystemRow,
     TrainArgs,
+    per_rank_accumulation,
     prompt_set_name,
 )
 
@@ -180,8 +181,8 @@ def _check_references(config: dict, source: str) -> None:
                 f"would leave no room for the dialogue"
             )
         try:
-            check_accumulation(settings["train"]["gradient_accumulation_steps"], settings["train"]["num_gpus"])
-        except DistributedError as exc:
+            per_rank_accumulation(settings["train"]["gradient_accumulation_steps"], settings["train"]["num_gpus"])
+        except BatchError as exc:
             raise ConfigError(f"{source}: {exc} (models.{model} under variant '{variant}')") from None
 
 

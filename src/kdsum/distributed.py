@@ -11,7 +11,8 @@ Each rank (``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` from torchrun) builds the same
 the process group (NCCL on GPUs, gloo on CPUs, which is how the tests run two ranks without a GPU) and shards each
 batch of the dataloader over the ranks. The global batch stays what one GPU trains:
 ``per_device_train_batch_size x gradient_accumulation_steps``, the accumulation divided by the world size
-(:func:`per_rank_arguments`; a config where it does not divide is refused, naming the key). A 4-bit QLoRA base is
+(:func:`per_rank_arguments`, kdsum.spec.per_rank_accumulation; a config where it does not divide is refused,
+naming the key). A 4-bit QLoRA base is
 loaded by every rank on its own device (kdsum.modeling uses the current device, which :func:`setup_rank` sets).
 Only rank 0 deletes stale outputs, prepares the checkpoint directory and writes the outputs
 (:func:`rank_zero_first`, :func:`is_main`); the Trainer saves checkpoints from rank 0 with every rank's RNG state,
@@ -40,13 +41,9 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-from kdsum.errors import KdsumError
+from kdsum.spec import per_rank_accumulation
 
 log = logging.getLogger(__name__)
-
-
-class DistributedError(KdsumError):
-    """A multi-GPU setting that cannot give the single-GPU global batch."""
 
 
 def world_size() -> int:
@@ -65,16 +62,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def check_accumulation(gradient_accumulation_steps: int, num_gpus: int, where: str = "train") -> int:
-    """The per-rank accumulation that keeps the global batch of one GPU; refuses what does not divide."""
-    if num_gpus < 1 or gradient_accumulation_steps % num_gpus:
-        raise DistributedError(
-            f"key '{where}.gradient_accumulation_steps' ({gradient_accumulation_steps}) must be a multiple of "
-            f"'{where}.num_gpus' ({num_gpus}): each GPU accumulates an equal share of the one-GPU global batch"
-        )
-    return gradient_accumulation_steps // num_gpus
-
-
 def per_rank_arguments(args: dict) -> dict:
     """TrainingArguments fields for this rank: the accumulation divided by the world size, DDP's settings."""
     world = world_size()
@@ -82,7 +69,7 @@ def per_rank_arguments(args: dict) -> dict:
         return args
     return {
         **args,
-        "gradient_accumulation_steps": check_accumulation(args["gradient_accumulation_steps"], world),
+        "gradient_accumulation_steps": per_rank_accumulation(args["gradient_accumulation_steps"], world),
         "ddp_find_unused_parameters": False,  # every trainable parameter is used each step (module docstring)
     }
 

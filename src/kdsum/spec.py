@@ -86,6 +86,21 @@ class TrainArgs:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in OWN_TRAIN_FIELDS}
 
 
+class BatchError(SpecError):
+    """Training settings that cannot keep the one-GPU global batch on several GPUs."""
+
+
+def per_rank_accumulation(gradient_accumulation_steps: int, num_gpus: int) -> int:
+    """The accumulation each of ``num_gpus`` ranks runs so that the global batch stays that of one GPU
+    (``per_device_train_batch_size x gradient_accumulation_steps``); refuses what does not divide."""
+    if num_gpus < 1 or gradient_accumulation_steps % num_gpus:
+        raise BatchError(
+            f"key 'train.gradient_accumulation_steps' ({gradient_accumulation_steps}) must be a multiple of "
+            f"'train.num_gpus' ({num_gpus}): each GPU accumulates an equal share of the one-GPU global batch"
+        )
+    return gradient_accumulation_steps // num_gpus
+
+
 @dataclass(frozen=True)
 class LoraArgs:
     # peft.LoraConfig fields

@@ -26,7 +26,7 @@ import torch
 
 from kdsum import distributed, gpu_slots
 from kdsum.modeling import require_base
-from kdsum.spec import Job, read_spec
+from kdsum.spec import Job, per_rank_accumulation, read_spec
 from kdsum.training import train
 
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     job = read_spec(args.spec, Job)
     num_gpus = job.train.num_gpus
-    distributed.check_accumulation(job.train.gradient_accumulation_steps, num_gpus)
+    per_rank_accumulation(job.train.gradient_accumulation_steps, num_gpus)  # refused before any launch
     # before torch touches CUDA: num_gpus free devices, held until the job ends (kdsum.gpu_slots)
     with gpu_slots.claim(num_gpus):
         if distributed.needs_launch(num_gpus):  # this process becomes the launcher of num_gpus ranks
