@@ -141,6 +141,32 @@ def test_config_refuses_accumulation_that_does_not_divide():
     assert resolve(load_config(REPO / "config.yaml", ok), "tiny-llama").train.num_gpus == 2
 
 
+def test_memory_plan_per_rank_adds_ddp_buckets():
+    """Each rank holds the whole model and its own micro-batch (the single-GPU plan) plus DDP's gradient buckets:
+    one more copy of the adapters' gradients, 4 bytes each under LoRA, 2 under QLoRA."""
+    from kdsum.memory import GIB, estimate_peak_memory, lora_parameter_count, model_dims
+
+    llama_3b = dict(
+        model_type="llama",
+        hidden_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=8192,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+    )
+    adapters = lora_parameter_count(model_dims(llama_3b), 16)
+    for method, grad_bytes in (("lora", 4), ("qlora", 2)):
+        one = estimate_peak_memory(llama_3b, method, 8, 1024, True, True, 16, attention="varlen")
+        two = estimate_peak_memory(llama_3b, method, 8, 1024, True, True, 16, attention="varlen", world_size=2)
+        assert "ddp_buckets" not in one["parts"]
+        assert two["parts"]["ddp_buckets"] == pytest.approx(adapters * grad_bytes / GIB, abs=1e-3)
+        assert {k: v for k, v in two["parts"].items() if k != "ddp_buckets"} == one["parts"]
+        assert two["total_gb"] == pytest.approx(one["total_gb"] + two["parts"]["ddp_buckets"], abs=2e-3)
+
+
 # --------------------------------------------------------------------------------------------- DDP on CPU (gloo)
 TRAIN = dict(
     max_steps=6,

@@ -39,6 +39,10 @@ padded to its longest row, and ``seq_len`` is that longest row, ``train.max_leng
   freed blocks of earlier sizes stay reserved); with the fused loss ``ALLOCATOR_BASE_GIB`` + ``FRAGMENTATION`` x
   the per-step memory, plus, for QLoRA, the bf16 copy of the fp32-upcast LM head (``2 V h``) made in each forward.
   QLoRA's fp32 norms also make the MLP's (and SDPA's) saved activations fp32 (see ``_layer_bytes_per_token``).
+* **ddp_buckets** -- only with ``world_size > 1`` (kdsum.distributed; every other term is per rank already, since
+  each rank holds the whole model and its own micro-batch): DDP's reducer keeps its gradient buckets, one more
+  copy of the trainable parameters' gradients (4 bytes each, 2 under QLoRA). Derived from DDP's design, not
+  measured.
 
 ``total_gb`` is what the job needs on the card (peak reserved + memory outside the allocator); ``allocated_gb``
 is the part ``torch.cuda.max_memory_allocated`` sees. The constants were calibrated against the H100 runs of
@@ -223,6 +227,7 @@ def estimate_peak_memory(
     completion_fraction: float = 1.0,
     trainable_tokens: int = 0,
     name: str | None = None,
+    world_size: int = 1,
 ) -> dict:
     """Estimated peak GPU memory (GiB) of one training job; see the module docstring for every term.
 
@@ -267,6 +272,9 @@ def estimate_peak_memory(
         "logits": logits,
         "overhead": overhead,
     }
+    if world_size > 1:
+        i["world_size"] = int(world_size)
+        parts["ddp_buckets"] = _ddp_bucket_bytes(d, counts, i)
     total = sum(parts.values())
     return {
         "model": d.name,
@@ -319,6 +327,14 @@ def _trainable_bytes(d: ModelDims, counts: dict[str, int], i: dict) -> float:
     )
     values = rows * d.hidden * (1 if d.tied else 2)
     return adapters + 16 * values + 2 * d.vocab * d.hidden * embed_bytes
+
+
+def _ddp_bucket_bytes(d: ModelDims, counts: dict[str, int], i: dict) -> float:
+    """DDP's gradient buckets: one more copy of the trainable gradients (module docstring)."""
+    if i["method"] == "full":
+        return counts["total"] * 4
+    trainable = lora_parameter_count(d, i["lora_r"]) + i["trainable_tokens"] * d.hidden * (1 if d.tied else 2)
+    return trainable * (2 if i["method"] == "qlora" else 4)
 
 
 def _activation_bytes(d: ModelDims, i: dict, T: int) -> float:

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 from typing import Any
 
+from kdsum.distributed import world_size
 from kdsum.errors import KdsumError
 from kdsum.memory import GIB, ModelDims, estimate_peak_memory, model_dims
 from kdsum.spec import Job
@@ -163,6 +164,7 @@ def estimate_for_spec(
         loss="fused",
         double_quant=job.quantization.bnb_4bit_use_double_quant,
         trainable_tokens=trainable_tokens,
+        world_size=world_size(),  # DDP: each rank plans its own card (kdsum.distributed.setup_rank made it current)
     )
 
 
