@@ -12,8 +12,8 @@ the process group (NCCL on GPUs, gloo on CPUs, which is how the tests run two ra
 batch of the dataloader over the ranks. The global batch stays what one GPU trains:
 ``per_device_train_batch_size x gradient_accumulation_steps``, the accumulation divided by the world size
 (:func:`per_rank_arguments`, kdsum.spec.per_rank_accumulation; a config where it does not divide is refused,
-naming the key). A 4-bit QLoRA base is
-loaded by every rank on its own device (kdsum.modeling uses the current device, which :func:`setup_rank` sets).
+naming the key). A 4-bit QLoRA base is loaded by every rank on its own device (kdsum.modeling uses the current
+device, which :func:`setup_rank` sets before the memory planner reads that device's free memory).
 Only rank 0 deletes stale outputs, prepares the checkpoint directory and writes the outputs
 (:func:`rank_zero_first`, :func:`is_main`); the Trainer saves checkpoints from rank 0 with every rank's RNG state,
 so a killed multi-GPU run resumes like a single one.
@@ -26,8 +26,14 @@ Notes (transformers 5.23, accelerate 1.15, TRL 1.16, peft 0.21):
   sampler; each rank gets whole packed rows, so sequences never straddle ranks. Losses are summed over the
   completion tokens of the whole global batch (``average_tokens_across_devices``), so the ranks' different token
   counts do not reweight the loss.
+  The varlen kernel (kdsum.attention) reads each rank's own ``position_ids``: nothing changes for it.
 - Tokens: ``num_input_tokens_seen`` is gathered over ranks by the Trainer (and the seq2seq target count by
   kdsum.trainer_hooks through ``accelerator.gather``), so train_metrics.json counts every rank's tokens.
+- Where ranks differ from one process: dropout masks (each rank has its own RNG stream; tiny-bart, dropout 0.1,
+  3 steps: losses within 4e-4 relative), and the end of an epoch, where accelerate's ``even_batches`` repeats
+  up to ``world_size x batch - 1`` rows so every rank gets a full batch (the ``epoch`` column differs slightly).
+- A rank's refusal (a KdsumError) prints its one line in the log; torchrun then exits 1, not 2. The spec's own
+  checks (the accumulation, the GPU count) run in the launcher first and exit 2 as usual.
 """
 
 from __future__ import annotations
