@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,6 +121,18 @@ def test_device_ids_sources():
         device_ids({"KDSUM_GPUS": "two"})
 
 
+def test_a_ddp_training_job_declares_its_gpus_to_snakemake():
+    """The train rule's gpu resource is resources.train.gpu x train.num_gpus, so --resources gpu=N counts ranks."""
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "1", "results/summary.csv", "--config"]
+    cmd += ["models__tiny-llama__train__num_gpus=2", "models__tiny-llama__train__gradient_accumulation_steps=2"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    blocks = re.findall(r"rule train:.*?wildcards: (.*?)\n\s*resources: (.*?)\n", done.stdout + done.stderr, re.S)
+    train = dict(blocks)
+    assert "gpu=2" in train["model=tiny-llama, variant=default"]
+    assert "gpu=1" in train["model=tiny-bart, variant=default"]
+
+
 # --------------------------------------------------------------------------------------------- the global batch
 def test_accumulation_is_divided_and_a_remainder_refused(monkeypatch):
     assert per_rank_accumulation(16, 4) == 4
@@ -169,7 +182,7 @@ def test_memory_plan_per_rank_adds_ddp_buckets():
 
 # --------------------------------------------------------------------------------------------- DDP on CPU (gloo)
 TRAIN = dict(
-    max_steps=6,
+    max_steps=8,
     logging_steps=1,
     save_steps=1000,
     per_device_train_batch_size=2,
@@ -244,7 +257,7 @@ def test_two_gloo_ranks_match_one_process_and_resume_after_a_kill(tiny, tmp_path
     (its launcher, SIGKILL) after its first checkpoint and resumed: per-step losses and the token count must
     still be those of the one uninterrupted process."""
     one, out1, _ = _train_cmd(tiny, tmp_path, "one", num_gpus=1)
-    two, out2, ckpt2 = _train_cmd(tiny, tmp_path, "two", num_gpus=2, save_steps=2)
+    two, out2, ckpt2 = _train_cmd(tiny, tmp_path, "two", num_gpus=2, save_steps=1)
     _run(one)
     spec = two[two.index("--spec") + 1]
     proc = subprocess.Popen(two, env=ENV, cwd=cmd_cwd(two), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
