@@ -347,8 +347,15 @@ def test_outputs_metrics_and_plots_are_what_dvc_should_track():
     assert {o for o in outs if o.endswith("/model")} == {f"results/train/{m}/{v}/model" for m, v in jobs}
     metrics = [next(iter(m)) if isinstance(m, dict) else m for st in stages.values() for m in st.get("metrics", [])]
     assert metrics and all(m.endswith(".json") for m in metrics)
-    assert {f"results/scores/{m}/{v}/dev.json" for m, v in jobs} <= set(metrics)
-    assert "results/data/stats.json" not in metrics  # data statistics are not scores
+    # only scores and training summaries are metrics: statistics and diagnostics are plain outs
+    scored = {o for o in outs if re.fullmatch(r"results/scores/[^/]+/[^/]+/dev\.json", o)}  # scores and CIs
+    assert {f"results/scores/{m}/{v}/dev.json" for m, v in jobs} <= scored
+    scores = {o.replace(".json", "_metrics.json") for o in scored}
+    summaries = {f"results/train/{m}/{v}/train_summary.json" for m, v in jobs}
+    assert set(metrics) == scores | summaries
+    for plain in ("results/data/stats.json", *(f"results/train/{m}/{v}/train_metrics.json" for m, v in jobs)):
+        assert plain in outs and plain not in metrics
+    assert {f"results/train/{m}/{v}/tracking" for m, v in jobs} <= set(outs)  # DVCLive's folder is declared
     for name, st in stages.items():  # every output is cached: results/ is git-ignored
         for key in ("outs", "metrics"):
             assert all(isinstance(e, str) for e in st.get(key, [])) or name == "check_dag", st

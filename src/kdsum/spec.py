@@ -60,10 +60,11 @@ class TrainArgs:
     # the pipeline's own
     max_target_length: int  # summary tokens (seq2seq)
     attention: str  # auto | sdpa | eager | varlen (kdsum.attention)
+    report_to: str  # dvclive | tensorboard | wandb | none (kdsum.tracking; the Trainer itself gets "none")
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """The fields that ``TrainingArguments`` takes as they are."""
-        own = {"max_length", "packing", "bf16", "max_target_length", "attention", "gradient_checkpointing"}
+        own = {"max_length", "packing", "bf16", "max_target_length", "attention", "gradient_checkpointing", "report_to"}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in own}
 
 
