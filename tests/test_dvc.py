@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -34,6 +35,7 @@ import yaml
 
 from kdsum.config import load_config
 from kdsum.config_files import merged_config
+from kdsum.train_report import SUMMARY_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = "tests/fixtures/config.fast.yaml"
@@ -450,9 +452,14 @@ def test_checkpoints_are_not_outputs_but_models_are_cached(dvc_repo):
 def test_metrics_and_plots(dvc_repo, tmp_path):
     metrics = json.loads(dvc(dvc_repo, "metrics", "show", "--json").stdout)
     data = metrics[""]["data"]
-    score = data["results/scores/tiny-bart/default/dev.json"]["data"]
-    assert {"rouge1", "rouge2", "rougeL", "rouge_sum"} <= set(score)
-    assert "results/train/tiny-llama/default/train_metrics.json" in data
+    score = data["results/scores/tiny-bart/default/dev_metrics.json"]["data"]
+    assert list(score) == ["final", "rouge1", "rouge2", "rougeL"]
+    full = json.loads((dvc_repo / "results/scores/tiny-bart/default/dev.json").read_text())
+    assert score["final"] == pytest.approx(full["rouge_sum"] / 3) and score["rouge2"] == full["rouge2"]
+    summary = {r["system"]: r for r in csv.DictReader(io.StringIO((dvc_repo / TARGET).read_text(encoding="utf-8")))}
+    assert float(summary["tiny-bart/default"]["final"]) == pytest.approx(score["final"])  # the table's `final`
+    assert "results/train/tiny-llama/default/train_summary.json" in data
+    assert not [p for p in data if p.endswith(("stats.json", "train_metrics.json")) or p.startswith("results/base")]
     out = tmp_path / "plots"
     dvc(dvc_repo, "plots", "show", "-o", str(out))
     html = (out / "index.html").read_text(encoding="utf-8")
@@ -597,11 +604,36 @@ def test_exp_run_on_one_models_learning_rate_reruns_that_model_only(dvc_repo):
     assert [x["params"]["config.yaml"]["data"]["models"]["tiny-llama"]["train"]["learning_rate"] for x in exps] == [
         0.05
     ]
-    assert "results/scores/tiny-llama/default/dev.json" in exps[0]["metrics"]
+    assert "results/scores/tiny-llama/default/dev_metrics.json" in exps[0]["metrics"]
     assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
     # Snakemake follows: its params record is refreshed by the documented step, then nothing to do
     sh([*KDSUM, "sync-mtimes"], dvc_repo)
     assert nothing_to_do(dvc_repo)[0]
+
+
+@pytest.mark.slow
+def test_exp_show_leads_with_scores_and_the_changed_param(dvc_repo):
+    """After the experiment above: the metrics are only the scores and training summaries, so `dvc exp show` starts
+    with them (no data or build statistics), and --only-changed keeps the changed param and the moved scores."""
+    header = next(csv.reader(io.StringIO(dvc(dvc_repo, "exp", "show", "--csv").stdout)))
+    FIGURES["dvc exp show --csv columns"] = len(header)
+    metrics = [c for c in header if c.startswith("results/") and ":" in c]
+    first = header.index(metrics[0])
+    assert header[:first] == ["Experiment", "rev", "typ", "Created", "parent"]
+    assert header[first : first + len(metrics)] == metrics  # metrics lead, then params, then deps
+    assert {c.split(":")[0].rsplit("/", 1)[1] for c in metrics} == {"dev_metrics.json", "train_summary.json"}
+    assert header[first] == "results/scores/baseline/lead/dev_metrics.json:final"
+    FIGURES["first ROUGE column of dvc exp show"] = next(i + 1 for i, c in enumerate(header) if ":rouge" in c)
+    scores = [c for c in metrics if "/scores/" in c]
+    assert len(scores) == 4 * 6 and len(metrics) == len(scores) + 2 * len(SUMMARY_KEYS)
+    changed = next(csv.reader(io.StringIO(dvc(dvc_repo, "exp", "show", "--csv", "--only-changed").stdout)))
+    FIGURES["dvc exp show --only-changed columns"] = len(changed)
+    moved = [c for c in changed if ":" in c]
+    assert moved and all("tiny-llama/default" in c for c in moved)  # only the changed model's scores moved
+    assert "results/scores/tiny-llama/default/dev_metrics.json:final" in moved
+    assert changed[changed.index(moved[-1]) + 1] == "models.tiny-llama.train.learning_rate"  # then the param
+    spec = json.loads(dvc(dvc_repo, "plots", "show", "--json").stdout)
+    assert set(spec["data"]) == {"training_loss", "results/summary.csv"} and not spec.get("errors")
 
 
 def _edit_one_summary(path: Path) -> None:
