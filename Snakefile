@@ -8,6 +8,9 @@
 configfile: "config.yaml"
 
 
+report: "docs/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/spec.smk"
 include: "rules/data.smk"
@@ -16,12 +19,15 @@ include: "rules/models.smk"
 include: "rules/replicas.smk"
 include: "rules/train.smk"
 include: "rules/predict.smk"
+include: "rules/ensemble.smk"
 include: "rules/evaluate.smk"
 include: "rules/summary.smk"
+include: "rules/report.smk"
 include: "rules/dag.smk"
 
 
 rule all:
     input:
         "results/summary.csv",
+        report_targets(),
     default_target: True

@@ -26,12 +26,24 @@ import) alongside: its ``kdsum evaluate``, or, in a checkout from before the sta
 
     python benchmarks/bench_scoring.py --out results/bench_scoring.json [--repeats 5] [--limit N]
         [--sweep-threads 1,2,3,4] [--evaluate-job [--evaluate-other OTHER_CHECKOUT]]
+
+``--korean-dev`` runs another benchmark instead, on the Korean dev split (``../shared/data/ko/dev.csv``, 499 items):
+the naive loop against the evaluate stage's own path, ``kdsum.evaluation.evaluate`` with the pipeline's settings
+(bootstrap included), called in this process with Kiwi warm, for one system (no cache; a cache miss; a hit: what
+every system of a split after the first gets) and for ``--systems`` N systems sharing the references (system k: the
+k-th utterance of each dialogue, ``--turns`` utterances long). Every item of every path must equal the naive loop's
+scores exactly, and the outputs with the cache must equal those without. ``--jobs`` also times the N systems as
+whole ``kdsum evaluate`` jobs, with and without ``--token-cache``.
+
+    python benchmarks/bench_scoring.py --korean-dev --out /tmp/bench_korean.json [--repeats 3] [--systems 6]
+        [--turns 1] [--jobs]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import gc
 import hashlib
 import io
@@ -49,6 +61,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import date
+from itertools import chain, count
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +376,155 @@ def evaluate_job(checkout: Path, other: Path | None, repeats: int, tok: KiwiMorp
     return out
 
 
+# ------------------------------------------------------------------------------------------------ Korean dev, N systems
+
+
+def utterances(dialogue: str) -> list[str]:
+    return [_SPEAKER_RE.sub("", line).strip() for line in dialogue.split("\n") if line.strip()]
+
+
+def system_predictions(dialogues: list[str], k: int, turns: int) -> list[str]:
+    """System ``k`` (0-based): utterances k .. k+turns-1 of each dialogue (wrapping around), speaker tags removed."""
+    out = []
+    for d in dialogues:
+        us = utterances(d) or [""]
+        out.append(" ".join(us[(k + j) % len(us)] for j in range(turns)))
+    return out
+
+
+def korean_dev(repeats: int, n_systems: int, turns: int, jobs: bool, tok: KiwiMorphemeTokenizer) -> dict[str, Any]:
+    """The naive loop against the evaluate stage's path (``kdsum.evaluation.evaluate``, in this process, Kiwi
+    warm) on the Korean dev split, for one system and for ``n_systems`` systems sharing the references; with
+    ``jobs``, also the same N systems as whole ``kdsum evaluate`` jobs (subprocesses) with and without the cache."""
+    import pandas as pd
+
+    from kdsum.evaluation import evaluate
+
+    dev = pd.read_csv(KOREAN_DEV, keep_default_na=False)
+    refs = dev["summary"].tolist()
+    systems = [system_predictions(dev["dialogue"].tolist(), k, turns) for k in range(n_systems)]
+    out: dict[str, Any] = {
+        "data": str(KOREAN_DEV.relative_to(ROOT.parent)),
+        "n": len(dev),
+        "systems": n_systems,
+        "system": f"system k: utterances k..k+{turns - 1} of each dialogue, speaker tags removed",
+        "mean_chars_references": round(sum(map(len, refs)) / len(refs), 1),
+        "mean_chars_predictions": round(sum(map(len, chain(*systems))) / (len(refs) * n_systems), 1),
+        "evaluation": dataclasses.asdict(EVALUATION),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        refs_path, spec_path = root / "dev.jsonl", root / "spec.json"
+        spec_path.write_text(to_json(EVALUATION), encoding="utf-8")
+        with open(refs_path, "w", encoding="utf-8") as fh:
+            for r in dev.itertuples():
+                fh.write(json.dumps({"fname": r.fname, "summaries": [r.summary]}, ensure_ascii=False) + "\n")
+        pred_paths = []
+        for k, preds in enumerate(systems):
+            pred_paths.append(root / f"system_{k}.csv")
+            pd.DataFrame({"fname": dev["fname"], "summary": preds}).to_csv(pred_paths[-1], index=False)
+        fresh = count()
+
+        def cache_dir() -> Path:
+            return root / f"cache_{next(fresh)}"
+
+        warm = cache_dir()
+        evaluate(pred_paths[0], refs_path, token_cache=warm)  # fills it: the hit path's cache
+
+        def run(paths: list[Path], cache: Path | None) -> list[tuple[dict, Any]]:
+            return [
+                evaluate(p, refs_path, EVALUATION.aggregate, EVALUATION.bootstrap, EVALUATION.seed, None, cache)
+                for p in paths
+            ]
+
+        paths: dict[str, Callable[[], Any]] = {
+            "naive_1": lambda: [naive(systems[0], refs, tok)],
+            "evaluate_1_no_cache": lambda: run(pred_paths[:1], None),
+            "evaluate_1_cache_miss": lambda: run(pred_paths[:1], cache_dir()),
+            "evaluate_1_cache_hit": lambda: run(pred_paths[:1], warm),
+            f"naive_{n_systems}": lambda: [naive(p, refs, tok) for p in systems],
+            f"evaluate_{n_systems}_no_cache": lambda: run(pred_paths, None),
+            f"evaluate_{n_systems}_cache": lambda: run(pred_paths, cache_dir()),  # the first misses, the rest hit
+        }
+        runs: dict[str, list[dict]] = {k: [] for k in paths}
+        mismatches = dict.fromkeys(paths, 0)
+        reference: dict[int, tuple] = {}  # system -> (naive scores x100, evaluate's outputs without the cache)
+        for rnd in range(repeats):
+            for name, fn in paths.items():
+                result, timing = timed(fn)
+                runs[name].append(timing)
+                print(f"korean round {rnd + 1} {name}: {timing}", flush=True)
+                if name.startswith("naive"):
+                    for k, scores in enumerate(result):
+                        reference.setdefault(k, ([[100.0 * x for x in row] for row in scores], None))
+                    continue
+                for k, (summary, items) in enumerate(result):
+                    naive_x100, plain = reference[k]
+                    got = items[list(ROUGE_KEYS)].to_numpy().tolist()
+                    mismatches[name] += sum(a != b for a, b in zip(naive_x100, got, strict=True))
+                    if plain is None:
+                        reference[k] = (naive_x100, (summary, items))
+                    else:  # with or without the cache: the same S.json and I.csv
+                        mismatches[name] += int(summary != plain[0] or not items.equals(plain[1]))
+        out["identical_to_naive"] = {n: mismatches[n] == 0 for n in paths if not n.startswith("naive")}
+        out["median"] = {name: median_of(rs) for name, rs in runs.items()}
+        for n in (1, n_systems):
+            base = out["median"][f"naive_{n}"]["wall_s"]
+            out[f"speedup_wall_{n}"] = {
+                name: round(base / m["wall_s"], 2)
+                for name, m in out["median"].items()
+                if name.startswith(f"evaluate_{n}_")
+            }
+        out["load_before"] = {name: [r["load_before"][0] for r in rs] for name, rs in runs.items()}
+        out["other_processes_cpu_s_max"] = {
+            n: max(r["other_processes_cpu_s"] or 0.0 for r in rs) for n, rs in runs.items()
+        }
+        out["runs"] = runs
+        if jobs:
+            out["jobs"] = korean_jobs(root, pred_paths, refs_path, spec_path, repeats)
+    if any(mismatches.values()):
+        out["mismatches"] = mismatches
+    return out
+
+
+def korean_jobs(root: Path, pred_paths: list[Path], refs_path: Path, spec_path: Path, repeats: int) -> dict:
+    """The N systems as whole ``kdsum evaluate`` jobs, one after another (each pays its start-up and Kiwi's)."""
+    runs: dict[str, list[float]] = {"jobs_no_cache": [], "jobs_cache": []}
+    for rnd in range(repeats):
+        for name in runs:
+            extra = ["--token-cache", str(root / f"jobs_cache_{rnd}")] if name == "jobs_cache" else []
+            t0 = time.perf_counter()
+            for k, pred in enumerate(pred_paths):
+                cmd, env = evaluate_command(
+                    ROOT,
+                    spec_path,
+                    [
+                        "--predictions",
+                        str(pred),
+                        "--references",
+                        str(refs_path),
+                        "--out-json",
+                        str(root / f"{name}_{k}.json"),
+                        "--out-items",
+                        str(root / f"{name}_{k}.csv"),
+                        *extra,
+                    ],
+                )
+                subprocess.run(cmd, check=True, capture_output=True, env=env)
+            runs[name].append(round(time.perf_counter() - t0, 3))
+            print(f"korean jobs round {rnd + 1} {name}: {runs[name][-1]} s", flush=True)
+    same = all(
+        (root / f"jobs_cache_{k}.{e}").read_bytes() == (root / f"jobs_no_cache_{k}.{e}").read_bytes()
+        for k in range(len(pred_paths))
+        for e in ("json", "csv")
+    )
+    return {
+        "runs_wall_s": runs,
+        "median_wall_s": {k: round(statistics.median(v), 3) for k, v in runs.items()},
+        "identical_outputs": same,
+    }
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -387,7 +549,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="CHECKOUT",
         help="with --evaluate-job: another checkout (its root) whose evaluate job to time alongside",
     )
+    ap.add_argument(
+        "--korean-dev",
+        action="store_true",
+        help="instead: the naive loop vs the evaluate stage's path on the Korean dev split, 1 and --systems systems",
+    )
+    ap.add_argument("--systems", type=int, default=6, help="with --korean-dev: systems sharing the references")
+    ap.add_argument("--turns", type=int, default=1, help="with --korean-dev: utterances per prediction")
+    ap.add_argument("--jobs", action="store_true", help="with --korean-dev: also time whole `kdsum evaluate` jobs")
     args = ap.parse_args(argv)
+    if args.korean_dev:
+        return main_korean(args, argv)
     if not args.data.exists():
         print(f"error: data not found: {args.data}", file=sys.stderr)
         return 2
@@ -543,6 +715,44 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"ROUGE x100: {result['scores_x100']}")
     return 0
+
+
+def main_korean(args: argparse.Namespace, argv: list[str] | None) -> int:
+    if not KOREAN_DEV.exists():
+        print(f"error: --korean-dev needs {KOREAN_DEV}", file=sys.stderr)
+        return 2
+    if args.repeats < 1 or args.systems < 1 or args.turns < 1:
+        print("error: --repeats, --systems and --turns must be >= 1", file=sys.stderr)
+        return 2
+    import kiwipiepy
+
+    startup = kiwi_startup_s()
+    tok = KiwiMorphemeTokenizer(num_workers=args.num_workers)
+    tok.tokenize("모델 적재와 첫 호출 준비 warm-up")
+    tok.tokenize_many(["모델 적재와 첫 호출 준비 warm-up"] * 8)
+    result = {
+        "date": date.today().isoformat(),
+        "korean_dev": korean_dev(args.repeats, args.systems, args.turns, args.jobs, tok),
+        "repeats": args.repeats,
+        "kiwi_threads": tok.num_workers,
+        "cores_available": default_num_workers(),
+        "kiwi_startup": startup,
+        "tokenizer": tok.name,
+        "python": platform.python_version(),
+        "kiwipiepy": kiwipiepy.__version__,
+        "machine": platform.platform(),
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
+    }
+    write_json(args.out, result)
+    kd = result["korean_dev"]
+    print(f"Korean dev, {kd['n']} items, {kd['systems']} systems, medians of {args.repeats} (Kiwi warm):")
+    for name, m in kd["median"].items():
+        print(f"  {name:26s} wall {m['wall_s']:.2f} s  CPU {m['cpu_s']:.2f} s")
+    print(f"  speedups (wall): {kd['speedup_wall_1']} {kd['speedup_wall_' + str(kd['systems'])]}")
+    print(f"  identical to the naive loop: {kd['identical_to_naive']}")
+    if "jobs" in kd:
+        print(f"  whole jobs: {kd['jobs']['median_wall_s']} identical outputs {kd['jobs']['identical_outputs']}")
+    return 1 if "mismatches" in kd else 0
 
 
 if __name__ == "__main__":

@@ -108,9 +108,17 @@ def J(name, recipe, method, **kw):
         measure=12,
         windows=4,
         profile=0,
+        kernels="none",  # train.kernels (kdsum.kernels); "none" unless a job names it, so rows stay comparable
+        compile=False,  # train.compile: torch.compile of each decoder layer (kdsum.kernels)
     )
     job.update(kw)
     return job
+
+
+def fast(name, method="lora", **kw):
+    """A pipeline job on the fast path (packed, varlen, no checkpointing, 8 bins, no accumulation), changed by kw."""
+    base = dict(attention="varlen", packing=True, micro_batch=8, grad_accum=1, ckpt=False, measure=12)
+    return J(name, "pipeline", method, **{**base, **kw})
 
 
 # The job lists, by model. `profile` steps are traced after the timed ones (not part of the timing).
@@ -191,6 +199,40 @@ JOBS = {
             measure=12,
             lora_dropout=0.0,
         ),
+        # train.kernels: liger, and what goes beyond it
+        fast("pipeline-lora-liger", kernels="liger"),
+        fast("pipeline-lora-liger-nodropout", kernels="liger", lora_dropout=0.0),
+        fast("pipeline-lora-liger-nodropout-compile", kernels="liger", lora_dropout=0.0, compile=True),
+        fast("pipeline-lora-liger-nodropout-mb16", kernels="liger", lora_dropout=0.0, micro_batch=16),
+        fast("pipeline-lora-liger-nodropout-profiled", kernels="liger", lora_dropout=0.0, measure=6, profile=2),
+        J(
+            "pipeline-qlora-shipped-liger",
+            "pipeline",
+            "qlora",
+            attention="varlen",
+            packing=True,
+            micro_batch=8,
+            grad_accum=2,
+            ckpt=True,
+            measure=8,
+            kernels="liger",
+        ),
+        fast("pipeline-qlora-liger-nodropout", "qlora", kernels="liger", lora_dropout=0.0),
+        # the defaults as shipped (kernels and compile auto: Liger and compiled layers on CUDA, LoRA dropout 0.05)
+        fast("pipeline-lora-auto", kernels="auto", compile="auto"),
+        J(
+            "pipeline-qlora-shipped-auto",
+            "pipeline",
+            "qlora",
+            attention="varlen",
+            packing=True,
+            micro_batch=8,
+            grad_accum=2,
+            ckpt=True,
+            measure=8,
+            kernels="auto",
+            compile="auto",
+        ),
     ],
     "qwen-7b": [
         J("earlier-lora", "earlier", "lora", measure=6, windows=3),
@@ -243,6 +285,9 @@ JOBS = {
             measure=6,
             windows=3,
         ),
+        fast("pipeline-lora-liger-nodropout", kernels="liger", lora_dropout=0.0, micro_batch=4, grad_accum=2),
+        fast("pipeline-lora-liger-nodropout-mb8", kernels="liger", lora_dropout=0.0, measure=6, windows=3),
+        fast("pipeline-lora-auto", kernels="auto", compile="auto", micro_batch=4, grad_accum=2, measure=6, windows=3),
     ],
     "smoke": [
         J("earlier-lora", "earlier", "lora", warmup=1, measure=4, windows=2, max_length=256),
@@ -561,6 +606,8 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
             learning_rate=2e-4,
             lr_scheduler_type="constant",
             attention=job["attention"],
+            kernels=job.get("kernels", "none"),
+            compile=job.get("compile", False),
         )
         spec = dataclasses.replace(spec, train=train, lora=lora)
         trainer, _info = training.build_trainer(
@@ -572,7 +619,10 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
             method=job["method"],
             callbacks=[timer],
         )
+        result["kernels_effective"] = _info.get("kernels_effective")
     model = trainer.model
+    if job["recipe"] == "pipeline":
+        result["compiled_layers"] = _info["compiled_layers"]
     result["attn_implementation"] = getattr(getattr(model, "config", None), "_attn_implementation", None)
     _hook_backbone(model, tokens, shapes)
     if cuda:
@@ -949,6 +999,7 @@ def estimate_for_job(res: dict) -> dict:
         "bfloat16",
         lora_dropout=job.get("lora_dropout", 0.05),
         attention=job["attention"],
+        kernels=res.get("kernels_effective") or "none",
         loss="full" if job["recipe"] == "earlier" else "fused",
         name=f"{job['arch']}/{job['name']}",
     )

@@ -3,7 +3,7 @@ import os
 import re
 from pathlib import Path
 
-from kdsum.config import ZERO_SHOT, BASELINE_MODEL, REPLICAS, grid, load_config, predict_splits, scored_splits, spec_for, spec_keys, systems
+from kdsum.config import ZERO_SHOT, BASELINE_MODEL, ENSEMBLE_MODEL, REPLICAS, grid, load_config, predict_splits, rule_resources, scored_splits, spec_for, spec_keys, systems
 from kdsum.config_files import ConfigError
 from kdsum.deps import stage_code
 from kdsum.spec import to_json
@@ -26,11 +26,21 @@ wildcard_constraints:
     baseline=one_of(CFG["baselines"]) or "lead",
     split="train|dev|test",
     prompt_set="seq2seq|chat-[a-z0-9-]+",
+    ensemble=one_of(CFG["ensembles"]) or "none",
 
 
 def code(stage):
     """The files `kdsum <stage>` runs: a rule input, so a code change reruns the stage (and DVC lists the same)."""
     return stage_code(stage)
+
+
+def threads_for(rule):
+    """A heavy rule's threads and resources come from config `resources` (cluster profiles read them)."""
+    return rule_resources(CFG, rule)[0]
+
+
+def resources_for(rule):
+    return rule_resources(CFG, rule)[1]
 
 
 def spec_file(name):
@@ -104,12 +114,37 @@ def summary_inputs(wildcards):
         "train_metrics": [f"results/train/{s.model}/{s.variant}/train_metrics.json" for s in tuned],
         "log_histories": [f"results/train/{s.model}/{s.variant}/log_history.csv" for s in tuned],
         "base_metrics": [f"results/base/{s.model}.json" for s in spec.systems if s.kind == "zero-shot" and s.built],
+        "item_scores": [f"results/scores/{s.model}/{s.variant}/{spec.split}_items.csv" for s in scored],
     }
     if "test" in predict_splits(CFG):
         inputs["submissions"] = [
             f"results/predictions/{s.model}/{s.variant}/submission.csv"
-            if s.kind != "baseline"
+            if s.kind not in ("baseline", "ensemble")
             else f"results/predictions/{s.model}/{s.variant}/test.csv"
             for s in spec.systems
         ]
     return inputs
+
+
+def ensemble_spec(wildcards):
+    return spec_file(f"{ENSEMBLE_MODEL}/{wildcards.ensemble}")
+
+
+def ensemble_members(wildcards):
+    """The member systems' predictions of the split, in the spec's order (its tie-break order)."""
+    members = spec_for(CFG, f"{ENSEMBLE_MODEL}/{wildcards.ensemble}").systems
+    return [f"results/predictions/{m}/{wildcards.split}.csv" for m in members]
+
+
+def report_inputs(wildcards):
+    spec = spec_for(CFG, "report")
+    return {
+        "data": f"results/data/{spec.split}.jsonl",
+        "predictions": [f"results/predictions/{s.model}/{s.variant}/{spec.split}.csv" for s in spec.systems],
+        "item_scores": [f"results/scores/{s.model}/{s.variant}/{spec.split}_items.csv" for s in spec.systems],
+    }
+
+
+def report_targets():
+    """The examples page, when a split is scored (rule all)."""
+    return ["results/report/examples.html"] if scored_splits(CFG) else []

@@ -11,7 +11,10 @@ rule evaluate:
         metrics="results/scores/{system}/{split}_metrics.json",
         per_item="results/scores/{system}/{split}_items.csv",
     wildcard_constraints:
-        system=f"({one_of(CFG['models'])})/({one_of([*CFG['variants'], ZERO_SHOT])})|{BASELINE_MODEL}/[a-z]+",
+        system=f"({one_of(CFG['models'])})/({one_of([*CFG['variants'], ZERO_SHOT])})|{BASELINE_MODEL}/[a-z]+|{ENSEMBLE_MODEL}/({one_of(CFG['ensembles']) or 'none'})",
+    params:
+        # not an output: content-keyed reference morphemes shared by the split's jobs (kdsum.token_cache)
+        token_cache="results/cache/morphemes",
     log:
         "results/logs/evaluate/{system}/{split}.log",
     benchmark:
@@ -21,5 +24,4 @@ rule evaluate:
     shell:
         "kdsum evaluate --spec {input.spec:q} --predictions {input.predictions:q} "
         "--references {input.references:q} --out-json {output.scores:q} --out-metrics {output.metrics:q} "
-        "--out-items {output.per_item:q} "
-        "> {log:q} 2>&1"
+        "--out-items {output.per_item:q} --token-cache {params.token_cache:q} > {log:q} 2>&1"

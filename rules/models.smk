@@ -12,7 +12,9 @@ rule build_base:
         "results/logs/build_base/{model}.log",
     benchmark:
         "results/benchmarks/build_base/{model}.tsv"
-    threads: 2
+    threads: threads_for("build_base")
+    resources:
+        **resources_for("build_base"),
     conda:
         "../envs/kdsum.yaml"
     shell:

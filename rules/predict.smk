@@ -14,9 +14,9 @@ rule predict:
         "results/logs/predict/{model}/{variant}/{split}.log",
     benchmark:
         "results/benchmarks/predict/{model}/{variant}/{split}.tsv"
-    threads: 2
+    threads: threads_for("predict")
     resources:
-        gpu=1,
+        **resources_for("predict"),
     conda:
         "../envs/kdsum.yaml"
     shell:

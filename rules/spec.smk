@@ -1,3 +1,9 @@
+# A spec job writes one small JSON file in well under a second: under a cluster executor it runs on the submit
+# host rather than waiting in the queue as a job of its own.
+localrules:
+    spec,
+
+
 rule spec:
     """One job's resolved settings (kdsum.spec), the only config its stages read. Its params are the spec itself:
     a config change reruns exactly the jobs whose spec changed. DVC's stage reads config.yaml instead (kdsum.dvc)."""

@@ -1,5 +1,6 @@
 rule summary:
-    """One row per system: scores with intervals, length, foreign-script share, training cost; plots."""
+    """One row per system: scores with intervals, length, foreign-script share, training cost, the paired
+    bootstrap against the best single system; plots."""
     input:
         unpack(summary_inputs),
         spec=spec_file("summary"),
@@ -17,5 +18,5 @@ rule summary:
         "../envs/kdsum.yaml"
     shell:
         "kdsum summary --spec {input.spec:q} --scores {input.scores:q} --train-metrics {input.train_metrics:q} "
-        "--log-histories {input.log_histories:q} --base-metrics {input.base_metrics:q} --out-csv {output.csv:q} "
+        "--log-histories {input.log_histories:q} --base-metrics {input.base_metrics:q} --items {input.item_scores:q} --out-csv {output.csv:q} "
         "--out-md {output.md:q} --scores-plot {output.scores_plot:q} --loss-plot {output.loss_plot:q} > {log:q} 2>&1"

@@ -19,9 +19,9 @@ rule train:
         "results/logs/train/{model}/{variant}.log",
     benchmark:
         "results/benchmarks/train/{model}/{variant}.tsv"
-    threads: 2
+    threads: threads_for("train")
     resources:
-        gpu=1,
+        **resources_for("train"),
     conda:
         "../envs/kdsum.yaml"
     shell:

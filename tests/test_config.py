@@ -4,15 +4,35 @@ frozen job specs whose field names are the libraries' own."""
 import copy
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from kdsum.config import grid, load_config, load_schema, resolve, spec_for, spec_names, validate_config
+from kdsum.config import (
+    grid,
+    load_config,
+    load_schema,
+    resolve,
+    rule_resources,
+    spec_for,
+    spec_names,
+    validate_config,
+)
 from kdsum.config_files import ConfigError, merged_config
-from kdsum.spec import GenerationArgs, Job, LoraArgs, QuantizationArgs, TrainArgs, from_dict, read_spec, to_json
+from kdsum.spec import (
+    OWN_TRAIN_FIELDS,
+    GenerationArgs,
+    Job,
+    LoraArgs,
+    QuantizationArgs,
+    TrainArgs,
+    from_dict,
+    read_spec,
+    to_json,
+)
 
 
 @pytest.fixture()
@@ -89,8 +109,8 @@ def test_training_keys_are_the_library_fields():
     from transformers import GenerationConfig, TrainingArguments
 
     ta = {f.name for f in dataclasses.fields(TrainingArguments)}
-    own = {"max_length", "packing", "max_target_length", "attention"}  # SFTConfig's or the pipeline's own
-    assert {f.name for f in dataclasses.fields(TrainArgs)} - own <= ta
+    assert {f.name for f in dataclasses.fields(TrainArgs)} - OWN_TRAIN_FIELDS <= ta
+    assert "gradient_checkpointing" in ta and "bf16" in ta  # own only because the stage maps them
     assert {f.name for f in dataclasses.fields(LoraArgs)} <= {f.name for f in dataclasses.fields(LoraConfig)}
     gen = GenerationConfig()
     assert all(
@@ -284,6 +304,23 @@ def test_snakemake_config_override_narrows_the_run(repo_root):
         text=True,
     )
     assert bad.returncode != 0 and "models.tiny-llama.train.learning_rate" in bad.stdout + bad.stderr
+
+
+def test_rule_resources_come_from_config_and_change_no_spec(repo_root, tmp_path):
+    """The heavy rules' scheduler resources (config `resources`, profiles/slurm): an overlay changes them, the
+    rules hand them to Snakemake, and no spec moves (resources are no rerun trigger: a cluster change reruns
+    nothing)."""
+    overlay = write(tmp_path, "big.yaml", "resources:\n  train: {threads: 4, mem_mb: 64000}\n")
+    base, big = load_config(repo_root / "config.yaml"), load_config([repo_root / "config.yaml", overlay])
+    assert rule_resources(big, "train") == (4, {"mem_mb": 64000, "runtime": 720, "gpu": 1})
+    assert rule_resources(big, "predict") == rule_resources(base, "predict")
+    assert all(to_json(spec_for(base, n)) == to_json(spec_for(big, n)) for n in spec_names(base))
+    with pytest.raises(ConfigError, match="resources.train"):
+        rule_resources({"resources": {}}, "train")
+    plan = _dry_run(repo_root, "--config", "resources__train__mem_mb=1234", "resources__predict__runtime=7")
+    train_jobs = re.findall(r"^rule train:.*?^\s+resources: ([^\n]*)$", plan, re.M | re.S)
+    assert train_jobs and all("mem_mb=1234" in r and "gpu=1" in r for r in train_jobs)
+    assert re.search(r"^rule predict:.*?^\s+resources: .*runtime=7\b", plan, re.M | re.S)
 
 
 def _leaves(node, path=()):

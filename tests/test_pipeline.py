@@ -67,6 +67,8 @@ def test_every_output_is_there(pipeline_run):
         "results/predictions/tiny-llama/default/dev.csv",
         "results/predictions/tiny-llama/zeroshot/test.csv",
         "results/predictions/baseline/lead/dev.csv",
+        "results/predictions/ensemble/mbr/dev.csv",
+        "results/scores/ensemble/mbr/dev_items.csv",
         "results/predictions/tiny-bart/default/submission.csv",
         "results/scores/tiny-bart/default/dev.json",
         "results/scores/tiny-bart/default/dev_metrics.json",
@@ -91,6 +93,7 @@ def test_summary_has_every_system_and_fine_tuning_helps(pipeline_run):
         "tiny-llama/zeroshot",
         "baseline/lead",
         "baseline/longest",
+        "ensemble/mbr",
     }
     for col in [
         "rouge1",
@@ -111,6 +114,11 @@ def test_summary_has_every_system_and_fine_tuning_helps(pipeline_run):
         "peak_memory_gb",
         "kind",
         "method",
+        "vs_best",
+        "diff_vs_best",
+        "diff_vs_best_lo",
+        "diff_vs_best_hi",
+        "p_not_better",
     ]:
         assert col in df, col
     s = df.set_index("system")
@@ -123,6 +131,12 @@ def test_summary_has_every_system_and_fine_tuning_helps(pipeline_run):
     llama = s.loc["tiny-llama/default"]
     assert llama["trainable_params"] < llama["total_params"]  # LoRA: only adapters train
     assert s.loc["tiny-bart/default", "trainable_params"] == s.loc["tiny-bart/default", "total_params"]
+    # every system against the best single system; the MBR row chose each summary from its members'
+    best = s[s["kind"] != "ensemble"]["final"].idxmax()
+    assert (s["vs_best"] == best).all() and s.loc[best, "diff_vs_best"] == 0
+    assert "Paired bootstrap against the best single system" in (work / "results/summary.md").read_text()
+    mbr = pd.read_csv(work / "results/predictions/ensemble/mbr/dev.csv")
+    assert set(mbr["system"]) <= {"tiny-bart/default", "tiny-llama/default", "baseline/lead"}
 
 
 def test_submission_matches_competition_format(pipeline_run, shared_data):
@@ -153,12 +167,20 @@ def test_lint_is_clean(repo_root):
 
 def test_html_report_has_summary_plots_and_rule_graph(pipeline_run):
     work, _ = pipeline_run
+    # the examples page is in `all`, not in the summary's DAG: build it, then the report
+    page = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "results/report/examples.html"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
+    assert page.returncode == 0, page.stderr[-3000:]
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--report", "results/report.html"], cwd=work, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (work / "results/report.html").read_text(encoding="utf-8")
-    for needle in ("summary.csv", "scores.png", "loss.png", "rulegraph", "format_prompts"):
+    for needle in ("summary.csv", "scores.png", "loss.png", "rulegraph", "format_prompts", "examples.html"):
         assert needle in html, needle
 
 

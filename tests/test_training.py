@@ -941,3 +941,66 @@ def test_local_source_that_is_no_model_is_refused_first(env, tmp_path, monkeypat
         code, err = _cli(capsys, *args, "--checkpoint-dir", ckpt)
         assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
     assert {d: _snapshot(d) for d in decoys} == decoys
+
+
+def test_kernels_resolution_and_refusals(env):
+    """train.kernels: auto takes Liger only on CUDA with liger-kernel installed; liger refuses, in one line, where
+    it cannot run; the memory planner counts what Liger's norms and SwiGLU do not keep."""
+    from kdsum.kernels import KernelError, liger_model_types, resolve_kernels
+    from kdsum.memory import estimate_peak_memory
+    from kdsum.replicas import SEEDS
+
+    llama = _spec(env, "tiny-llama", kernels="auto")
+    assert resolve_kernels(llama, "llama", cuda=False) == "none"
+    assert resolve_kernels(_spec(env, "tiny-llama", kernels="none"), "llama", cuda=True) == "none"
+    assert resolve_kernels(_spec(env, "tiny-bart", kernels="auto"), "bart", cuda=True) == "none"
+    installed = liger_model_types() is not None
+    assert resolve_kernels(llama, "llama", cuda=True) == ("liger" if installed else "none")
+    liger = _spec(env, "tiny-llama", kernels="liger")
+    with pytest.raises(KernelError, match="train.kernels: liger needs a CUDA GPU"):
+        resolve_kernels(liger, "llama", cuda=False)
+    with pytest.raises(KernelError, match="decoder-only"):
+        resolve_kernels(_spec(env, "tiny-bart", kernels="liger"), "bart", cuda=True)
+    with pytest.raises(KernelError, match="must be one of"):
+        resolve_kernels(_spec(env, "tiny-llama", kernels="triton"), "llama", cuda=False)
+    if not installed:
+        with pytest.raises(KernelError, match="not installed"):
+            resolve_kernels(liger, "llama", cuda=True)
+    cfg = dict(SEEDS["llama-3.2-3b"].config)
+    plain, fused = (
+        estimate_peak_memory(cfg, "lora", 8, 1024, False, True, attention="varlen", kernels=k)
+        for k in ("none", "liger")
+    )
+    h, i, layers, tokens = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], 8 * 1024
+    saved = (2 * 2 * h + 2 * i) * layers * tokens / 2**30  # two bf16 norm inputs instead of fp32, no SiLU output
+    assert plain["parts"]["activations"] - fused["parts"]["activations"] == pytest.approx(saved, abs=0.01)
+
+
+def _liger_parts(model) -> set[str]:
+    """Liger's patches in a model: it renames SwiGLU modules and binds its own forward to RMSNorm ones."""
+    parts = {m._get_name() for m in model.modules() if m._get_name().startswith("Liger")}
+    bound = (getattr(m.__dict__.get("forward"), "__qualname__", "") for m in model.modules())
+    return parts | {q.split(".")[0] for q in bound if q.startswith("Liger")}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Liger's Triton kernels need a CUDA GPU")
+def test_liger_kernels_and_compile_keep_the_losses(env, four_examples, tmp_path):
+    """The same job plain, with train.kernels: liger, and with liger and compiled decoder layers: per-step losses
+    equal within bf16 noise, and Liger's modules and the compiled layers are really in the model."""
+    pytest.importorskip("liger_kernel")
+    common = dict(max_steps=4, logging_steps=1, warmup_steps=0, learning_rate=5e-3, packing=True, bf16=True)
+    runs = {}
+    for kernels, compiled in (("none", False), ("liger", False), ("liger", True)):
+        key = f"{kernels}-{compiled}"
+        trainer = _sft_trainer(env, four_examples, tmp_path / key, kernels=kernels, compile=compiled, **common)
+        trainer.train()
+        runs[key] = (_losses(trainer.state.log_history), trainer)
+    assert {"LigerSwiGLUMLP", "LigerRMSNorm"} <= _liger_parts(runs["liger-False"][1].model)
+    assert not _liger_parts(runs["none-False"][1].model)
+    compiled = [m for m in runs["liger-True"][1].model.modules() if getattr(m, "_compiled_call_impl", None)]
+    assert len(compiled) == runs["liger-True"][1].model.config.num_hidden_layers
+    plain = runs["none-False"][0]
+    assert len(plain) == 4
+    for key in ("liger-False", "liger-True"):
+        assert runs[key][0] == pytest.approx(plain, rel=2e-2), (key, runs[key][0], plain)

@@ -25,6 +25,8 @@ STAGES = {
     "evaluate": "ROUGE on Kiwi morphemes with bootstrap intervals",
     "summary": "results/summary.csv, summary.md and plots",
     "compare": "paired bootstrap comparison of two systems",
+    "mbr": "an ensemble's summaries: per dialogue, the member summary with the highest mean ROUGE against the others",
+    "report-page": "the examples page of the Snakemake report (results/report/examples.html)",
     "replica": "write a hub-shaped local replica of a seed model (real tokenizer, random weights)",
     "dvc-yaml": "write (or --check) dvc.yaml from the Snakemake DAG",
     "sync-mtimes": "make Snakemake accept the results DVC put in place",

@@ -24,10 +24,12 @@ import yaml
 from kdsum.config_files import ConfigError, deep_merge, merged_config
 from kdsum.spec import (
     BASELINE_MODEL,
+    ENSEMBLE_MODEL,
     ZERO_SHOT,
     BaseSpec,
     BuildArgs,
     DataSpec,
+    EnsembleSpec,
     EvaluationArgs,
     GenerationArgs,
     Job,
@@ -35,6 +37,7 @@ from kdsum.spec import (
     PromptFormat,
     PromptSetSpec,
     QuantizationArgs,
+    ReportSpec,
     SummarySpec,
     SystemRow,
     TrainArgs,
@@ -98,7 +101,7 @@ def _message(err) -> str:
     if err.validator == "pattern" and err.validator_value == SLUG_PATTERN:
         return f"{err.message}: names must be slugs (lowercase letters, digits and single hyphens)"
     if err.validator == "not" and len(err.path) == 1:
-        return f"{err.instance!r} is a reserved name (zeroshot and baseline are used by the pipeline)"
+        return f"{err.instance!r} is a reserved name (zeroshot, baseline and ensemble are used by the pipeline)"
     if err.validator == "oneOf" and len(err.path) == 2 and err.path[0] == "models":
         return "a model needs exactly one of `source` (hub id or local path) or `build` (built offline)"
     return err.message
@@ -152,6 +155,17 @@ def _check_references(config: dict, source: str) -> None:
                     raise ConfigError(
                         f"{source}: key 'models.{name}.build.{k}' is required for a {entry['family']} build"
                     )
+    for name, entry in config["ensembles"].items():
+        for i, member in enumerate(entry["systems"]):
+            model, _, variant = member.partition("/")
+            known = (model == BASELINE_MODEL and variant in ("lead", "longest")) or (
+                model in models and (variant == ZERO_SHOT or variant in variants)
+            )
+            if not known:
+                raise ConfigError(
+                    f"{source}: key 'ensembles.{name}.systems[{i}]': '{member}' is not a system name "
+                    "(model/variant, model/zeroshot or baseline/lead|longest)"
+                )
     for name, entry in models.items():
         if "source" in entry and (problem := _source_problem(entry["source"])):
             raise ConfigError(f"{source}: key 'models.{name}.source': {problem}")
@@ -255,7 +269,29 @@ def resolve(config: dict, model: str, variant: str = "default") -> Job:
 
 
 def systems(config: dict) -> list[SystemRow]:
-    """Every row of the summary: trained (model, variant), zero-shot (model, 'zeroshot'), baselines."""
+    """Every row of the summary: the single systems, then the ensembles of them."""
+    return single_systems(config) + [
+        SystemRow(
+            name=f"{ENSEMBLE_MODEL}/{n}",
+            model=ENSEMBLE_MODEL,
+            variant=n,
+            kind="ensemble",
+            method=e["method"],
+            source=" + ".join(e["systems"]),
+        )
+        for n, e in active_ensembles(config).items()
+    ]
+
+
+def active_ensembles(config: dict) -> dict:
+    """The ensembles whose members are all systems of this run; like a variant for another family, an ensemble of
+    a model left out of `run.models` is left out (not an error), so `run.models=[one-model]` still runs."""
+    singles = {r.name for r in single_systems(config)}
+    return {n: e for n, e in config["ensembles"].items() if singles.issuperset(e["systems"])}
+
+
+def single_systems(config: dict) -> list[SystemRow]:
+    """Trained (model, variant), zero-shot (model, 'zeroshot'), baselines: the systems that write summaries."""
     rows = []
     for m, v in grid(config) + (
         [(m, ZERO_SHOT) for m in config["run"]["models"]] if config["run"]["zero_shot"] else []
@@ -312,7 +348,13 @@ def spec_for(config: dict, name: str) -> Any:
     if name == "evaluation":
         return EvaluationArgs(**config["evaluation"])
     if name == "summary":
-        return SummarySpec(split=(scored_splits(config) or [None])[0], systems=systems(config))
+        ev = config["evaluation"]
+        split = (scored_splits(config) or [None])[0]
+        return SummarySpec(split=split, systems=systems(config), bootstrap=ev["bootstrap"], seed=ev["seed"])
+    if name == "report" and scored_splits(config):
+        return ReportSpec(split=scored_splits(config)[0], systems=systems(config), **config["report"])
+    if parts[0] == ENSEMBLE_MODEL and len(parts) == 2 and parts[1] in active_ensembles(config):
+        return EnsembleSpec(name=parts[1], **config["ensembles"][parts[1]])
     if parts[0] == "prompts" and len(parts) == 2:
         if parts[1] == "seq2seq":
             return PromptSetSpec(name="seq2seq", family="seq2seq", format=None)
@@ -327,7 +369,9 @@ def spec_for(config: dict, name: str) -> Any:
         return BaseSpec(model=parts[1], family=entry["family"], build=BuildArgs(**entry["build"]))
     if parts[0] == "model" and len(parts) == 3:
         return resolve(config, parts[1], parts[2])
-    raise ConfigError(f"unknown spec '{name}' (data, evaluation, summary, prompts/P, base/M, model/M/V)")
+    raise ConfigError(
+        f"unknown spec '{name}' (data, evaluation, summary, report, ensemble/E, prompts/P, base/M, model/M/V)"
+    )
 
 
 def spec_keys(config: dict, name: str) -> list[str]:
@@ -335,8 +379,11 @@ def spec_keys(config: dict, name: str) -> list[str]:
     parts = name.split("/")
     if name in ("data", "evaluation"):
         return [name]
-    if name == "summary":
-        return ["run", "baselines", "data"] + [
+    if parts[0] == ENSEMBLE_MODEL:
+        return [f"ensembles.{parts[1]}"]
+    if name in ("summary", "report"):
+        extra = ["evaluation.bootstrap", "evaluation.seed"] if name == "summary" else ["report"]
+        return ["run", "baselines", "data", "ensembles", *extra] + [
             f"models.{m}.{k}"
             for m in config["run"]["models"]
             for k in ("family", "method", "source")
@@ -364,7 +411,18 @@ def spec_names(config: dict) -> list[str]:
     names += [f"model/{m}/{v}" for m, v in grid(config)]
     if config["run"]["zero_shot"]:
         names += [f"model/{m}/{ZERO_SHOT}" for m in config["run"]["models"]]
-    return names + (["evaluation"] if scored_splits(config) else [])
+    names += [f"{ENSEMBLE_MODEL}/{e}" for e in active_ensembles(config)]
+    return names + (["evaluation", "report"] if scored_splits(config) else [])
+
+
+def rule_resources(config: dict, rule: str) -> tuple[int, dict]:
+    """A heavy rule's threads and scheduler resources (config `resources`: mem_mb, runtime in minutes, gpu), for its
+    `threads:` and `resources:`; a cluster executor (profiles/slurm) turns them into its request. Resources are no
+    rerun trigger, so changing them reruns nothing."""
+    entry = config.get("resources", {}).get(rule)
+    if entry is None:
+        raise ConfigError(f"key 'resources.{rule}' is missing (config.yaml sets threads, mem_mb, runtime, gpu)")
+    return entry["threads"], {k: v for k, v in entry.items() if k != "threads"}
 
 
 def as_plain(spec: Any) -> dict:

@@ -5,11 +5,12 @@ Predictions: a CSV with columns ``fname,summary`` (other columns, e.g. a submiss
 References: JSONL with one ``{"fname", "summaries": [...], ...}`` object per line. Both are normalised as ingest
 normalises the data (:func:`kdsum.text.normalize_text`: NFC, no zero-width or control characters), and the texts
 that changed are counted (``normalised_texts``). Every problem with the input files raises :class:`InputError`
-naming the file; nothing is written by this module.
+naming the file; this module writes nothing but the morpheme cache it may be given (kdsum.token_cache).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +25,9 @@ from kdsum.io import read_jsonl
 from kdsum.kiwi import KiwiMorphemeTokenizer
 from kdsum.rouge import ROUGE_KEYS, rouge_scores
 from kdsum.text import normalize_text
+from kdsum.token_cache import ReferenceTokens
 
+log = logging.getLogger(__name__)
 _SHOW = 5  # how many fnames an error message names
 T = TypeVar("T")
 
@@ -123,10 +126,13 @@ def evaluate(
     n_bootstrap: int = 1000,
     seed: int = 0,
     threads: int | None = None,
+    token_cache: Path | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Return (corpus summary for S.json, per-item table ×100 for I.csv); writes nothing.
+    """Return (corpus summary for S.json, per-item table ×100 for I.csv); writes only to ``token_cache``.
 
     ``threads``: Kiwi's tokenisation threads; ``None``: one per core this process may use.
+    ``token_cache``: a directory where the references' morphemes are kept (:mod:`kdsum.token_cache`), so that the
+    systems scored on one split tokenise its references once; the scores are the same with or without it.
     """
     if aggregate not in ("mean", "max"):
         raise InputError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
@@ -138,7 +144,11 @@ def evaluate(
     texts = [_normalized(t, fixed, "predictions") for t in texts]
     refs = [[_normalized(r, fixed, "references") for r in rs] for rs in refs]
     tokenizer = KiwiMorphemeTokenizer(num_workers=threads)
-    scores = rouge_scores(texts, refs, aggregate=aggregate, tokenizer=tokenizer)
+    scorer = ReferenceTokens(tokenizer, refs, token_cache)
+    scores = rouge_scores(texts, refs, aggregate=aggregate, tokenizer=scorer)
+    scorer.store()  # after a miss, for the split's other systems; only once the scores are made
+    if token_cache is not None:  # the job's log, not S.json: a hit and a miss write the same outputs
+        log.info("reference morphemes: cache %s in %s", scorer.status, token_cache)
     summary = corpus_summary(scores, n_resamples=n_bootstrap, seed=seed)
     result: dict[str, Any] = {
         "n": summary["n"],

@@ -181,17 +181,20 @@ def _layer_bytes_per_token(
     act_bytes: int,
     fp32_outputs: bool = False,
     varlen: bool = False,
+    liger: bool = False,
 ) -> float:
     """Bytes that autograd keeps per token for one decoder layer (no checkpointing); see the module docstring.
 
     ``fp32_outputs``: QLoRA after ``prepare_model_for_kbit_training``: the fp32 norms make every 4-bit linear's
     input fp32 and bitsandbytes returns its output in the input's dtype, so the MLP's saved tensors are fp32, and
-    so are SDPA's q/k/v/output (the varlen path casts them to bf16 for the flash kernel, which saves those)."""
+    so are SDPA's q/k/v/output (the varlen path casts them to bf16 for the flash kernel, which saves those).
+    ``liger`` (kdsum.kernels): Liger's RMSNorm keeps its input in the stream's dtype (bf16, not an fp32 copy), its
+    SwiGLU keeps gate and up but not the SiLU output."""
     h, q, kv, i, a = d.hidden, d.q_dim, d.kv_dim, d.intermediate, act_bytes
-    norms = 2 * 4 * h
+    norms = 2 * (4 if fp32_outputs or not liger else a) * h
     k_w = q if (masked and d.kv_heads != d.heads) else kv
     attention = (4 if fp32_outputs and not varlen else a) * (q + 2 * k_w + q)
-    mlp = 3 * (4 if fp32_outputs else a) * i
+    mlp = (2 if liger else 3) * (4 if fp32_outputs else a) * i
     if method == "full":
         # every linear keeps its input (q,k,v share one, gate/up share one) and the norms their bf16 outputs
         linears = a * (2 * h + q + i) + 2 * a * h
@@ -213,6 +216,7 @@ def estimate_peak_memory(
     *,
     lora_dropout: float = 0.05,
     attention: str = "sdpa",
+    kernels: str = "none",
     loss: str = "fused",
     double_quant: bool = True,
     kbit_upcast: bool = True,
@@ -224,6 +228,7 @@ def estimate_peak_memory(
 
     ``attention``: ``sdpa`` (transformers' default: padded or packed batches carry a mask) or ``varlen``
     (a variable-length flash kernel that reads the packed sequences' boundaries; no mask).
+    ``kernels``: ``none`` or ``liger`` (kdsum.kernels: Liger's fused norms and SwiGLU keep less).
     ``loss``: ``fused`` (TRL's chunked LM head, the pipeline) or ``full`` (the model computes full logits).
     ``model_config``'s vocabulary is the model's as trained: pass a :class:`ModelDims` with ``vocab`` =
     ``len(tokenizer)`` when data tokens grow it (kdsum.preflight.estimate_for_spec does).
@@ -231,7 +236,7 @@ def estimate_peak_memory(
     Returns ``{"total_gb", "allocated_gb", "parts": {...}, "tokens", "inputs"}``; ``allocated_gb`` is the part that
     ``torch.cuda.max_memory_allocated`` sees (total minus overhead).
     """
-    _check_inputs(method, attention, loss, micro_batch, seq_len)
+    _check_inputs(method, attention, kernels, loss, micro_batch, seq_len)
     i = dict(
         method=method,
         micro_batch=int(micro_batch),
@@ -242,6 +247,7 @@ def estimate_peak_memory(
         dtype=dtype,
         lora_dropout=float(lora_dropout),
         attention=attention,
+        kernels=kernels,
         loss=loss,
         double_quant=bool(double_quant),
         kbit_upcast=bool(kbit_upcast),
@@ -274,11 +280,13 @@ def estimate_peak_memory(
     }
 
 
-def _check_inputs(method: str, attention: str, loss: str, micro_batch: int, seq_len: int) -> None:
+def _check_inputs(method: str, attention: str, kernels: str, loss: str, micro_batch: int, seq_len: int) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if attention not in ("sdpa", "varlen"):
         raise ValueError(f"attention must be 'sdpa' or 'varlen', got {attention!r}")
+    if kernels not in ("none", "liger"):
+        raise ValueError(f"kernels must be 'none' or 'liger', got {kernels!r}")
     if loss not in ("fused", "full"):
         raise ValueError(f"loss must be 'fused' or 'full', got {loss!r}")
     if micro_batch < 1 or seq_len < 1:
@@ -321,7 +329,15 @@ def _activation_bytes(d: ModelDims, i: dict, T: int) -> float:
     masked = i["attention"] == "sdpa" and (packing or i["micro_batch"] > 1)
     fp32_outputs = i["method"] == "qlora" and i["kbit_upcast"]
     per_layer = _layer_bytes_per_token(
-        d, i["method"], i["lora_r"], i["lora_dropout"], masked, a, fp32_outputs, varlen=i["attention"] == "varlen"
+        d,
+        i["method"],
+        i["lora_r"],
+        i["lora_dropout"],
+        masked,
+        a,
+        fp32_outputs,
+        varlen=i["attention"] == "varlen",
+        liger=i.get("kernels") == "liger",
     )
     stream = 4 if fp32_outputs else a  # residual stream dtype (fp32 after the kbit upcast)
     layers = (L * stream * h * T + per_layer * T) if ckpt else L * per_layer * T

@@ -136,6 +136,7 @@ def estimate_for_spec(
     attention: str = "sdpa",
     vocab: int | None = None,
     trainable_tokens: int = 0,
+    kernels: str = "none",
 ) -> dict:
     """The estimate of a job (kdsum.spec.Job) for a causal model trained by the pipeline (TRL SFTTrainer: fused
     LM head; transformers' default SDPA attention unless ``attention='varlen'``).
@@ -158,6 +159,7 @@ def estimate_for_spec(
         "bfloat16",
         lora_dropout=job.lora.lora_dropout,
         attention=attention,
+        kernels=kernels,
         loss="fused",
         double_quant=job.quantization.bnb_4bit_use_double_quant,
         trainable_tokens=trainable_tokens,
@@ -187,6 +189,7 @@ def check_spec_fits(
     attention: str = "sdpa",
     vocab: int | None = None,
     trainable_tokens: int = 0,
+    kernels: str = "none",
 ) -> dict:
     """Check a causal LoRA/QLoRA job before its model is loaded: read the model's config from ``source`` (a local
     directory or a hub id), estimate, compare with the free GPU memory. Skipped (returns ``checked: False``) without
@@ -208,6 +211,7 @@ def check_spec_fits(
         model_config,
         method,
         attention="varlen" if attention == "varlen" else "sdpa",
+        kernels=kernels,
         vocab=vocab,
         trainable_tokens=trainable_tokens,
     )

@@ -20,6 +20,7 @@ from kdsum.errors import KdsumError
 
 ZERO_SHOT = "zeroshot"  # reserved variant name: the base model without fine-tuning
 BASELINE_MODEL = "baseline"  # reserved model name: non-neural reference systems
+ENSEMBLE_MODEL = "ensemble"  # reserved model name: systems that choose among other systems' summaries
 
 
 class SpecError(KdsumError):
@@ -35,6 +36,22 @@ class PromptFormat:
     # Qwen3-style hybrid templates: the think switch, passed to the chat template at training and prediction alike
     # (kdsum.fitting.template_kwargs); its default (false) is the schema's
     enable_thinking: bool
+
+
+# TrainArgs fields that are SFTConfig's or the pipeline's own, not TrainingArguments' (the stage maps them itself)
+OWN_TRAIN_FIELDS = frozenset(
+    {
+        "max_length",
+        "packing",
+        "bf16",
+        "max_target_length",
+        "attention",
+        "kernels",
+        "compile",
+        "gradient_checkpointing",
+        "report_to",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -60,12 +77,13 @@ class TrainArgs:
     # the pipeline's own
     max_target_length: int  # summary tokens (seq2seq)
     attention: str  # auto | sdpa | eager | varlen (kdsum.attention)
+    kernels: str  # auto | liger | none (kdsum.kernels)
+    compile: bool | str  # true / false / "auto": compiled decoder layers (kdsum.kernels)
     report_to: str  # dvclive | tensorboard | wandb | none (kdsum.tracking; the Trainer itself gets "none")
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """The fields that ``TrainingArguments`` takes as they are."""
-        own = {"max_length", "packing", "bf16", "max_target_length", "attention", "gradient_checkpointing", "report_to"}
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in own}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in OWN_TRAIN_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -183,7 +201,7 @@ class SystemRow:
     name: str
     model: str
     variant: str
-    kind: str  # fine-tuned | zero-shot | baseline
+    kind: str  # fine-tuned | zero-shot | baseline | ensemble
     family: str | None = None
     method: str | None = None
     source: str | None = None
@@ -194,13 +212,39 @@ class SystemRow:
 class SummarySpec:
     split: str | None  # the scored split, if any
     systems: list[SystemRow] = field(default_factory=list)
+    # the paired bootstrap of every system against the best one (kdsum.comparisons); the evaluation's settings
+    bootstrap: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """An ensemble system: per dialogue, one of its member systems' summaries (kdsum.mbr)."""
+
+    name: str
+    method: str  # mbr
+    systems: list[str]  # member system names (model/variant), in config order: the tie-break order
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """The examples page of the Snakemake report (kdsum.report_page)."""
+
+    split: str
+    systems: list[SystemRow]
+    sample: int  # dialogues drawn at random (seeded)
+    worst: int  # the best system's lowest-scoring dialogues
+    seed: int
 
 
 def prompt_set_name(family: str, format_name: str | None) -> str:
     return "seq2seq" if family == "seq2seq" else f"chat-{format_name}"
 
 
-SPEC_TYPES = {cls.__name__: cls for cls in (Job, DataSpec, PromptSetSpec, BaseSpec, EvaluationArgs, SummarySpec)}
+SPEC_TYPES = {
+    cls.__name__: cls
+    for cls in (Job, DataSpec, PromptSetSpec, BaseSpec, EvaluationArgs, SummarySpec, EnsembleSpec, ReportSpec)
+}
 
 
 # ------------------------------------------------------------------------------------------------ JSON

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from kdsum import comparisons
 from kdsum.errors import KdsumError
 from kdsum.io import atomic_path, read_json, write_csv, write_text
 from kdsum.spec import SummarySpec, SystemRow
@@ -54,6 +55,7 @@ class SummaryInputs:
     train_metrics: Sequence[str | Path] = field(default_factory=list)  # fine-tuned systems
     log_histories: Sequence[str | Path] = field(default_factory=list)  # fine-tuned systems
     base_metrics: Sequence[str | Path] = field(default_factory=list)  # zero-shot systems of built models
+    items: Sequence[str | Path] = field(default_factory=list)  # per-item scores of every system, or none
 
 
 def _wants_base_metrics(row: SystemRow) -> bool:
@@ -72,12 +74,14 @@ def check_inputs(spec: SummarySpec, inputs: SummaryInputs) -> None:
         "--train-metrics": (len(tuned), "one per fine-tuned system"),
         "--log-histories": (len(tuned), "one per fine-tuned system"),
         "--base-metrics": (len(built), "one per zero-shot system of a built model"),
+        "--items": (len(spec.systems) if inputs.items else 0, "one per system, or none"),
     }
     given = {
         "--scores": inputs.scores,
         "--train-metrics": inputs.train_metrics,
         "--log-histories": inputs.log_histories,
         "--base-metrics": inputs.base_metrics,
+        "--items": inputs.items,
     }
     for option, (n, what) in expected.items():
         if len(given[option]) != n:
@@ -114,7 +118,9 @@ def _train_fields(tm: dict) -> dict[str, Any]:
 
 def _system_row(system: SystemRow) -> dict[str, Any]:
     row: dict[str, Any] = {"system": system.name, "model": system.model, "variant": system.variant, "kind": system.kind}
-    if system.kind != "baseline":
+    if system.kind == "ensemble":
+        row.update(method=system.method, source=system.source)  # source: its member systems
+    elif system.kind != "baseline":
         row.update(
             family=system.family,
             method=system.method,
@@ -141,6 +147,9 @@ def summary_table(spec: SummarySpec, inputs: SummaryInputs) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if "final" in df:
         df = df.sort_values("final", ascending=False, kind="stable").reset_index(drop=True)
+        if inputs.items and spec.bootstrap > 0:
+            items = dict(zip((r.name for r in spec.systems), inputs.items, strict=True))
+            df = comparisons.paired_against_best(df, items, spec.bootstrap, spec.seed)
     return df
 
 
@@ -190,7 +199,7 @@ def plot_scores(df: pd.DataFrame, out: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(df) + 1.5))
     if "final" in df:
         d = df.iloc[::-1]
-        colors = {"fine-tuned": "tab:blue", "zero-shot": "tab:orange", "baseline": "tab:gray"}
+        colors = {"fine-tuned": "tab:blue", "zero-shot": "tab:orange", "baseline": "tab:gray", "ensemble": "tab:green"}
         err = [d["final"] - d["final_lo"], d["final_hi"] - d["final"]]
         ax.barh(d["system"], d["final"], xerr=err, color=[colors[k] for k in d["kind"]], capsize=3)
         ax.set_xlabel(
@@ -227,6 +236,7 @@ def write_summary(spec: SummarySpec, inputs: SummaryInputs, out_csv, out_md, sco
         "# Results\n\nScores: ROUGE F1 x100 on Kiwi morphemes, averaged over each dialogue's references, "
         "with bootstrap 95% intervals. Made by `kdsum summary` from the run's files.\n\n"
     )
-    write_text(out_md, header + markdown_table(df))
+    paired = comparisons.markdown(df)
+    write_text(out_md, header + markdown_table(df) + (f"\n{paired}" if paired else ""))
     write_csv(out_csv, df)
     return df

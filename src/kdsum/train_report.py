@@ -116,6 +116,8 @@ def training_metrics(
         "resumed_from_step": run["resumed_from_step"],
         "packing": job.train.packing,
         "attention_effective": info["attention_effective"],
+        "kernels_effective": info["kernels_effective"],
+        "compiled_layers": info["compiled_layers"],
         "attn_implementation": getattr(trainer.model.config, "_attn_implementation", None),
         "new_data_tokens": len(info["new_token_ids"]),
         "seed": job.train.seed,

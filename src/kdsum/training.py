@@ -73,6 +73,7 @@ from kdsum.embeddings import (
     resize_for_new_tokens,
     trainable_token_indices,
 )
+from kdsum.kernels import compile_decoder_layers, configure_cuda_allocator, model_type, resolve_compile, resolve_kernels
 from kdsum.modeling import (
     check_local_source,
     effective_method,
@@ -236,8 +237,10 @@ def build_trainer(
     callbacks: list | None = None,
 ):
     """Tokenizer, model, dataset and Trainer for one job. Returns (trainer, info dict)."""
+    configure_cuda_allocator()
     method = method or effective_method(job)[0]
     attention = resolve_attention(job)
+    kernels = resolve_kernels(job, model_type(base_source))
     tokenizer = new_ids = None
     if job.family == "causal":
         if method not in ("lora", "qlora"):
@@ -251,11 +254,13 @@ def build_trainer(
         base_source,
         method,
         attention=attention,
+        kernels=kernels,
         vocab=len(tokenizer) if tokenizer is not None else None,
         trainable_tokens=len(new_ids or ()),
     )
     set_seed(job.train.seed)
     args_kw = training_arguments(job, str(checkpoint_dir), progress)
+    args_kw["use_liger_kernel"] = kernels == "liger"
     tracker = GradNormTracker()
     callbacks = [tracker, *(callbacks or [])]
     if job.family == "seq2seq":
@@ -265,11 +270,14 @@ def build_trainer(
             job, base_source, prompts_dir, tokenizer, new_ids, args_kw, method, attention, callbacks
         )
     trainer.kdsum_grad_tracker = tracker
+    compiled = compile_decoder_layers(trainer.model) if job.family == "causal" and resolve_compile(job) else 0
     plan = {k: v for k, v in memory_plan.items() if k != "estimate"}
     fit = info.pop("fit")
     return trainer, {
         "method_effective": method,
         "attention_effective": attention,
+        "kernels_effective": kernels,
+        "compiled_layers": compiled,
         "memory_plan": plan,
         "data": fit.metrics(),
         "data_warnings": fit.warnings(job),

@@ -1,14 +1,15 @@
 """Score a predictions CSV against multi-reference JSONL: ROUGE-1/2/L F1 on Kiwi morphemes.
 
     kdsum evaluate --spec results/specs/evaluation.json --predictions P.csv --references R.jsonl \\
-        --out-json S.json --out-items I.csv [--out-metrics M.json] [--threads N]
+        --out-json S.json --out-items I.csv [--out-metrics M.json] [--threads N] [--token-cache DIR]
 
 The spec (kdsum.spec.EvaluationArgs) gives the aggregation over references (mean|max), the bootstrap resamples
 (0: no CIs) and the seed. P.csv: columns ``fname,summary`` (other columns, e.g. a submission's index, are
 ignored). R.jsonl: one ``{"fname", "summaries": [...], ...}`` object per line. S.json: corpus scores ×100, their
 sum, bootstrap CIs and diagnostics; M.json: final and ROUGE-1/2/L only (the pipeline's DVC metric); I.csv:
-per-item scores ×100. On any input error: ``error: ...`` on stderr,
-exit status 2, and no output file is written.
+per-item scores ×100. On any input error: ``error: ...`` on stderr, exit status 2, and no output file is written.
+``--token-cache DIR`` keeps the references' morphemes in DIR, keyed by their content and the tokenizer
+(kdsum.token_cache), so the other systems of the split do not tokenise them again.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Kiwi tokenisation threads (default: one per core this process may use)",
     )
+    ap.add_argument(
+        "--token-cache",
+        type=Path,
+        default=None,
+        help="directory of cached reference morphemes (keyed by content; same scores with or without)",
+    )
     return ap
 
 
@@ -43,7 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     spec = read_spec(args.spec, EvaluationArgs)
-    result, items = evaluate(args.predictions, args.references, spec.aggregate, spec.bootstrap, spec.seed, args.threads)
+    result, items = evaluate(
+        args.predictions, args.references, spec.aggregate, spec.bootstrap, spec.seed, args.threads, args.token_cache
+    )
     # Both outputs exist only after all scoring succeeded; each write is atomic.
     write_csv(args.out_items, items)
     write_json(args.out_json, result)

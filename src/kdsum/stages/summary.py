@@ -1,12 +1,13 @@
 """Gather scores, training metrics and build metrics into results/summary.csv (+ Markdown and plots).
 
     kdsum summary --spec results/specs/summary.json [--scores F ...] [--train-metrics F ...]
-        [--log-histories F ...] [--base-metrics F ...] --out-csv results/summary.csv --out-md results/summary.md
-        --scores-plot results/plots/scores.png --loss-plot results/plots/loss.png
+        [--log-histories F ...] [--base-metrics F ...] [--items F ...] --out-csv results/summary.csv
+        --out-md results/summary.md --scores-plot results/plots/scores.png --loss-plot results/plots/loss.png
 
 The file lists follow the order of the spec's systems: --scores one per system (only when the spec scores a
 split); --train-metrics and --log-histories one per fine-tuned system; --base-metrics one per zero-shot system
-of a built model. A count that differs is a one-line error.
+of a built model; --items one per system, or none (then no paired bootstrap against the best single system).
+A count that differs is a one-line error.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--train-metrics", "train_metrics.json"),
         ("--log-histories", "log_history.csv"),
         ("--base-metrics", "build metrics (M.json)"),
+        ("--items", "S_items.csv of each system (paired bootstrap against the best single system)"),
     ):
         ap.add_argument(option, nargs="*", default=[], metavar="F", help=what)
     ap.add_argument("--out-csv", required=True)
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         train_metrics=args.train_metrics,
         log_histories=args.log_histories,
         base_metrics=args.base_metrics,
+        items=args.items,
     )
     df = write_summary(spec, inputs, args.out_csv, args.out_md, args.scores_plot, args.loss_plot)
     print(markdown_table(df))

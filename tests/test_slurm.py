@@ -1,0 +1,131 @@
+"""The pipeline on a real SLURM: `snakemake --workflow-profile profiles/slurm` in a fresh copy of the repo.
+
+.ci/slurm/start.sh starts a one-node SLURM on this machine (munge, slurmctld, slurmd; no accounting database, so
+the executor plugin reads job states with squeue). One model (tiny-bart) under the fast config, with the CPU node's
+resources (tests/fixtures/config.slurm.yaml). Checks that every job of the DAG ran as a SLURM job (its id in
+Snakemake's log, its SLURM log file, its state COMPLETED in slurmctld) and that results/summary.csv is the one a
+local run of the same config writes (all columns but the measured times and memory). Skips only when SLURM cannot start here (no binaries, or not root).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_pipeline import _copy_repo
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+START = ROOT / ".ci" / "slurm" / "start.sh"
+OVERLAYS = ["--configfile", "tests/fixtures/config.fast.yaml", "tests/fixtures/config.slurm.yaml"]
+ONE_MODEL = ["--config", "run__models=[tiny-llama]"]  # the LoRA path; its fast-config scores are not all 0
+TARGET = "results/summary.csv"
+# fast polling for a test (the plugin's default waits 40 s before the first status check)
+SLURM_TEST_FLAGS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2"]
+SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)")
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    up = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True) if shutil.which("sinfo") else None
+    if not (up and up.returncode == 0 and re.search(r"idle|mixed|allocated", up.stdout)):
+        if not shutil.which("slurmctld") or os.geteuid() != 0:
+            pytest.skip(
+                "SLURM cannot start here: needs slurmctld/slurmd/munge (apt-get install slurmctld slurmd "
+                "slurm-client munge) and root for .ci/slurm/start.sh"
+            )
+        proc = subprocess.run(["bash", str(START)], capture_output=True, text=True)
+        assert proc.returncode == 0, f".ci/slurm/start.sh failed:\n{proc.stdout}{proc.stderr}"
+    # the plugin is a pinned extra (pip install -e ".[slurm]"): its absence fails, it does not skip
+    import snakemake_executor_plugin_slurm  # noqa: F401
+
+
+def _snakemake(work: Path, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "snakemake", TARGET, *args, *OVERLAYS, *ONE_MODEL]
+    with open(work.parent / f"{work.name}.out", "w") as out:  # a file, not a pipe: neither run waits on a reader
+        return subprocess.Popen(cmd, cwd=work, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+def _finished(proc: subprocess.Popen, work: Path) -> str:
+    proc.wait()
+    out = (work.parent / f"{work.name}.out").read_text()
+    if proc.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in sorted(work.rglob("*.log")) if p.is_file())
+        pytest.fail(f"snakemake {' '.join(proc.args[3:])} failed:\n{out[-6000:]}\n{logs[-12000:]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(slurm, repo_root, tmp_path_factory):
+    base = tmp_path_factory.mktemp("slurm")
+    local, on_slurm = _copy_repo(repo_root, base / "local"), _copy_repo(repo_root, base / "slurm")
+    # the two runs at once: the local one on this machine's cores, the other as SLURM jobs on the same node
+    start = time.time()
+    local_run = _snakemake(local, "--cores", "2")
+    slurm_run = _snakemake(
+        on_slurm, "--workflow-profile", "profiles/slurm", *SLURM_TEST_FLAGS, "--slurm-keep-successful-logs"
+    )
+    log = _finished(slurm_run, on_slurm)
+    print(f"\npipeline through SLURM: {time.time() - start:.0f} s")
+    _finished(local_run, local)
+    dry = subprocess.run(
+        [sys.executable, "-m", "snakemake", TARGET, "-n", "--forceall", "--quiet", "rules", *OVERLAYS, *ONE_MODEL],
+        cwd=local,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return local, on_slurm, log, dry.stdout + dry.stderr
+
+
+def _job_counts(dry_run: str) -> dict[str, int]:
+    """Jobs per rule, from Snakemake's dry-run table."""
+    table = dry_run[dry_run.index("job ") : dry_run.index("total")]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_every_job_ran_as_a_slurm_job(runs):
+    _, work, log, dry_run = runs
+    submitted = SUBMITTED.findall(log)
+    assert submitted, log[-3000:]
+    slurm_ids = [sid for _, sid, _ in submitted]
+    assert len(set(slurm_ids)) == len(slurm_ids)
+    # every job of the DAG but the spec ones (`localrules: spec`, run by the submitting Snakemake) went to SLURM;
+    # the plugin files each job's log under rule_<name>/
+    per_rule: dict[str, int] = {}
+    for _, _, path in submitted:
+        rule = Path(path).relative_to(work / ".snakemake/slurm_logs").parts[0].removeprefix("rule_")
+        per_rule[rule] = per_rule.get(rule, 0) + 1
+    expected = _job_counts(dry_run)
+    assert expected.pop("spec") >= 1 and "spec" not in per_rule
+    assert per_rule == expected
+    # each SLURM job wrote its log (the plugin names it after the SLURM job id), and it shows the jobstep's rule
+    for _, sid, path in submitted:
+        slurm_log = Path(path)
+        assert slurm_log.name == f"{sid}.log" and slurm_log.is_file(), path
+        assert re.search(r"^rule \w+:$", slurm_log.read_text(), re.M), path
+    # and slurmctld knows them all, finished (it keeps finished jobs MinJobAge = 600 s: .ci/slurm/slurm.conf.in)
+    states = subprocess.run(
+        ["squeue", "--states=all", "-h", "-o", "%i|%T", "-j", ",".join(slurm_ids)], capture_output=True, text=True
+    ).stdout
+    seen = dict(line.split("|") for line in states.split())
+    assert {sid: seen.get(sid) for sid in slurm_ids} == {sid: "COMPLETED" for sid in slurm_ids}
+
+
+MEASURED = ["train_time_s", "tokens_per_s", "peak_memory_gb"]  # wall-clock and memory: differ run to run
+
+
+def test_scores_equal_a_local_run(runs):
+    local, work, _, _ = runs
+    here, there = pd.read_csv(local / TARGET), pd.read_csv(work / TARGET)
+    assert set(here["kind"]) == {"fine-tuned", "zero-shot", "baseline"}
+    assert (here.loc[here["kind"] != "baseline", "rouge1"] > 0).any()  # not a comparison of zeros
+    pd.testing.assert_frame_equal(here.drop(columns=MEASURED), there.drop(columns=MEASURED))
