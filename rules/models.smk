@@ -7,7 +7,7 @@ rule build_base:
         code=code("build-base"),
     output:
         model=directory("results/base/{model}"),
-        metrics="results/base/{model}.json",
+        stats="results/base/{model}.json",  # build statistics, not scores: a plain output
     log:
         "results/logs/build_base/{model}.log",
     benchmark:
@@ -20,4 +20,4 @@ rule build_base:
     shell:
         "kdsum build-base --spec {input.spec:q} --train {input.train:q} "
         "--special-tokens {input.prompts:q}/special_tokens.json --out-dir {output.model:q} "
-        "--metrics {output.metrics:q} > {log:q} 2>&1"
+        "--metrics {output.stats:q} > {log:q} 2>&1"

@@ -1,6 +1,7 @@
 rule train:
     """Fine-tune one model under one variant: full (seq2seq) or LoRA/QLoRA adapters through TRL (causal).
-    Intermediate checkpoints live in results/checkpoints (not an output), so a killed run resumes."""
+    Intermediate checkpoints live in results/checkpoints (not an output), so a killed run resumes. The DVC metric is
+    train_summary.json (a few numbers); train_metrics.json describes the run; tracking/ holds train.report_to's logs."""
     input:
         prompts=prompts_dir,
         base=base_dir,
@@ -8,8 +9,10 @@ rule train:
         code=code("train"),
     output:
         model=directory("results/train/{model}/{variant}/model"),
-        metrics="results/train/{model}/{variant}/train_metrics.json",
+        report="results/train/{model}/{variant}/train_metrics.json",
+        metrics="results/train/{model}/{variant}/train_summary.json",
         history="results/train/{model}/{variant}/log_history.csv",
+        tracking=directory("results/train/{model}/{variant}/tracking"),
     params:
         base=base_args,
     log:

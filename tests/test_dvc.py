@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -34,6 +35,7 @@ import yaml
 
 from kdsum.config import load_config
 from kdsum.config_files import merged_config
+from kdsum.train_report import SUMMARY_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = "tests/fixtures/config.fast.yaml"
@@ -348,8 +350,15 @@ def test_outputs_metrics_and_plots_are_what_dvc_should_track():
     assert {o for o in outs if o.endswith("/model")} == {f"results/train/{m}/{v}/model" for m, v in jobs}
     metrics = [next(iter(m)) if isinstance(m, dict) else m for st in stages.values() for m in st.get("metrics", [])]
     assert metrics and all(m.endswith(".json") for m in metrics)
-    assert {f"results/scores/{m}/{v}/dev.json" for m, v in jobs} <= set(metrics)
-    assert "results/data/stats.json" not in metrics  # data statistics are not scores
+    # only scores and training summaries are metrics: statistics and diagnostics are plain outs
+    scored = {o for o in outs if re.fullmatch(r"results/scores/[^/]+/[^/]+/dev\.json", o)}  # scores and CIs
+    assert {f"results/scores/{m}/{v}/dev.json" for m, v in jobs} <= scored
+    scores = {o.replace(".json", "_metrics.json") for o in scored}
+    summaries = {f"results/train/{m}/{v}/train_summary.json" for m, v in jobs}
+    assert set(metrics) == scores | summaries
+    for plain in ("results/data/stats.json", *(f"results/train/{m}/{v}/train_metrics.json" for m, v in jobs)):
+        assert plain in outs and plain not in metrics
+    assert {f"results/train/{m}/{v}/tracking" for m, v in jobs} <= set(outs)  # DVCLive's folder is declared
     for name, st in stages.items():  # every output is cached: results/ is git-ignored
         for key in ("outs", "metrics"):
             assert all(isinstance(e, str) for e in st.get(key, [])) or name == "check_dag", st
@@ -444,9 +453,14 @@ def test_checkpoints_are_not_outputs_but_models_are_cached(dvc_repo):
 def test_metrics_and_plots(dvc_repo, tmp_path):
     metrics = json.loads(dvc(dvc_repo, "metrics", "show", "--json").stdout)
     data = metrics[""]["data"]
-    score = data["results/scores/tiny-bart/default/dev.json"]["data"]
-    assert {"rouge1", "rouge2", "rougeL", "rouge_sum"} <= set(score)
-    assert "results/train/tiny-llama/default/train_metrics.json" in data
+    score = data["results/scores/tiny-bart/default/dev_metrics.json"]["data"]
+    assert list(score) == ["final", "rouge1", "rouge2", "rougeL"]
+    full = json.loads((dvc_repo / "results/scores/tiny-bart/default/dev.json").read_text())
+    assert score["final"] == pytest.approx(full["rouge_sum"] / 3) and score["rouge2"] == full["rouge2"]
+    summary = {r["system"]: r for r in csv.DictReader(io.StringIO((dvc_repo / TARGET).read_text(encoding="utf-8")))}
+    assert float(summary["tiny-bart/default"]["final"]) == pytest.approx(score["final"])  # the table's `final`
+    assert "results/train/tiny-llama/default/train_summary.json" in data
+    assert not [p for p in data if p.endswith(("stats.json", "train_metrics.json")) or p.startswith("results/base")]
     out = tmp_path / "plots"
     dvc(dvc_repo, "plots", "show", "-o", str(out))
     html = (out / "index.html").read_text(encoding="utf-8")
@@ -595,11 +609,39 @@ def test_exp_run_on_one_models_learning_rate_reruns_that_model_only(dvc_repo):
     assert [x["params"]["config.yaml"]["data"]["models"]["tiny-llama"]["train"]["learning_rate"] for x in exps] == [
         0.05
     ]
-    assert "results/scores/tiny-llama/default/dev.json" in exps[0]["metrics"]
+    assert "results/scores/tiny-llama/default/dev_metrics.json" in exps[0]["metrics"]
     assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
     # Snakemake follows: its params record is refreshed by the documented step, then nothing to do
     sh([*KDSUM, "sync-mtimes"], dvc_repo)
     assert nothing_to_do(dvc_repo)[0]
+
+
+@pytest.mark.slow
+def test_exp_show_leads_with_scores_and_the_changed_param(dvc_repo):
+    """After the experiment above: the metrics are only the scores and training summaries, so `dvc exp show` starts
+    with them (no data or build statistics), and --only-changed keeps the changed param and the moved scores."""
+    header = next(csv.reader(io.StringIO(dvc(dvc_repo, "exp", "show", "--csv").stdout)))
+    FIGURES["dvc exp show --csv columns"] = len(header)
+    metrics = [c for c in header if c.startswith("results/") and ":" in c]
+    first = header.index(metrics[0])
+    assert header[:first] == ["Experiment", "rev", "typ", "Created", "parent"]
+    assert header[first : first + len(metrics)] == metrics  # metrics lead, then params, then deps
+    assert {c.split(":")[0].rsplit("/", 1)[1] for c in metrics} == {"dev_metrics.json", "train_summary.json"}
+    assert header[first].endswith("/dev_metrics.json:final")
+    FIGURES["first ROUGE column of dvc exp show"] = next(i + 1 for i, c in enumerate(header) if ":rouge" in c)
+    scores = [c for c in metrics if "/scores/" in c]
+    stages = load_yaml(dvc_repo / "dvc.yaml")["stages"].values()
+    declared = [m for st in stages for m in st.get("metrics", [])]
+    n_scored = sum(m.endswith("/dev_metrics.json") for m in declared)
+    assert len(scores) == 4 * n_scored and len(metrics) == len(scores) + (len(declared) - n_scored) * len(SUMMARY_KEYS)
+    changed = next(csv.reader(io.StringIO(dvc(dvc_repo, "exp", "show", "--csv", "--only-changed").stdout)))
+    FIGURES["dvc exp show --only-changed columns"] = len(changed)
+    moved = [c for c in changed if ":" in c]
+    assert moved and all("tiny-llama/default" in c for c in moved)  # only the changed model's scores moved
+    assert "results/scores/tiny-llama/default/dev_metrics.json:final" in moved
+    assert changed[changed.index(moved[-1]) + 1] == "models.tiny-llama.train.learning_rate"  # then the param
+    spec = json.loads(dvc(dvc_repo, "plots", "show", "--json").stdout)
+    assert set(spec["data"]) == {"training_loss", "results/summary.csv"} and not spec.get("errors")
 
 
 def _edit_one_summary(path: Path) -> None:

@@ -7,6 +7,7 @@ settings), so the whole module stays around two minutes on two CPU cores.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
@@ -34,6 +35,7 @@ from kdsum.modeling import load_for_generation, load_tokenizer
 from kdsum.offline_models import build_base_model
 from kdsum.prompts import write_prompt_set
 from kdsum.spec import to_json
+from kdsum.train_report import SUMMARY_KEYS
 from kdsum.training import build_trainer, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,12 +148,24 @@ def test_causal_lora_trains_reloads_and_generates(env, tmp_path):
         spec, str(env["bases"]["tiny-llama"]), env["prompts"]["causal"], out, tmp_path / "ckpt", progress=False
     )
 
-    assert sorted(p.name for p in out.iterdir()) == ["log_history.csv", "model", "train_metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "log_history.csv",
+        "model",
+        "tracking",
+        "train_metrics.json",
+        "train_summary.json",
+    ]
     saved = read_json(out / "train_metrics.json")
     assert saved == json.loads(json.dumps(metrics))
     missing = [k for k in METRIC_FIELDS if k not in saved]
     assert not missing, missing
     assert saved["method"] == saved["method_effective"] == "lora" and saved["warnings"] == []
+    # train.report_to's default: DVCLive's curve is the log history at the optimizer steps (kdsum.tracking)
+    logged = [(int(r["step"]), float(r["loss"])) for r in _read_log(out / "log_history.csv") if r["loss"]]
+    with open(out / "tracking/dvclive/plots/metrics/loss.tsv", encoding="utf-8") as fh:
+        curve = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(fh, delimiter="\t")]
+    assert curve == pytest.approx(logged) and [s for s, _ in curve] == list(range(1, 13))
+    assert read_json(out / "train_summary.json") == {k: saved[k] for k in SUMMARY_KEYS}
     assert saved["steps"] == 12 and saved["resumed_from_step"] is None and saved["seed"] == 42
     assert 0 < saved["trainable_params"] < saved["total_params"]
     assert saved["train_tokens"] > 0 and saved["tokens_per_s"] > 0 and saved["peak_memory_gb"] > 0

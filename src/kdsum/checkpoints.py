@@ -40,7 +40,7 @@ FINGERPRINT_FILE = "fingerprint.json"
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "bitsandbytes")
 FINGERPRINT_LIBRARIES = ("torch", "transformers", "trl", "peft")
 # Settings that do not change what is learned: a change in them must not throw checkpoints away.
-NON_TRAINING_TRAIN_FIELDS = ("logging_steps", "save_steps", "save_total_limit")
+NON_TRAINING_TRAIN_FIELDS = ("logging_steps", "save_steps", "save_total_limit", "report_to")
 _FULL_HASH_LIMIT = 64 * 2**20
 RESULTS_DIR = "results"
 # what a checkpoint needs for an exact resume (the stage saves with save_only_model=False)

@@ -172,6 +172,12 @@ def evaluate(
     return result, items
 
 
+def headline_scores(result: dict[str, Any]) -> dict[str, float]:
+    """``{split}_metrics.json``, the DVC metric of a scored system: the leaderboard's ``final`` (the mean of
+    ROUGE-1/2/L F1 x100, i.e. ``rouge_sum / 3``, as kdsum.summary reports it) and the three F1s."""
+    return {"final": result["rouge_sum"] / len(ROUGE_KEYS), **{k: result[k] for k in ROUGE_KEYS}}
+
+
 # --------------------------------------------------------------------------- comparing two systems
 
 

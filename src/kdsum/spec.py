@@ -50,6 +50,7 @@ OWN_TRAIN_FIELDS = frozenset(
         "compile",
         "gradient_checkpointing",
         "num_gpus",
+        "report_to",
     }
 )
 
@@ -80,6 +81,7 @@ class TrainArgs:
     kernels: str  # auto | liger | none (kdsum.kernels)
     compile: bool | str  # true / false / "auto": compiled decoder layers (kdsum.kernels)
     num_gpus: int  # DDP ranks (kdsum.distributed); the global batch stays that of one GPU
+    report_to: str  # dvclive | tensorboard | wandb | none (kdsum.tracking; the Trainer itself gets "none")
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """The fields that ``TrainingArguments`` takes as they are."""

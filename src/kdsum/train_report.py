@@ -2,7 +2,8 @@
 
 Outputs of a job, written through :func:`kdsum.io.atomic_dir` (whole or not at all): ``OUT/model/`` (the adapter and
 tokenizer, or the full model and tokenizer), ``OUT/train_metrics.json`` (:func:`training_metrics`) and
-``OUT/log_history.csv`` (the Trainer's log history).
+``OUT/log_history.csv`` (the Trainer's log history), ``OUT/train_summary.json`` (:func:`summary_metrics`: the few
+numbers DVC shows as metrics) and ``OUT/tracking/`` (the tracker's files, kdsum.tracking).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from kdsum import distributed
+from kdsum import distributed, tracking
 from kdsum.checkpoints import library_versions
 from kdsum.io import atomic_dir, read_json, write_json
 from kdsum.spec import Job
@@ -129,8 +130,28 @@ def training_metrics(
     }
 
 
-def save_outputs(trainer, job: Job, metrics: dict, out_dir: Path) -> None:
-    """OUT/model, OUT/train_metrics.json, OUT/log_history.csv, atomically."""
+# train_metrics.json's numbers that `dvc exp show` lists per run (the rest of that file describes the run: settings,
+# versions, warnings, data counts; a DVC metric of it would add a hundred columns)
+SUMMARY_KEYS = (
+    "final_loss",
+    "best_loss",
+    "steps",
+    "epochs",
+    "train_tokens",
+    "tokens_per_s",
+    "wall_time_s",
+    "peak_memory_gb",
+)
+
+
+def summary_metrics(metrics: dict) -> dict:
+    """train_summary.json: the training summary metrics (a subset of train_metrics.json)."""
+    return {k: metrics.get(k) for k in SUMMARY_KEYS}
+
+
+def save_outputs(trainer, job: Job, metrics: dict, out_dir: Path, checkpoint_dir: Path | None = None) -> None:
+    """OUT/model, OUT/train_metrics.json, OUT/train_summary.json, OUT/log_history.csv, OUT/tracking (copied from
+    ``checkpoint_dir``'s tracking folder, where the tracker wrote), atomically."""
     with atomic_dir(out_dir) as tmp:
         model_dir = tmp / "model"
         if job.family == "causal":
@@ -142,4 +163,7 @@ def save_outputs(trainer, job: Job, metrics: dict, out_dir: Path) -> None:
             trainer.save_model(str(model_dir))
         trainer.processing_class.save_pretrained(model_dir)
         write_json(tmp / "train_metrics.json", metrics)
+        write_json(tmp / "train_summary.json", summary_metrics(metrics))
         write_log_history(tmp / "log_history.csv", trainer.state.log_history)
+        if checkpoint_dir is not None:
+            tracking.copy_tracking(checkpoint_dir, tmp)

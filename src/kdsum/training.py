@@ -57,7 +57,7 @@ from typing import Any
 
 import torch
 
-from kdsum import distributed, train_report
+from kdsum import distributed, tracking, train_report
 from kdsum.attention import resolve_attention, set_attention
 from kdsum.checkpoints import (
     compute_fingerprint,
@@ -288,7 +288,7 @@ def build_trainer(
 
 # --------------------------------------------------------------------------------------------- the stage
 OUTPUT_MARKER = "train_metrics.json"  # an output directory the stage wrote (it holds the run's fingerprint)
-OUTPUT_ENTRIES = {"model", "train_metrics.json", "log_history.csv"}
+OUTPUT_ENTRIES = {"model", "train_metrics.json", "log_history.csv", "train_summary.json", tracking.TRACKING_DIR}
 
 
 def _inside(path: Path, directory: Path) -> bool:
@@ -353,7 +353,8 @@ def train(
     progress: bool = True,
     callbacks: list | None = None,
 ) -> dict:
-    """Train one (model, variant) job and write OUT/model, OUT/train_metrics.json, OUT/log_history.csv atomically.
+    """Train one (model, variant) job and write OUT/model, OUT/train_metrics.json, OUT/train_summary.json,
+    OUT/log_history.csv and OUT/tracking atomically.
 
     Order: refusals (paths, the base source) before anything is read; the fingerprint; the tokenizer, model and
     data loaded and fitted; only then the stale output and stale checkpoints deleted, and training run.
@@ -361,6 +362,7 @@ def train(
     ``callbacks``: extra ``TrainerCallback`` objects (benchmarks use one to bound wall time). Returns the metrics."""
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     _check_dirs(out_dir, checkpoint_dir, prompts_dir, base_source)
+    tracking.check_tracker(job.train.report_to)
     check_local_source(base_source, source_key(job, base_source))
     method, warnings = effective_method(job)
     for w in warnings:
@@ -376,11 +378,16 @@ def train(
         if distributed.is_main():
             _remove_stale_output(out_dir)
         resume = prepare_checkpoint_dir(checkpoint_dir, fingerprint)
+    # one tracker per job, on the rank that writes the outputs; after the wipe: it writes into the checkpoint dir
+    trackers = tracking.tracking_callbacks(job.train.report_to, checkpoint_dir) if distributed.is_main() else []
+    for callback in trackers:
+        trainer.add_callback(callback)
     run = train_report.run_training(trainer, resume)
+    tracking.finish(trackers)
     warnings = [*warnings, *info["data_warnings"]]
     metrics = train_report.training_metrics(job, trainer, info, run, base_source, warnings, fingerprint)
     if distributed.is_main():
-        train_report.save_outputs(trainer, job, metrics, out_dir)
+        train_report.save_outputs(trainer, job, metrics, out_dir, checkpoint_dir)
         if not keep_checkpoints:
             remove_checkpoints(checkpoint_dir)
     return metrics

@@ -1,14 +1,15 @@
 """Score a predictions CSV against multi-reference JSONL: ROUGE-1/2/L F1 on Kiwi morphemes.
 
     kdsum evaluate --spec results/specs/evaluation.json --predictions P.csv --references R.jsonl \\
-        --out-json S.json --out-items I.csv [--threads N] [--token-cache DIR]
+        --out-json S.json --out-items I.csv [--out-metrics M.json] [--threads N] [--token-cache DIR]
 
 The spec (kdsum.spec.EvaluationArgs) gives the aggregation over references (mean|max), the bootstrap resamples
 (0: no CIs) and the seed. P.csv: columns ``fname,summary`` (other columns, e.g. a submission's index, are
 ignored). R.jsonl: one ``{"fname", "summaries": [...], ...}`` object per line. S.json: corpus scores ×100, their
-sum, bootstrap CIs and diagnostics; I.csv: per-item scores ×100. On any input error: ``error: ...`` on stderr,
-exit status 2, and no output file is written. ``--token-cache DIR`` keeps the references' morphemes in DIR, keyed by
-their content and the tokenizer (kdsum.token_cache), so the other systems of the split do not tokenise them again.
+sum, bootstrap CIs and diagnostics; M.json: final and ROUGE-1/2/L only (the pipeline's DVC metric); I.csv:
+per-item scores ×100. On any input error: ``error: ...`` on stderr, exit status 2, and no output file is written.
+``--token-cache DIR`` keeps the references' morphemes in DIR, keyed by their content and the tokenizer
+(kdsum.token_cache), so the other systems of the split do not tokenise them again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kdsum.evaluation import InputError, evaluate
+from kdsum.evaluation import InputError, evaluate, headline_scores
 from kdsum.io import write_csv, write_json
 from kdsum.spec import EvaluationArgs, read_spec
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--references", type=Path, required=True, help="JSONL with fname, summaries")
     ap.add_argument("--out-json", type=Path, required=True, help="corpus scores (JSON)")
     ap.add_argument("--out-items", type=Path, required=True, help="per-item scores (CSV)")
+    ap.add_argument("--out-metrics", type=Path, default=None, help="final and ROUGE-1/2/L only (JSON)")
     ap.add_argument(
         "--threads",
         type=int,
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     # Both outputs exist only after all scoring succeeded; each write is atomic.
     write_csv(args.out_items, items)
     write_json(args.out_json, result)
+    if args.out_metrics is not None:
+        write_json(args.out_metrics, headline_scores(result))
     print(
         f"n={result['n']} ROUGE-1 {result['rouge1']:.2f} ROUGE-2 {result['rouge2']:.2f} "
         f"ROUGE-L {result['rougeL']:.2f} sum {result['rouge_sum']:.2f} ({spec.aggregate} over references)"
