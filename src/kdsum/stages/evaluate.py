@@ -1,13 +1,14 @@
 """Score a predictions CSV against multi-reference JSONL: ROUGE-1/2/L F1 on Kiwi morphemes.
 
     kdsum evaluate --spec results/specs/evaluation.json --predictions P.csv --references R.jsonl \\
-        --out-json S.json --out-items I.csv [--threads N]
+        --out-json S.json --out-items I.csv [--part tuning|report] [--threads N]
 
 The spec (kdsum.spec.EvaluationArgs) gives the aggregation over references (mean|max), the bootstrap resamples
 (0: no CIs) and the seed. P.csv: columns ``fname,summary`` (other columns, e.g. a submission's index, are
 ignored). R.jsonl: one ``{"fname", "summaries": [...], ...}`` object per line. S.json: corpus scores ×100, their
 sum, bootstrap CIs and diagnostics; I.csv: per-item scores ×100. On any input error: ``error: ...`` on stderr,
-exit status 2, and no output file is written.
+exit status 2, and no output file is written. --part scores one part of the dev set only (kdsum.tuning, by the
+spec's tuning_fraction): ``report`` for the score of a setting that was selected on the ``tuning`` rows.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from kdsum.evaluation import InputError, evaluate
 from kdsum.io import write_csv, write_json
 from kdsum.spec import EvaluationArgs, read_spec
+from kdsum.tuning import PARTS, part_fnames
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--references", type=Path, required=True, help="JSONL with fname, summaries")
     ap.add_argument("--out-json", type=Path, required=True, help="corpus scores (JSON)")
     ap.add_argument("--out-items", type=Path, required=True, help="per-item scores (CSV)")
+    ap.add_argument("--part", choices=PARTS, help="score only this part of the dev set (kdsum.tuning)")
     ap.add_argument(
         "--threads",
         type=int,
@@ -41,11 +44,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     spec = read_spec(args.spec, EvaluationArgs)
-    result, items = evaluate(args.predictions, args.references, spec.aggregate, spec.bootstrap, spec.seed, args.threads)
+    rows = None
+    if args.part:
+
+        def rows(fnames: list[str]) -> list[str]:
+            return part_fnames(fnames, spec.tuning_fraction, args.part, str(args.references))
+
+    result, items = evaluate(
+        args.predictions, args.references, spec.aggregate, spec.bootstrap, spec.seed, args.threads, rows
+    )
+    if args.part:
+        result["part"] = args.part
+        result["tuning_fraction"] = spec.tuning_fraction
     # Both outputs exist only after all scoring succeeded; each write is atomic.
     write_csv(args.out_items, items)
     write_json(args.out_json, result)
     print(
         f"n={result['n']} ROUGE-1 {result['rouge1']:.2f} ROUGE-2 {result['rouge2']:.2f} "
-        f"ROUGE-L {result['rougeL']:.2f} sum {result['rouge_sum']:.2f} ({spec.aggregate} over references)"
+        f"ROUGE-L {result['rougeL']:.2f} sum {result['rouge_sum']:.2f} ({spec.aggregate} over references"
+        f"{f'; dev {args.part} rows' if args.part else ''})"
     )
