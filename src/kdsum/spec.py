@@ -60,10 +60,21 @@ class TrainArgs:
     # the pipeline's own
     max_target_length: int  # summary tokens (seq2seq)
     attention: str  # auto | sdpa | eager | varlen (kdsum.attention)
+    # none | epoch | a list of optimizer steps: the checkpoints kept as candidates for selection by ROUGE on the
+    # dev set's tuning rows (kdsum.candidates); the final model is always one
+    select_checkpoints: str | list[int] = "none"
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """The fields that ``TrainingArguments`` takes as they are."""
-        own = {"max_length", "packing", "bf16", "max_target_length", "attention", "gradient_checkpointing"}
+        own = {
+            "max_length",
+            "packing",
+            "bf16",
+            "max_target_length",
+            "attention",
+            "gradient_checkpointing",
+            "select_checkpoints",
+        }
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in own}
 
 
@@ -91,9 +102,14 @@ class GenerationArgs:
     max_new_tokens: int
     no_repeat_ngram_size: int
     repetition_penalty: float
+    length_penalty: float  # beam search only
+    do_sample: bool
+    temperature: float  # sampling only
+    top_p: float  # sampling only
     # the pipeline's own
     batch_size: int
     block_foreign_scripts: bool
+    seed: int  # torch's seed before a sampled generation, so a sampled setting is a reproducible job
 
 
 @dataclass(frozen=True)
@@ -173,6 +189,7 @@ class EvaluationArgs:
     aggregate: str  # mean | max over references
     bootstrap: int
     seed: int
+    tuning_fraction: float = 0.5  # expected share of dev rows that select settings (kdsum.tuning)
 
 
 @dataclass(frozen=True)
@@ -193,6 +210,9 @@ class SystemRow:
 class SummarySpec:
     split: str | None  # the scored split, if any
     systems: list[SystemRow] = field(default_factory=list)
+    # the decoding search's settings (kdsum.selection); fine-tuned systems then report their selected setting's
+    # score on the dev set's report rows (kdsum.tuning)
+    decoding: list[str] = field(default_factory=list)
 
 
 def prompt_set_name(family: str, format_name: str | None) -> str:

@@ -59,6 +59,7 @@ import torch
 
 from kdsum import train_report
 from kdsum.attention import resolve_attention, set_attention
+from kdsum.candidates import candidate_saver
 from kdsum.checkpoints import (
     compute_fingerprint,
     in_results_tree,
@@ -279,7 +280,7 @@ def build_trainer(
 
 # --------------------------------------------------------------------------------------------- the stage
 OUTPUT_MARKER = "train_metrics.json"  # an output directory the stage wrote (it holds the run's fingerprint)
-OUTPUT_ENTRIES = {"model", "train_metrics.json", "log_history.csv"}
+OUTPUT_ENTRIES = {"model", "candidates", "train_metrics.json", "log_history.csv"}
 
 
 def _inside(path: Path, directory: Path) -> bool:
@@ -360,6 +361,8 @@ def train(
     fingerprint = compute_fingerprint(job, base_source, prompts_dir, method)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    saver = candidate_saver(job, checkpoint_dir)  # train.select_checkpoints: kdsum.candidates
+    callbacks = [*(callbacks or []), *([saver] if saver else [])]
     trainer, info = build_trainer(
         job, base_source, prompts_dir, checkpoint_dir, progress=progress, method=method, callbacks=callbacks
     )
@@ -368,7 +371,7 @@ def train(
     run = train_report.run_training(trainer, resume)
     warnings = [*warnings, *info["data_warnings"]]
     metrics = train_report.training_metrics(job, trainer, info, run, base_source, warnings, fingerprint)
-    train_report.save_outputs(trainer, job, metrics, out_dir)
+    train_report.save_outputs(trainer, job, metrics, out_dir, checkpoint_dir)
     if not keep_checkpoints:
         remove_checkpoints(checkpoint_dir)
     return metrics
