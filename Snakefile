@@ -17,6 +17,7 @@ include: "rules/replicas.smk"
 include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/evaluate.smk"
+include: "rules/selection.smk"
 include: "rules/summary.smk"
 include: "rules/dag.smk"
 

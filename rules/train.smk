@@ -8,6 +8,7 @@ rule train:
         code=code("train"),
     output:
         model=directory("results/train/{model}/{variant}/model"),
+        candidates=directory("results/train/{model}/{variant}/candidates"),
         metrics="results/train/{model}/{variant}/train_metrics.json",
         history="results/train/{model}/{variant}/log_history.csv",
     params:
