@@ -89,14 +89,15 @@ def test_training_keys_are_the_library_fields():
     from transformers import GenerationConfig, TrainingArguments
 
     ta = {f.name for f in dataclasses.fields(TrainingArguments)}
-    own = {"max_length", "packing", "max_target_length", "attention"}  # SFTConfig's or the pipeline's own
+    # SFTConfig's or the pipeline's own
+    own = {"max_length", "packing", "max_target_length", "attention", "select_checkpoints"}
     assert {f.name for f in dataclasses.fields(TrainArgs)} - own <= ta
     assert {f.name for f in dataclasses.fields(LoraArgs)} <= {f.name for f in dataclasses.fields(LoraConfig)}
     gen = GenerationConfig()
     assert all(
         hasattr(gen, f.name)
         for f in dataclasses.fields(GenerationArgs)
-        if f.name not in ("batch_size", "block_foreign_scripts")
+        if f.name not in ("batch_size", "block_foreign_scripts", "seed")
     )
 
 
