@@ -83,7 +83,7 @@ def test_report_score_comes_from_report_rows_only(tmp_path):
 # --------------------------------------------------------------------------------------------- decoding
 def _config(tmp_path, extra: str = "") -> dict:
     path = tmp_path / "overlay.yaml"
-    path.write_text(extra or "run: {models: [tiny-bart]}\n")
+    path.write_text(extra or "run: {models: [tiny-bart]}\ndecoding: {grid: {beam4: {num_beams: 4}}}\n")
     return load_config([ROOT / "config.yaml", path])
 
 
@@ -103,7 +103,9 @@ def test_decoding_specs_apply_the_grid_overrides(tmp_path):
 
 def test_adding_a_setting_leaves_the_other_settings_specs_unchanged(tmp_path):
     before = _config(tmp_path)
-    after = _config(tmp_path, "run: {models: [tiny-bart]}\ndecoding: {grid: {beam2: {num_beams: 2}}}\n")
+    after = _config(
+        tmp_path, "run: {models: [tiny-bart]}\ndecoding: {grid: {beam4: {num_beams: 4}, beam2: {num_beams: 2}}}\n"
+    )
     assert spec_for(after, "decode/tiny-bart/default/beam2").generation.num_beams == 2
     for setting in ("greedy", "beam4", "sample"):
         name = f"decode/tiny-bart/default/{setting}"
@@ -205,7 +207,7 @@ def test_checkpoint_table_pairs_loss_and_rouge_and_marks_the_best():
 def test_summary_reports_the_report_rows_score_and_refuses_tuning_scores(tmp_path):
     cfg = load_config(ROOT / "config.yaml")
     spec = spec_for(cfg, "summary")
-    assert spec.decoding == ["greedy", "beam4", "sample"]
+    assert spec.decoding == ["greedy", "sample"]
     n = len(spec.systems)
     tuned = [s for s in spec.systems if s.kind == "fine-tuned"]
     full = {"n": 24, "rouge1": 10, "rouge2": 5, "rougeL": 9, "rouge_sum": 24.0}
