@@ -3,7 +3,7 @@ import os
 import re
 from pathlib import Path
 
-from kdsum.config import ZERO_SHOT, BASELINE_MODEL, ENSEMBLE_MODEL, REPLICAS, grid, load_config, predict_splits, rule_resources, scored_splits, spec_for, spec_keys, systems
+from kdsum.config import ZERO_SHOT, BASELINE_MODEL, ENSEMBLE_MODEL, REPLICAS, decoding_settings, grid, load_config, predict_splits, rule_resources, scored_splits, spec_for, spec_keys, systems
 from kdsum.config_files import ConfigError
 from kdsum.deps import stage_code
 from kdsum.spec import to_json
@@ -14,6 +14,8 @@ CONFIG_FILES = list(dict.fromkeys(["config.yaml", *(os.path.relpath(f) for f in 
 CFG = load_config(CONFIG_FILES, workflow.config_settings.config)
 MODELS = CFG["run"]["models"]
 GRID = grid(CFG)
+# the decoding search's settings; selection needs the dev set's references (kdsum.tuning)
+DECODING = decoding_settings(CFG) if scored_splits(CFG) else []
 
 
 def one_of(names):
@@ -100,10 +102,28 @@ def base_args(wildcards):
     return ["--base-dir", *base_dir(wildcards)] if built(wildcards.model) else []
 
 
+def selects_checkpoint(wildcards):
+    """A fine-tuned system whose model is its best checkpoint on the dev tuning rows (train.select_checkpoints)."""
+    return wildcards.variant != ZERO_SHOT and bool(scored_splits(CFG)) and job(wildcards).train.select_checkpoints != "none"
+
+
 def weights(wildcards):
     if wildcards.variant == ZERO_SHOT:
         return base_dir(wildcards)
+    if selects_checkpoint(wildcards):
+        return [f"results/selection/{wildcards.model}/{wildcards.variant}/model"]
     return [f"results/train/{wildcards.model}/{wildcards.variant}/model"]
+
+
+def decoding_choice(wildcards):
+    """The decoding search's choice that a fine-tuned system's predictions use (none without a search)."""
+    if wildcards.variant == ZERO_SHOT or not DECODING:
+        return []
+    return [f"results/selection/{wildcards.model}/{wildcards.variant}/decoding.json"]
+
+
+def decoding_args(wildcards):
+    return ["--decoding", *decoding_choice(wildcards)] if decoding_choice(wildcards) else []
 
 
 def weights_args(wildcards):
@@ -126,6 +146,11 @@ def summary_inputs(wildcards):
         "log_histories": [f"results/train/{s.model}/{s.variant}/log_history.csv" for s in tuned],
         "base_metrics": [f"results/base/{s.model}.json" for s in spec.systems if s.kind == "zero-shot" and s.built],
         "item_scores": [f"results/scores/{s.model}/{s.variant}/{spec.split}_items.csv" for s in scored],
+        # selection on the dev tuning rows, scores on its report rows (kdsum.tuning)
+        "report_scores": [f"results/scores/{s.model}/{s.variant}/{spec.split}-report.json" for s in tuned]
+        if spec.split
+        else [],
+        "decodings": [f"results/selection/{s.model}/{s.variant}/decoding.json" for s in tuned] if spec.decoding else [],
     }
     if "test" in predict_splits(CFG):
         inputs["submissions"] = [

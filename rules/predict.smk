@@ -4,12 +4,14 @@ rule predict:
     input:
         prompts=prompts_dir,
         weights=weights,
+        decoding=decoding_choice,
         spec=model_spec,
         code=code("predict"),
     output:
         "results/predictions/{model}/{variant}/{split}.csv",
     params:
         weights=weights_args,
+        decoding=decoding_args,
     log:
         "results/logs/predict/{model}/{variant}/{split}.log",
     benchmark:
@@ -21,7 +23,7 @@ rule predict:
         "../envs/kdsum.yaml"
     shell:
         "kdsum predict --spec {input.spec:q} --split {wildcards.split:q} --prompts-dir {input.prompts:q} "
-        "{params.weights:q} --out {output:q} > {log:q} 2>&1"
+        "{params.weights:q} {params.decoding:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule baseline:

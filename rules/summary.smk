@@ -18,5 +18,6 @@ rule summary:
         "../envs/kdsum.yaml"
     shell:
         "kdsum summary --spec {input.spec:q} --scores {input.scores:q} --train-metrics {input.train_metrics:q} "
-        "--log-histories {input.log_histories:q} --base-metrics {input.base_metrics:q} --items {input.item_scores:q} --out-csv {output.csv:q} "
+        "--log-histories {input.log_histories:q} --base-metrics {input.base_metrics:q} --items {input.item_scores:q} "
+        "--report-scores {input.report_scores:q} --decodings {input.decodings:q} --out-csv {output.csv:q} "
         "--out-md {output.md:q} --scores-plot {output.scores_plot:q} --loss-plot {output.loss_plot:q} > {log:q} 2>&1"

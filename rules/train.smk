@@ -9,6 +9,7 @@ rule train:
         code=code("train"),
     output:
         model=directory("results/train/{model}/{variant}/model"),
+        candidates=directory("results/train/{model}/{variant}/candidates"),
         report="results/train/{model}/{variant}/train_metrics.json",
         metrics="results/train/{model}/{variant}/train_summary.json",
         history="results/train/{model}/{variant}/log_history.csv",

@@ -52,8 +52,13 @@ RULES = [
     "submission",
     "mbr",
     "evaluate",
+    "select_checkpoint",
+    "decode",
+    "select_decoding",
+    "evaluate_report",
     "summary",
 ]
+TWO_WORD_RULES = ("build_base", "format_prompts", "select_checkpoint", "select_decoding", "evaluate_report")
 ENV = {
     **os.environ,
     "DVC_NO_ANALYTICS": "1",
@@ -270,7 +275,7 @@ def test_same_commands(both_doors):
         else:
             assert st["cmd"] == without_log(job), name
     assert Counter(j["rule"] for j in both_doors["jobs"] if j["rule"] != "spec") == Counter(
-        n.split("_")[0] if not n.startswith(("build_base", "format_prompts")) else "_".join(n.split("_")[:2])
+        n.split("_")[0] if not n.startswith(TWO_WORD_RULES) else "_".join(n.split("_")[:2])
         for n in _dvc_only(both_doors["stages"])
         if not n.startswith("spec_")
     )
@@ -284,7 +289,7 @@ def test_same_deps_code_included(both_doors):
         name, st = by_outs[frozenset(job["output"])]
         extra = {"results/specs/dag.txt"} if job["rule"] == "spec" else set()
         assert set(st["deps"]) == set(job["input"]) | extra, (name, set(st["deps"]) ^ set(job["input"]))
-        stage = {"format_prompts": "prompts", "build_base": "build_base"}.get(job["rule"], job["rule"])
+        stage = {"format_prompts": "prompts", "evaluate_report": "evaluate"}.get(job["rule"], job["rule"])
         assert f"src/kdsum/stages/{stage}.py" in st["deps"], name
         assert "src/kdsum/cli.py" in st["deps"] and "src/kdsum/__init__.py" not in st["deps"], name
     predict = next(st for n, st in both_doors["stages"].items() if n.startswith("predict_"))
@@ -312,6 +317,8 @@ def test_params_are_scoped_to_one_model(both_doors):
         key = f"models.{model}.train.learning_rate"
         hit = {n for n, st in stages.items() if any(key == k or key.startswith(k + ".") for k in _stage_params(st))}
         expected = {f"spec_model_{model}_{v}" for v in cfg["run"]["variants"]}  # zero-shot reads no lr
+        # the decoding search's jobs are the model's job with other generation settings
+        expected |= {f"spec_decode_{model}_{v}_{d}" for v in cfg["run"]["variants"] for d in cfg["decoding"]["grid"]}
         assert hit == expected, model
     assert _stage_params(stages["spec_data"]) == ["data"]
     assert _stage_params(stages["spec_evaluation"]) == ["evaluation"]
@@ -347,7 +354,9 @@ def test_outputs_metrics_and_plots_are_what_dvc_should_track():
     # intermediate trainer checkpoints, logs and benchmarks are never outputs; the final model dirs are
     assert not [o for o in outs if o.startswith(("results/checkpoints", "results/logs", "results/benchmarks"))]
     jobs = grid(load_config(ROOT / "config.yaml"))
-    assert {o for o in outs if o.endswith("/model")} == {f"results/train/{m}/{v}/model" for m, v in jobs}
+    assert {o for o in outs if o.endswith("/model") and not o.startswith("results/selection/")} == {
+        f"results/train/{m}/{v}/model" for m, v in jobs
+    }
     metrics = [next(iter(m)) if isinstance(m, dict) else m for st in stages.values() for m in st.get("metrics", [])]
     assert metrics and all(m.endswith(".json") for m in metrics)
     # only scores and training summaries are metrics: statistics and diagnostics are plain outs

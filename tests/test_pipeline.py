@@ -77,6 +77,17 @@ def test_every_output_is_there(pipeline_run):
         "results/summary.md",
         "results/plots/scores.png",
         "results/plots/loss.png",
+        # selection on the dev tuning rows (kdsum.tuning, kdsum.selection)
+        "results/train/tiny-bart/default/candidates/index.json",
+        "results/selection/tiny-bart/default/model/config.json",
+        "results/selection/tiny-llama/default/model/adapter_config.json",
+        "results/selection/tiny-llama/default/checkpoints.csv",
+        "results/selection/tiny-llama/default/checkpoints.png",
+        "results/selection/tiny-bart/default/decoding/sample/score.json",
+        "results/selection/tiny-bart/default/decoding.json",
+        "results/selection/tiny-bart/default/decoding.md",
+        "results/selection/tiny-bart/default/decoding.png",
+        "results/scores/tiny-bart/default/dev-report.json",
     ]:
         assert (work / rel).exists(), rel
     # a log per rule run
@@ -208,8 +219,56 @@ def test_a_config_override_reruns_exactly_that_models_jobs(pipeline_run):
     text = proc.stdout + proc.stderr
     stats = text.split("Job stats:")[1].split("total")[0]
     planned = dict(re.findall(r"^(\w+)\s+(\d+)$", stats, re.M))
-    assert planned == {"spec": "1", "train": "1", "predict": "2", "evaluate": "1", "submission": "1", "summary": "1"}, (
-        text[-3000:]
-    )
+    # the model's spec and its two decoding settings' specs; its checkpoint and decoding selection
+    assert planned == {
+        "spec": "3",
+        "train": "1",
+        "select_checkpoint": "1",
+        "decode": "2",
+        "select_decoding": "1",
+        "predict": "2",
+        "evaluate": "1",
+        "evaluate_report": "1",
+        "submission": "1",
+        "summary": "1",
+    }, text[-3000:]
     outputs = " ".join(re.findall(r"^\s+output: (.*)$", text, re.M))
     assert "tiny-llama/default" in outputs and "tiny-bart" not in outputs and "zeroshot" not in outputs
+
+
+def test_selection_reports_the_chosen_settings_on_report_rows(pipeline_run):
+    """Checkpoints and decoding chosen on the dev tuning rows; the summary's final_report is the chosen
+    setting's score on the other rows, never the tuning ones."""
+    work, _ = pipeline_run
+    df = pd.read_csv(work / "results/summary.csv").set_index("system")
+    for system in ("tiny-bart/default", "tiny-llama/default"):
+        choice = json.loads((work / f"results/selection/{system}/decoding.json").read_text())
+        grid = pd.read_csv(work / f"results/selection/{system}/decoding.csv")
+        assert grid.loc[grid["chosen"], "setting"].tolist() == [choice["setting"]] == [df.loc[system, "decoding"]]
+        assert grid["final"].max() == grid.loc[grid["chosen"], "final"].iloc[0]
+        report = json.loads((work / f"results/scores/{system}/dev-report.json").read_text())
+        tuning = json.loads((work / f"results/selection/{system}/decoding/{choice['setting']}/score.json").read_text())
+        assert report["part"] == "report" and tuning["part"] == "tuning"
+        assert report["n"] + tuning["n"] == df.loc[system, "n"]
+        assert abs(df.loc[system, "final_report"] - report["rouge_sum"] / 3) < 1e-9
+        checkpoints = pd.read_csv(work / f"results/selection/{system}/checkpoints.csv")
+        assert len(checkpoints) >= 2 and checkpoints["chosen"].sum() == 1
+
+
+def test_adding_a_decoding_setting_plans_only_it(pipeline_run):
+    """One more setting: its spec and decode job per system, then the selection and what follows it; no other
+    setting's decode job, no training."""
+    work, _ = pipeline_run
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "results/summary.csv"]
+        + ["--config", "decoding__grid__beam2={num_beams: 2}"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    planned = dict(re.findall(r"^(\w+)\s+(\d+)$", text.split("Job stats:")[1].split("total")[0], re.M))
+    assert planned["decode"] == "2" and "train" not in planned and "select_checkpoint" not in planned, text[-3000:]
+    outputs = " ".join(re.findall(r"^\s+output: (.*)$", text, re.M))
+    assert "decoding/beam2/" in outputs and "decoding/greedy/" not in outputs and "decoding/sample/" not in outputs

@@ -171,13 +171,18 @@ def _check_references(config: dict, source: str) -> None:
     for name, entry in models.items():
         if "source" in entry and (problem := _source_problem(entry["source"])):
             raise ConfigError(f"{source}: key 'models.{name}.source': {problem}")
-    for model, variant in grid(config):
+    for (model, variant), setting in [(mv, None) for mv in grid(config)] + [
+        (mv, d) for mv in grid(config) for d in decoding_settings(config)
+    ]:
         settings = resolve_settings(config, model, variant)
-        max_length, new_tokens = settings["train"]["max_length"], settings["generation"]["max_new_tokens"]
+        override = config["decoding"]["grid"][setting] if setting else {}
+        max_length = settings["train"]["max_length"]
+        new_tokens = override.get("max_new_tokens", settings["generation"]["max_new_tokens"])
         if models[model]["family"] == "causal" and max_length <= new_tokens:
             raise ConfigError(
                 f"{source}: key 'train.max_length' ({max_length}) of models.{model} under variant "
-                f"'{variant}' must exceed 'generation.max_new_tokens' ({new_tokens}): the summary "
+                f"'{variant}' must exceed 'generation.max_new_tokens' ({new_tokens}"
+                f"{f' of decoding.grid.{setting}' if setting else ''}): the summary "
                 f"would leave no room for the dialogue"
             )
         try:
@@ -244,6 +249,23 @@ def resolve_settings(config: dict, model: str, variant: str) -> dict:
             raise ConfigError(f"variant '{variant}' does not apply to {entry['family']} model '{model}'")
         settings = deep_merge(settings, {k: v for k, v in config["variants"][variant].items() if k != "families"})
     return settings
+
+
+def decoding_settings(config: dict) -> list[str]:
+    """The decoding search's settings (``decoding.grid``), in config order; empty: no search."""
+    return list(config.get("decoding", {}).get("grid", {}))
+
+
+def resolve_decoding(config: dict, model: str, variant: str, setting: str) -> Job:
+    """The job of one decoding setting: the model's own job with the setting's generation overrides on top."""
+    grid_ = config.get("decoding", {}).get("grid", {})
+    if setting not in grid_:
+        raise ConfigError(f"unknown decoding setting '{setting}' (known: {', '.join(grid_) or 'none'})")
+    if variant == ZERO_SHOT:
+        raise ConfigError(f"decoding setting '{setting}': the decoding search is for fine-tuned systems")
+    job = resolve(config, model, variant)
+    generation = GenerationArgs(**deep_merge(dataclasses.asdict(job.generation), grid_[setting]))
+    return dataclasses.replace(job, generation=generation)
 
 
 def _prompt_format(config: dict, name: str) -> PromptFormat:
@@ -356,7 +378,13 @@ def spec_for(config: dict, name: str) -> Any:
     if name == "summary":
         ev = config["evaluation"]
         split = (scored_splits(config) or [None])[0]
-        return SummarySpec(split=split, systems=systems(config), bootstrap=ev["bootstrap"], seed=ev["seed"])
+        return SummarySpec(
+            split=split,
+            systems=systems(config),
+            bootstrap=ev["bootstrap"],
+            seed=ev["seed"],
+            decoding=decoding_settings(config) if split else [],
+        )
     if name == "report" and scored_splits(config):
         return ReportSpec(split=scored_splits(config)[0], systems=systems(config), **config["report"])
     if parts[0] == ENSEMBLE_MODEL and len(parts) == 2 and parts[1] in active_ensembles(config):
@@ -375,8 +403,11 @@ def spec_for(config: dict, name: str) -> Any:
         return BaseSpec(model=parts[1], family=entry["family"], build=BuildArgs(**entry["build"]))
     if parts[0] == "model" and len(parts) == 3:
         return resolve(config, parts[1], parts[2])
+    if parts[0] == "decode" and len(parts) == 4:
+        return resolve_decoding(config, *parts[1:])
     raise ConfigError(
-        f"unknown spec '{name}' (data, evaluation, summary, report, ensemble/E, prompts/P, base/M, model/M/V)"
+        f"unknown spec '{name}' (data, evaluation, summary, report, ensemble/E, prompts/P, base/M, model/M/V, "
+        "decode/M/V/S)"
     )
 
 
@@ -387,8 +418,10 @@ def spec_keys(config: dict, name: str) -> list[str]:
         return [name]
     if parts[0] == ENSEMBLE_MODEL:
         return [f"ensembles.{parts[1]}"]
+    if parts[0] == "decode":
+        return [*spec_keys(config, f"model/{parts[1]}/{parts[2]}"), f"decoding.grid.{parts[3]}"]
     if name in ("summary", "report"):
-        extra = ["evaluation.bootstrap", "evaluation.seed"] if name == "summary" else ["report"]
+        extra = ["evaluation.bootstrap", "evaluation.seed", "decoding"] if name == "summary" else ["report"]
         return ["run", "baselines", "data", "ensembles", *extra] + [
             f"models.{m}.{k}"
             for m in config["run"]["models"]
@@ -418,6 +451,8 @@ def spec_names(config: dict) -> list[str]:
     if config["run"]["zero_shot"]:
         names += [f"model/{m}/{ZERO_SHOT}" for m in config["run"]["models"]]
     names += [f"{ENSEMBLE_MODEL}/{e}" for e in active_ensembles(config)]
+    if scored_splits(config):
+        names += [f"decode/{m}/{v}/{d}" for m, v in grid(config) for d in decoding_settings(config)]
     return names + (["evaluation", "report"] if scored_splits(config) else [])
 
 

@@ -103,10 +103,20 @@ def _normalized(text: str, fixed: dict[str, int], side: str) -> str:
     return out
 
 
-def _paired(predictions: Path, references: Path) -> tuple[list[str], list[str], list[list[str]]]:
-    """(fnames in reference order, their predictions, their references); every fname on both sides."""
+def _paired(
+    predictions: Path, references: Path, rows: Callable[[list[str]], list[str]] | None = None
+) -> tuple[list[str], list[str], list[list[str]]]:
+    """(fnames in reference order, their predictions, their references); every fname on both sides.
+
+    ``rows``: given the references' fnames, those to score (e.g. one part of the dev set, kdsum.tuning); the
+    predictions of the others are ignored."""
     preds = load_predictions(predictions)
     refs = load_references(references)
+    if rows is not None:
+        keep, known = set(rows(list(refs))), set(refs)
+        refs = {f: r for f, r in refs.items() if f in keep}
+        # the other part's predictions are dropped; a fname that is in no reference stays (and is refused below)
+        preds = {f: p for f, p in preds.items() if f in keep or f not in known}
     lacking = [f for f in refs if f not in preds]
     if lacking:
         raise InputError(
@@ -127,18 +137,20 @@ def evaluate(
     seed: int = 0,
     threads: int | None = None,
     token_cache: Path | None = None,
+    rows: Callable[[list[str]], list[str]] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Return (corpus summary for S.json, per-item table ×100 for I.csv); writes only to ``token_cache``.
 
     ``threads``: Kiwi's tokenisation threads; ``None``: one per core this process may use.
     ``token_cache``: a directory where the references' morphemes are kept (:mod:`kdsum.token_cache`), so that the
     systems scored on one split tokenise its references once; the scores are the same with or without it.
+    ``rows``: which of the references' fnames to score (:func:`_paired`); ``None``: all.
     """
     if aggregate not in ("mean", "max"):
         raise InputError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
     if n_bootstrap < 0:
         raise InputError("bootstrap must be >= 0")
-    fnames, texts, refs = _paired(predictions, references)
+    fnames, texts, refs = _paired(predictions, references, rows)
     # Both sides normalised as ingest normalises the data (NFC, no zero-width or control characters); counted.
     fixed = {"predictions": 0, "references": 0}
     texts = [_normalized(t, fixed, "predictions") for t in texts]

@@ -6,7 +6,7 @@ Generation (:func:`generate_summaries`)
 ---------------------------------------
 Rows are sorted by input length, longest first (an out-of-memory batch fails at the start, not after an hour),
 generated in batches of ``generation.batch_size`` with the job's generation settings passed explicitly (greedy
-unless ``num_beams > 1``; ``do_sample=False``), and the results are put back in the input order. Causal batches
+unless ``num_beams > 1``; sampling only with ``do_sample``, seeded by ``generation.seed``), and the results are put back in the input order. Causal batches
 are padded on the left (:func:`pad_batch`) with the tokenizer's pad token, which is no end id
 (kdsum.modeling.choose_pad_token), so that every row's new tokens start at the same position. Generation stops at
 the tokenizer's eos, the template's end of turn (:func:`end_of_turn_ids`: ``<|eot_id|>``, ``<|im_end|>``) and the
@@ -148,17 +148,19 @@ def generation_kwargs(job: Job, tokenizer, model) -> dict:
     g = job.generation
     eos = _eos_ids(tokenizer, model, template_kwargs(job) if job.family == "causal" else None)
     return dict(
-        do_sample=False,
+        do_sample=g.do_sample,
         num_beams=g.num_beams,
         max_new_tokens=g.max_new_tokens,
         no_repeat_ngram_size=g.no_repeat_ngram_size,
         repetition_penalty=g.repetition_penalty,
+        length_penalty=g.length_penalty,
         eos_token_id=eos,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0],
-        # sampling knobs of a hub generation_config are meaningless under greedy/beam search
-        temperature=None,
-        top_p=None,
-        top_k=None,
+        # a hub generation_config's sampling knobs never apply: greedy/beam search ignores them, and sampling uses
+        # exactly the job's temperature and top_p (top_k=0: no top-k cut behind the job's back)
+        temperature=g.temperature if g.do_sample else None,
+        top_p=g.top_p if g.do_sample else None,
+        top_k=0 if g.do_sample else None,
     )
 
 
@@ -239,6 +241,8 @@ def generate_summaries(
     block = job.generation.block_foreign_scripts if block_foreign is None else block_foreign
     processors = _logits_processors(tokenizer, keep_tokens, block)
     run = _batch_generator(model, tokenizer, job, kwargs, processors)
+    if job.generation.do_sample:  # the same rows, batches and seed give the same samples
+        torch.manual_seed(job.generation.seed)
     t_gen = time.perf_counter()
     lengths = [len(e) for e in encoded]
     results = map_sorted_batches(
@@ -282,3 +286,30 @@ def read_prompt_rows(path: str | Path, family: str) -> list[dict]:
         dup = sorted({f for f in fnames if fnames.count(f) > 1})
         raise GenerationError(f"{path}: duplicated fname(s): {', '.join(dup[:5])}")
     return rows
+
+
+def predict_rows(
+    job: Job,
+    rows: Sequence[dict],
+    prompts_dir: str | Path,
+    model_dir: str | Path | None = None,
+    base_dir: str | Path | None = None,
+    progress: bool = True,
+    stats: dict | None = None,
+):
+    """Load the job's model (kdsum.modeling.load_for_generation) and summarise ``rows`` of its prompt set:
+    (summaries in the rows' order, the loaded model)."""
+    from kdsum.embeddings import read_data_tokens
+    from kdsum.modeling import load_for_generation
+
+    loaded = load_for_generation(job, model_dir=model_dir, base_dir=base_dir)
+    summaries = generate_summaries(
+        loaded.model,
+        loaded.tokenizer,
+        rows,
+        job,
+        progress=progress,
+        keep_tokens=read_data_tokens(Path(prompts_dir)),
+        stats=stats,
+    )
+    return summaries, loaded

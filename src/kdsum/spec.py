@@ -51,6 +51,7 @@ OWN_TRAIN_FIELDS = frozenset(
         "gradient_checkpointing",
         "num_gpus",
         "report_to",
+        "select_checkpoints",
     }
 )
 
@@ -82,6 +83,9 @@ class TrainArgs:
     compile: bool | str  # true / false / "auto": compiled decoder layers (kdsum.kernels)
     num_gpus: int  # DDP ranks (kdsum.distributed); the global batch stays that of one GPU
     report_to: str  # dvclive | tensorboard | wandb | none (kdsum.tracking; the Trainer itself gets "none")
+    # none | epoch | a list of optimizer steps: the checkpoints kept as candidates for selection by ROUGE on the
+    # dev set's tuning rows (kdsum.candidates); the final model is always one
+    select_checkpoints: str | list[int] = "none"
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """The fields that ``TrainingArguments`` takes as they are."""
@@ -127,9 +131,14 @@ class GenerationArgs:
     max_new_tokens: int
     no_repeat_ngram_size: int
     repetition_penalty: float
+    length_penalty: float  # beam search only
+    do_sample: bool
+    temperature: float  # sampling only
+    top_p: float  # sampling only
     # the pipeline's own
     batch_size: int
     block_foreign_scripts: bool
+    seed: int  # torch's seed before a sampled generation, so a sampled setting is a reproducible job
 
 
 @dataclass(frozen=True)
@@ -209,6 +218,7 @@ class EvaluationArgs:
     aggregate: str  # mean | max over references
     bootstrap: int
     seed: int
+    tuning_fraction: float = 0.5  # expected share of dev rows that select settings (kdsum.tuning)
 
 
 @dataclass(frozen=True)
@@ -232,6 +242,9 @@ class SummarySpec:
     # the paired bootstrap of every system against the best one (kdsum.comparisons); the evaluation's settings
     bootstrap: int = 1000
     seed: int = 0
+    # the decoding search's settings (kdsum.selection); fine-tuned systems then report their selected setting's
+    # score on the dev set's report rows (kdsum.tuning)
+    decoding: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

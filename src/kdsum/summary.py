@@ -33,6 +33,8 @@ MARKDOWN_COLUMNS = (
     "rouge2",
     "rougeL",
     "rouge_sum",
+    "final_report",
+    "decoding",
     "mean_chars",
     "foreign_script_share",
     "total_params",
@@ -56,6 +58,10 @@ class SummaryInputs:
     log_histories: Sequence[str | Path] = field(default_factory=list)  # fine-tuned systems
     base_metrics: Sequence[str | Path] = field(default_factory=list)  # zero-shot systems of built models
     items: Sequence[str | Path] = field(default_factory=list)  # per-item scores of every system, or none
+    # fine-tuned systems: the score on the dev report rows (when a split is scored; kdsum.tuning), and the
+    # decoding search's choice (when spec.decoding)
+    report_scores: Sequence[str | Path] = field(default_factory=list)
+    decodings: Sequence[str | Path] = field(default_factory=list)
 
 
 def _wants_base_metrics(row: SystemRow) -> bool:
@@ -75,6 +81,8 @@ def check_inputs(spec: SummarySpec, inputs: SummaryInputs) -> None:
         "--log-histories": (len(tuned), "one per fine-tuned system"),
         "--base-metrics": (len(built), "one per zero-shot system of a built model"),
         "--items": (len(spec.systems) if inputs.items else 0, "one per system, or none"),
+        "--report-scores": (len(tuned) if spec.split else 0, "one per fine-tuned system when a split is scored"),
+        "--decodings": (len(tuned) if spec.decoding else 0, "one per fine-tuned system with a decoding search"),
     }
     given = {
         "--scores": inputs.scores,
@@ -82,6 +90,8 @@ def check_inputs(spec: SummarySpec, inputs: SummaryInputs) -> None:
         "--log-histories": inputs.log_histories,
         "--base-metrics": inputs.base_metrics,
         "--items": inputs.items,
+        "--report-scores": inputs.report_scores,
+        "--decodings": inputs.decodings,
     }
     for option, (n, what) in expected.items():
         if len(given[option]) != n:
@@ -98,6 +108,19 @@ def _score_fields(scores: dict, split: str) -> dict[str, Any]:
     for key in ("mean_chars", "foreign_script_share", "empty_predictions"):
         row[key] = scores.get(key)
     return row
+
+
+def _report_fields(scores: dict, path) -> dict[str, Any]:
+    """final on the dev report rows: settings selected on the tuning rows are scored on the others only."""
+    if scores.get("part") != "report":
+        raise SummaryError(f"{path}: not a score of the dev set's report rows (part: {scores.get('part')!r})")
+    lo, hi = scores.get("rouge_sum_ci", (math.nan, math.nan))
+    return {
+        "final_report": scores["rouge_sum"] / 3,
+        "final_report_lo": lo / 3,
+        "final_report_hi": hi / 3,
+        "n_report": scores["n"],
+    }
 
 
 def _train_fields(tm: dict) -> dict[str, Any]:
@@ -133,6 +156,7 @@ def summary_table(spec: SummarySpec, inputs: SummaryInputs) -> pd.DataFrame:
     """One row per system of ``spec``, sorted by final (best first) when a split is scored."""
     check_inputs(spec, inputs)
     scores, train_metrics, base_metrics = iter(inputs.scores), iter(inputs.train_metrics), iter(inputs.base_metrics)
+    reports, decodings = iter(inputs.report_scores), iter(inputs.decodings)
     rows = []
     for system in spec.systems:
         row = _system_row(system)
@@ -140,6 +164,11 @@ def summary_table(spec: SummarySpec, inputs: SummaryInputs) -> pd.DataFrame:
             row.update(_score_fields(read_json(next(scores)), spec.split))
         if system.kind == "fine-tuned":
             row.update(_train_fields(read_json(next(train_metrics))))
+            if inputs.report_scores:
+                path = next(reports)
+                row.update(_report_fields(read_json(path), path))
+            if inputs.decodings:
+                row["decoding"] = read_json(next(decodings))["setting"]
         elif _wants_base_metrics(system):
             bm = read_json(next(base_metrics))
             row.update(total_params=bm.get("parameters"), trainable_params=0)
@@ -172,7 +201,7 @@ def markdown_table(df: pd.DataFrame) -> str:
         cells = []
         for c in cols:
             cell = _fmt(r[c])
-            if c in SCORES and f"{c}_lo" in df and cell:
+            if c in (*SCORES, "final_report") and f"{c}_lo" in df and cell:
                 cell = f"{cell} [{r[f'{c}_lo']:.1f}, {r[f'{c}_hi']:.1f}]"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
@@ -234,7 +263,9 @@ def write_summary(spec: SummarySpec, inputs: SummaryInputs, out_csv, out_md, sco
     plot_losses(spec, inputs.log_histories, loss_plot)
     header = (
         "# Results\n\nScores: ROUGE F1 x100 on Kiwi morphemes, averaged over each dialogue's references, "
-        "with bootstrap 95% intervals. Made by `kdsum summary` from the run's files.\n\n"
+        "with bootstrap 95% intervals. Made by `kdsum summary` from the run's files. `final_report`: a fine-tuned "
+        "system's final on the dev report rows only, its checkpoint and `decoding` having been selected on the "
+        "other (tuning) rows (results/selection/).\n\n"
     )
     paired = comparisons.markdown(df)
     write_text(out_md, header + markdown_table(df) + (f"\n{paired}" if paired else ""))

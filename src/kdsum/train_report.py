@@ -1,9 +1,10 @@
 """Running a built Trainer (resuming where a checkpoint says) and what a training job reports and writes.
 
 Outputs of a job, written through :func:`kdsum.io.atomic_dir` (whole or not at all): ``OUT/model/`` (the adapter and
-tokenizer, or the full model and tokenizer), ``OUT/train_metrics.json`` (:func:`training_metrics`) and
-``OUT/log_history.csv`` (the Trainer's log history), ``OUT/train_summary.json`` (:func:`summary_metrics`: the few
-numbers DVC shows as metrics) and ``OUT/tracking/`` (the tracker's files, kdsum.tracking).
+tokenizer, or the full model and tokenizer), ``OUT/candidates/`` (kdsum.candidates), ``OUT/train_metrics.json``
+(:func:`training_metrics`), ``OUT/log_history.csv`` (the Trainer's log history), ``OUT/train_summary.json``
+(:func:`summary_metrics`: the few numbers DVC shows as metrics) and ``OUT/tracking/`` (the tracker's files,
+kdsum.tracking).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from kdsum import distributed, tracking
+from kdsum.candidates import collect_candidates
 from kdsum.checkpoints import library_versions
 from kdsum.io import atomic_dir, read_json, write_json
 from kdsum.spec import Job
@@ -150,9 +152,13 @@ def summary_metrics(metrics: dict) -> dict:
 
 
 def save_outputs(trainer, job: Job, metrics: dict, out_dir: Path, checkpoint_dir: Path | None = None) -> None:
-    """OUT/model, OUT/train_metrics.json, OUT/train_summary.json, OUT/log_history.csv, OUT/tracking (copied from
-    ``checkpoint_dir``'s tracking folder, where the tracker wrote), atomically."""
+    """OUT/model, OUT/candidates (kdsum.candidates: those kept in ``checkpoint_dir``), OUT/train_metrics.json,
+    OUT/train_summary.json, OUT/log_history.csv, OUT/tracking (copied from ``checkpoint_dir``'s tracking folder,
+    where the tracker wrote), atomically."""
     with atomic_dir(out_dir) as tmp:
+        collect_candidates(
+            checkpoint_dir or tmp / "none", tmp / "candidates", metrics["steps"], job.train.select_checkpoints
+        )
         model_dir = tmp / "model"
         if job.family == "causal":
             # embeddings are never saved whole: new data-token rows travel as trainable-token deltas, and

@@ -59,6 +59,7 @@ import torch
 
 from kdsum import distributed, tracking, train_report
 from kdsum.attention import resolve_attention, set_attention
+from kdsum.candidates import candidate_saver
 from kdsum.checkpoints import (
     compute_fingerprint,
     in_results_tree,
@@ -288,7 +289,14 @@ def build_trainer(
 
 # --------------------------------------------------------------------------------------------- the stage
 OUTPUT_MARKER = "train_metrics.json"  # an output directory the stage wrote (it holds the run's fingerprint)
-OUTPUT_ENTRIES = {"model", "train_metrics.json", "log_history.csv", "train_summary.json", tracking.TRACKING_DIR}
+OUTPUT_ENTRIES = {
+    "model",
+    "candidates",
+    "train_metrics.json",
+    "log_history.csv",
+    "train_summary.json",
+    tracking.TRACKING_DIR,
+}
 
 
 def _inside(path: Path, directory: Path) -> bool:
@@ -371,6 +379,8 @@ def train(
     fingerprint = compute_fingerprint(job, base_source, prompts_dir, method)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    saver = candidate_saver(job, checkpoint_dir)  # train.select_checkpoints: kdsum.candidates
+    callbacks = [*(callbacks or []), *([saver] if saver else [])]
     trainer, info = build_trainer(
         job, base_source, prompts_dir, checkpoint_dir, progress=progress, method=method, callbacks=callbacks
     )

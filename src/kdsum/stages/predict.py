@@ -6,7 +6,7 @@
 DIR is the job's prompt set (results/prompts/P): DIR/S.jsonl holds the prompts and DIR/special_tokens.json the data
 tokens that foreign-script blocking leaves allowed. A fine-tuned job needs --model-dir; the zero-shot variant
 generates with the base alone. --base-dir is the built base of a model built offline (else the spec's source is
-the base). Writes a CSV ``fname,summary`` in the split's order, whole or not at all; a progress bar and the speed
+the base). --decoding replaces the spec's generation settings by those the decoding search selected. Writes a CSV ``fname,summary`` in the split's order, whole or not at all; a progress bar and the speed
 (dialogues/s) go to stderr. Loading: kdsum.modeling.load_for_generation; generation: kdsum.generation.
 """
 
@@ -20,10 +20,10 @@ import pandas as pd
 import torch
 
 from kdsum import gpu_slots
-from kdsum.embeddings import read_data_tokens
-from kdsum.generation import generate_summaries, read_prompt_rows
+from kdsum.generation import predict_rows, read_prompt_rows
 from kdsum.io import write_csv
-from kdsum.modeling import LoadedModel, load_for_generation
+from kdsum.modeling import LoadedModel
+from kdsum.selection import with_selected_decoding
 from kdsum.spec import Job, read_spec
 
 
@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prompts-dir", required=True)
     ap.add_argument("--model-dir", help="the trained model (results/train/M/V/model); not for zero-shot")
     ap.add_argument("--base-dir", help="the built base model (results/base/M), for a model built offline")
+    ap.add_argument("--decoding", help="the decoding search's choice (results/selection/M/V/decoding.json)")
     ap.add_argument("--out", required=True)
     ap.add_argument(
         "--threads",
@@ -70,16 +71,11 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace, job: Job) -> None:
     prompts_dir = Path(args.prompts_dir)
     rows = read_prompt_rows(prompts_dir / f"{args.split}.jsonl", job.family)
-    loaded = load_for_generation(job, model_dir=args.model_dir, base_dir=args.base_dir)
+    if args.decoding:  # the setting the decoding search selected on the dev set's tuning rows
+        job = with_selected_decoding(job, args.decoding)
     stats: dict = {}
-    summaries = generate_summaries(
-        loaded.model,
-        loaded.tokenizer,
-        rows,
-        job,
-        progress=not args.no_progress,
-        keep_tokens=read_data_tokens(prompts_dir),
-        stats=stats,
+    summaries, loaded = predict_rows(
+        job, rows, prompts_dir, args.model_dir, args.base_dir, progress=not args.no_progress, stats=stats
     )
     write_csv(args.out, pd.DataFrame({"fname": [r["fname"] for r in rows], "summary": summaries}))
     print(summary_line(job, args.split, stats, summaries, loaded), file=sys.stderr)

@@ -6,8 +6,9 @@
 
 The file lists follow the order of the spec's systems: --scores one per system (only when the spec scores a
 split); --train-metrics and --log-histories one per fine-tuned system; --base-metrics one per zero-shot system
-of a built model; --items one per system, or none (then no paired bootstrap against the best single system).
-A count that differs is a one-line error.
+of a built model; --items one per system, or none (then no paired bootstrap against the best single system);
+--report-scores (when a split is scored) and --decodings (with a decoding search) one per fine-tuned system. A
+count that differs is a one-line error.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--log-histories", "log_history.csv"),
         ("--base-metrics", "build metrics (M.json)"),
         ("--items", "S_items.csv of each system (paired bootstrap against the best single system)"),
+        ("--report-scores", "S-report.json of each fine-tuned system (dev report rows)"),
+        ("--decodings", "decoding.json of each fine-tuned system (the decoding search's choice)"),
     ):
         ap.add_argument(option, nargs="*", default=[], metavar="F", help=what)
     ap.add_argument("--out-csv", required=True)
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
         log_histories=args.log_histories,
         base_metrics=args.base_metrics,
         items=args.items,
+        report_scores=args.report_scores,
+        decodings=args.decodings,
     )
     df = write_summary(spec, inputs, args.out_csv, args.out_md, args.scores_plot, args.loss_plot)
     print(markdown_table(df))

@@ -1,0 +1,114 @@
+# Selection on the dev set's tuning rows (kdsum.tuning), reported on its report rows: checkpoints
+# (train.select_checkpoints) and decoding settings (decoding.grid). kdsum.selection.
+
+
+rule select_checkpoint:
+    """Score every candidate checkpoint on the dev tuning rows; the best becomes the system's model."""
+    input:
+        prompts=prompts_dir,
+        base=base_dir,
+        candidates="results/train/{model}/{variant}/candidates",
+        final="results/train/{model}/{variant}/model",
+        history="results/train/{model}/{variant}/log_history.csv",
+        references="results/data/dev.jsonl",
+        spec=model_spec,
+        evaluation=spec_file("evaluation"),
+        code=code("select-checkpoint"),
+    output:
+        model=directory("results/selection/{model}/{variant}/model"),
+        table="results/selection/{model}/{variant}/checkpoints.csv",
+        plot=report("results/selection/{model}/{variant}/checkpoints.png", category="Selection"),
+    params:
+        base=base_args,
+    log:
+        "results/logs/select_checkpoint/{model}/{variant}.log",
+    benchmark:
+        "results/benchmarks/select_checkpoint/{model}/{variant}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "../envs/kdsum.yaml"
+    shell:
+        "kdsum select-checkpoint --spec {input.spec:q} --evaluation-spec {input.evaluation:q} "
+        "--prompts-dir {input.prompts:q} --references {input.references:q} --candidates {input.candidates:q} "
+        "--final-model {input.final:q} --log-history {input.history:q} {params.base:q} "
+        "--out-model {output.model:q} --out-csv {output.table:q} --plot {output.plot:q} > {log:q} 2>&1"
+
+
+rule decode:
+    """One decoding setting: the system's summaries of the dev tuning rows and their score (its own job)."""
+    input:
+        prompts=prompts_dir,
+        weights=weights,
+        references="results/data/dev.jsonl",
+        spec=spec_file("decode/{model}/{variant}/{setting}"),
+        evaluation=spec_file("evaluation"),
+        code=code("decode"),
+    output:
+        predictions="results/selection/{model}/{variant}/decoding/{setting}/tuning.csv",
+        score="results/selection/{model}/{variant}/decoding/{setting}/score.json",
+    params:
+        weights=weights_args,
+    wildcard_constraints:
+        setting=one_of(DECODING) or "none",
+    log:
+        "results/logs/decode/{model}/{variant}/{setting}.log",
+    benchmark:
+        "results/benchmarks/decode/{model}/{variant}/{setting}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "../envs/kdsum.yaml"
+    shell:
+        "kdsum decode --spec {input.spec:q} --evaluation-spec {input.evaluation:q} --prompts-dir {input.prompts:q} "
+        "--references {input.references:q} {params.weights:q} --out-predictions {output.predictions:q} "
+        "--out-score {output.score:q} > {log:q} 2>&1"
+
+
+rule select_decoding:
+    """The best decoding setting on the dev tuning rows: used for the system's dev and test predictions."""
+    input:
+        scores=expand("results/selection/{{model}}/{{variant}}/decoding/{setting}/score.json", setting=DECODING),
+        specs=expand("results/specs/decode/{{model}}/{{variant}}/{setting}.json", setting=DECODING),
+        code=code("select-decoding"),
+    output:
+        choice="results/selection/{model}/{variant}/decoding.json",
+        table="results/selection/{model}/{variant}/decoding.csv",
+        md="results/selection/{model}/{variant}/decoding.md",
+        plot=report("results/selection/{model}/{variant}/decoding.png", category="Selection"),
+    params:
+        names=DECODING,
+    log:
+        "results/logs/select_decoding/{model}/{variant}.log",
+    benchmark:
+        "results/benchmarks/select_decoding/{model}/{variant}.tsv"
+    conda:
+        "../envs/kdsum.yaml"
+    shell:
+        "kdsum select-decoding --names {params.names:q} --scores {input.scores:q} --specs {input.specs:q} "
+        "--out-json {output.choice:q} --out-csv {output.table:q} --out-md {output.md:q} --plot {output.plot:q} "
+        "> {log:q} 2>&1"
+
+
+rule evaluate_report:
+    """The score of a fine-tuned system's selected settings on the dev report rows only (never the tuning rows)."""
+    input:
+        predictions="results/predictions/{model}/{variant}/{split}.csv",
+        references="results/data/{split}.jsonl",
+        spec=spec_file("evaluation"),
+        code=code("evaluate"),
+    output:
+        metrics="results/scores/{model}/{variant}/{split}-report.json",
+        per_item="results/scores/{model}/{variant}/{split}-report_items.csv",
+    log:
+        "results/logs/evaluate_report/{model}/{variant}/{split}.log",
+    benchmark:
+        "results/benchmarks/evaluate_report/{model}/{variant}/{split}.tsv"
+    conda:
+        "../envs/kdsum.yaml"
+    shell:
+        "kdsum evaluate --spec {input.spec:q} --predictions {input.predictions:q} --part report "
+        "--references {input.references:q} --out-json {output.metrics:q} --out-items {output.per_item:q} "
+        "> {log:q} 2>&1"

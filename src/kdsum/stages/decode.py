@@ -1,0 +1,42 @@
+"""One setting of the decoding search: summaries of the dev set's tuning rows (kdsum.tuning) and their score.
+
+    kdsum decode --spec results/specs/decode/M/V/S.json --evaluation-spec results/specs/evaluation.json \\
+        --prompts-dir DIR --references results/data/dev.jsonl [--model-dir D] [--base-dir B] \\
+        --out-predictions results/selection/M/V/decoding/S/tuning.csv --out-score .../S/score.json
+
+The spec is the system's job with the setting's generation overrides (``decoding.grid.S``); the model is the
+one the system's predictions use (its selected checkpoint where ``train.select_checkpoints`` is set). The score
+file is that of ``kdsum evaluate`` with ``part: tuning``; ``kdsum select-decoding`` reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from kdsum import gpu_slots
+from kdsum.io import write_json
+from kdsum.selection import score_tuning_rows
+from kdsum.spec import EvaluationArgs, Job, read_spec
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="kdsum decode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--spec", required=True, help="the setting's job (results/specs/decode/M/V/S.json)")
+    ap.add_argument("--evaluation-spec", required=True, help="results/specs/evaluation.json (tuning_fraction)")
+    ap.add_argument("--prompts-dir", required=True)
+    ap.add_argument("--references", required=True, help="results/data/dev.jsonl")
+    ap.add_argument("--model-dir")
+    ap.add_argument("--base-dir")
+    ap.add_argument("--out-predictions", required=True)
+    ap.add_argument("--out-score", required=True)
+    args = ap.parse_args(argv)
+    job = read_spec(args.spec, Job)
+    evaluation = read_spec(args.evaluation_spec, EvaluationArgs)
+    with gpu_slots.claim(1):  # a free device, before torch touches CUDA (kdsum.gpu_slots)
+        score = score_tuning_rows(
+            job, evaluation, args.prompts_dir, args.references, args.model_dir, args.base_dir, args.out_predictions
+        )
+    write_json(args.out_score, score)
+    print(f"{job.name}: final {score['rouge_sum'] / 3:.2f} on {score['n']} dev tuning rows; wrote {args.out_score}")
