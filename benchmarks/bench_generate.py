@@ -51,12 +51,13 @@ EARLIER = {"batch_size": 16, "num_beams": 4, "sorted": False}
 # ============================================================================================ prepare (CPU)
 def prepare(out: Path, shared: Path) -> dict:
     """Korean tokenizer + the pipeline's ingested data and chat prompts (train subset and dev) under ``out``."""
-    from kdsum.config import load_config, spec_for
+    from kdsum.config import load_config
     from kdsum.data import ingest_splits
     from kdsum.datastats import collect_special_tokens
     from kdsum.io import read_jsonl
     from kdsum.offline_models import train_tokenizer
     from kdsum.prompts import write_prompt_set
+    from kdsum.spec_files import spec_for
 
     out.mkdir(parents=True, exist_ok=True)
     # the competition's train and dev share near-duplicate dialogues (ingest names 37 pairs): recorded, not refused
@@ -343,9 +344,10 @@ def kdsum_stage(stage: str, *args) -> None:
 def build_and_train_tiny(args, data: Path, work: Path) -> tuple:
     """tiny-llama built and trained by the pipeline's stages (``build-base``, ``train``) with the benchmark's steps;
     returns (job, base dir, train dir, seconds to build, seconds to train)."""
-    from kdsum.config import load_config, resolve, spec_for
+    from kdsum.config import load_config, resolve
     from kdsum.io import write_text
     from kdsum.spec import to_json
+    from kdsum.spec_files import spec_for
 
     config = load_config(ROOT / "config.yaml")
     base_spec = spec_for(config, "base/tiny-llama")

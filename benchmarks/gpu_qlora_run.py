@@ -56,11 +56,11 @@ LLAMA_32_3B = dict(  # meta-llama/Llama-3.2-3B config.json (public)
 
 
 def prepare_prompts(csv_path: Path, prompts_dir: Path, config: dict, limit: int | None) -> tuple[list, list[str]]:
-    from kdsum.config import spec_for
     from kdsum.data import read_split
     from kdsum.datastats import collect_special_tokens
     from kdsum.io import write_json, write_jsonl
     from kdsum.prompts import format_split
+    from kdsum.spec_files import spec_for
 
     records = read_split(csv_path, "train")
     if limit:

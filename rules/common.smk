@@ -3,7 +3,8 @@ import os
 import re
 from pathlib import Path
 
-from kdsum.config import ZERO_SHOT, BASELINE_MODEL, ENSEMBLE_MODEL, REPLICAS, decoding_settings, grid, load_config, predict_splits, rule_resources, scored_splits, spec_for, spec_keys, systems
+from kdsum.config import ZERO_SHOT, BASELINE_MODEL, ENSEMBLE_MODEL, REPLICAS, decoding_settings, grid, load_config, predict_splits, rule_resources, scored_splits, systems
+from kdsum.spec_files import spec_for, spec_keys
 from kdsum.config_files import ConfigError
 from kdsum.deps import stage_code
 from kdsum.spec import to_json

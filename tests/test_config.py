@@ -11,16 +11,7 @@ import sys
 import pytest
 import yaml
 
-from kdsum.config import (
-    grid,
-    load_config,
-    load_schema,
-    resolve,
-    rule_resources,
-    spec_for,
-    spec_names,
-    validate_config,
-)
+from kdsum.config import grid, load_config, load_schema, resolve, rule_resources, validate_config
 from kdsum.config_files import ConfigError, merged_config
 from kdsum.spec import (
     OWN_TRAIN_FIELDS,
@@ -33,6 +24,7 @@ from kdsum.spec import (
     read_spec,
     to_json,
 )
+from kdsum.spec_files import spec_for, spec_names
 
 
 @pytest.fixture()
@@ -344,7 +336,7 @@ def _changed(value):
 def test_dvc_params_of_each_spec_cover_every_key_it_reads(repo_root):
     """No drift between the engines: a config leaf outside a spec's DVC params (spec_keys) never changes that
     spec, so DVC, which reruns a spec stage only when its params change, can never keep a stale spec file."""
-    from kdsum.config import spec_keys
+    from kdsum.spec_files import spec_keys
 
     raw = yaml.safe_load((repo_root / "config.yaml").read_text(encoding="utf-8"))
     base = load_config(repo_root / "config.yaml")

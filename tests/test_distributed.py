@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kdsum.checkpoints import last_complete_checkpoint
-from kdsum.config import load_config, resolve, spec_for
+from kdsum.config import load_config, resolve
 from kdsum.config_files import ConfigError
 from kdsum.data import ingest_splits, load_split
 from kdsum.distributed import launch_command, per_rank_arguments
@@ -25,6 +25,7 @@ from kdsum.io import read_json, write_text
 from kdsum.offline_models import build_base_model
 from kdsum.prompts import write_prompt_set
 from kdsum.spec import BatchError, per_rank_accumulation, to_json
+from kdsum.spec_files import spec_for
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}

@@ -22,7 +22,7 @@ import torch
 
 from kdsum.baselines import BaselineError, lead, longest, run_baseline
 from kdsum.blocking import foreign_token_mask, has_foreign_text
-from kdsum.config import load_config, resolve, spec_for
+from kdsum.config import load_config, resolve
 from kdsum.data import ingest_splits, load_split, read_split
 from kdsum.datastats import collect_special_tokens
 from kdsum.fitting import (
@@ -49,6 +49,7 @@ from kdsum.io import read_jsonl, write_jsonl, write_text
 from kdsum.modeling import load_for_generation
 from kdsum.prompts import format_chat_prompt, format_user_message, write_prompt_set
 from kdsum.spec import to_json
+from kdsum.spec_files import spec_for
 
 # One thread: on a shared 2-core machine a second OpenMP thread made generation 10x slower (spin-waiting).
 torch.set_num_threads(1)

@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 
 from kdsum.comparisons import best_of, markdown, paired_against_best
-from kdsum.config import load_config, spec_for, systems
+from kdsum.config import load_config, systems
 from kdsum.config_files import ConfigError
 from kdsum.errors import KdsumError
 from kdsum.mbr import mbr_predictions, select, utilities
+from kdsum.spec_files import spec_for
 
 # The middle candidate shares most with both others: "사과 배 포도" is the consensus of these three.
 LONG, MIDDLE, SHORT = "사과 배 포도 딸기", "사과 배 포도", "사과 배"

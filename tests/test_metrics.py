@@ -20,7 +20,7 @@ import pytest
 from rouge_score import rouge_scorer, tokenizers
 
 from kdsum.cli import main as kdsum_main
-from kdsum.config import load_config, spec_for
+from kdsum.config import load_config
 from kdsum.errors import KdsumError
 from kdsum.metrics import (
     KiwiMorphemeTokenizer,
@@ -38,6 +38,7 @@ from kdsum.metrics import (
     rouge_scores,
 )
 from kdsum.spec import to_json
+from kdsum.spec_files import spec_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -471,7 +472,7 @@ def test_prediction_length():
 
 
 def _evaluation_spec(tmp: Path, **changes) -> Path:
-    """The config's evaluation spec (kdsum.config.spec_for), with ``changes``, as a spec file."""
+    """The config's evaluation spec (kdsum.spec_files.spec_for), with ``changes``, as a spec file."""
     spec = dataclasses.replace(spec_for(load_config(ROOT / "config.yaml"), "evaluation"), **changes)
     path = tmp / "specs" / "evaluation.json"
     path.parent.mkdir(parents=True, exist_ok=True)

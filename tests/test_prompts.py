@@ -7,13 +7,14 @@ import sys
 
 import pytest
 
-from kdsum.config import load_config, spec_for
+from kdsum.config import load_config
 from kdsum.config_files import ConfigError
 from kdsum.data import normalize_dialogue
 from kdsum.errors import KdsumError
 from kdsum.leakage import NEAR_DUPLICATE_THRESHOLD
 from kdsum.prompts import PromptError, format_chat_record, format_seq2seq_record, format_split, format_user_message
 from kdsum.spec import PromptFormat, to_json
+from kdsum.spec_files import spec_for
 
 RECORD = {
     "fname": "t_1",

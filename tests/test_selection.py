@@ -15,10 +15,11 @@ import pytest
 
 from kdsum.candidates import CandidateSaver, candidate_models, collect_candidates
 from kdsum.cli import main as kdsum_main
-from kdsum.config import load_config, resolve_decoding, spec_for, spec_names
+from kdsum.config import load_config, resolve_decoding
 from kdsum.config_files import ConfigError
 from kdsum.selection import SelectionError, best_index, checkpoint_table, decoding_table, with_selected_decoding
 from kdsum.spec import from_dict, to_dict, to_json
+from kdsum.spec_files import spec_for, spec_names
 from kdsum.summary import SummaryError, SummaryInputs, summary_table
 from kdsum.tuning import REPORT, TUNING, TuningSplitError, part_of, split_fnames, tuning_share
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdsum.config import load_config, resolve, spec_for
+from kdsum.config import load_config, resolve
 from kdsum.data import ingest_splits
 from kdsum.embeddings import add_data_tokens, read_data_tokens
 from kdsum.fitting import encode_rows, end_of_turn_ids, fit_chat_example, input_budget, sequence_limit, template_kwargs
@@ -24,6 +24,7 @@ from kdsum.preflight import estimate_for_spec
 from kdsum.prompts import write_prompt_set
 from kdsum.replicas import replica_config, write_replica
 from kdsum.spec import PromptFormat
+from kdsum.spec_files import spec_for
 from kdsum.train_data import encode_chat_rows
 
 ROOT = Path(__file__).resolve().parents[1]

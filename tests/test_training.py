@@ -28,13 +28,14 @@ from kdsum.checkpoints import (
     last_complete_checkpoint,
     prepare_checkpoint_dir,
 )
-from kdsum.config import load_config, resolve, spec_for
+from kdsum.config import load_config, resolve
 from kdsum.data import ingest_splits, load_split
 from kdsum.io import read_json, read_jsonl, write_json, write_jsonl, write_text
 from kdsum.modeling import load_for_generation, load_tokenizer
 from kdsum.offline_models import build_base_model
 from kdsum.prompts import write_prompt_set
 from kdsum.spec import to_json
+from kdsum.spec_files import spec_for
 from kdsum.train_report import SUMMARY_KEYS
 from kdsum.training import build_trainer, train
 
