@@ -100,7 +100,7 @@ rule evaluate_report:
         spec=spec_file("evaluation"),
         code=code("evaluate"),
     output:
-        metrics="results/scores/{model}/{variant}/{split}-report.json",
+        scores="results/scores/{model}/{variant}/{split}-report.json",
         per_item="results/scores/{model}/{variant}/{split}-report_items.csv",
     log:
         "results/logs/evaluate_report/{model}/{variant}/{split}.log",
@@ -110,5 +110,5 @@ rule evaluate_report:
         "../envs/kdsum.yaml"
     shell:
         "kdsum evaluate --spec {input.spec:q} --predictions {input.predictions:q} --part report "
-        "--references {input.references:q} --out-json {output.metrics:q} --out-items {output.per_item:q} "
+        "--references {input.references:q} --out-json {output.scores:q} --out-items {output.per_item:q} "
         "> {log:q} 2>&1"
