@@ -219,7 +219,8 @@ def test_a_config_override_reruns_exactly_that_models_jobs(pipeline_run):
     text = proc.stdout + proc.stderr
     stats = text.split("Job stats:")[1].split("total")[0]
     planned = dict(re.findall(r"^(\w+)\s+(\d+)$", stats, re.M))
-    # the model's spec and its two decoding settings' specs; its checkpoint and decoding selection
+    # the model's spec and its two decoding settings' specs; its checkpoint and decoding selection; the MBR
+    # ensemble it is a member of (dev and test) and that ensemble's dev score
     assert planned == {
         "spec": "3",
         "train": "1",
@@ -227,7 +228,8 @@ def test_a_config_override_reruns_exactly_that_models_jobs(pipeline_run):
         "decode": "2",
         "select_decoding": "1",
         "predict": "2",
-        "evaluate": "1",
+        "mbr": "2",
+        "evaluate": "2",
         "evaluate_report": "1",
         "submission": "1",
         "summary": "1",
