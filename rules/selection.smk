@@ -24,9 +24,9 @@ rule select_checkpoint:
         "results/logs/select_checkpoint/{model}/{variant}.log",
     benchmark:
         "results/benchmarks/select_checkpoint/{model}/{variant}.tsv"
-    threads: 2
+    threads: threads_for("predict")
     resources:
-        gpu=1,
+        **resources_for("predict"),
     conda:
         "../envs/kdsum.yaml"
     shell:
@@ -56,9 +56,9 @@ rule decode:
         "results/logs/decode/{model}/{variant}/{setting}.log",
     benchmark:
         "results/benchmarks/decode/{model}/{variant}/{setting}.tsv"
-    threads: 2
+    threads: threads_for("predict")
     resources:
-        gpu=1,
+        **resources_for("predict"),
     conda:
         "../envs/kdsum.yaml"
     shell:

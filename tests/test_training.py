@@ -150,6 +150,7 @@ def test_causal_lora_trains_reloads_and_generates(env, tmp_path):
     )
 
     assert sorted(p.name for p in out.iterdir()) == [
+        "candidates",
         "log_history.csv",
         "model",
         "tracking",
