@@ -638,6 +638,8 @@ def test_exp_show_leads_with_scores_and_the_changed_param(dvc_repo):
     changed = next(csv.reader(io.StringIO(dvc(dvc_repo, "exp", "show", "--csv", "--only-changed").stdout)))
     FIGURES["dvc exp show --only-changed columns"] = len(changed)
     moved = [c for c in changed if ":" in c]
+    # the copy's base commit has no metrics (its row shows "!"), so every metric counts as changed; the changed
+    # model's score is among them and the changed param follows them
     assert moved
     assert "results/scores/tiny-llama/default/dev_metrics.json:final" in moved
     assert changed[changed.index(moved[-1]) + 1] == "models.tiny-llama.train.learning_rate"  # then the param
