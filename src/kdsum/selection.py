@@ -24,7 +24,8 @@ import pandas as pd
 from kdsum.errors import KdsumError
 from kdsum.evaluation import evaluate
 from kdsum.generation import predict_rows, read_prompt_rows
-from kdsum.io import atomic_path, read_json, write_csv, write_json, write_text
+from kdsum.io import read_json, write_csv, write_json, write_text
+from kdsum.plots import pyplot, save_png
 from kdsum.spec import EvaluationArgs, GenerationArgs, Job
 from kdsum.tuning import TUNING, part_fnames
 
@@ -155,30 +156,15 @@ def markdown(df: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, out: str | Path) -> None:
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-
-
 def plot_decoding(df: pd.DataFrame, system: str, out: str | Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(df) + 1.6))
     d = df.iloc[::-1]
     colors = ["tab:green" if c else "tab:blue" for c in d["chosen"]]
     ax.barh(d["setting"], d["final"], color=colors)
     ax.set_xlabel(f"final (mean ROUGE-1/2/L F1 x100) on {int(df['n'].iloc[0])} dev tuning rows; green: chosen")
     ax.set_title(f"Decoding search: {system}")
-    _save(fig, out)
+    save_png(fig, out)
     plt.close(fig)
 
 
@@ -215,7 +201,7 @@ def checkpoint_table(steps: Sequence[int], scores: Sequence[dict], history: pd.D
 
 def plot_checkpoints(df: pd.DataFrame, history: pd.DataFrame, system: str, out: str | Path) -> None:
     """Training loss by step (line) and each candidate's tuning-row final score (points; the chosen one ringed)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     if "loss" in history:
         h = history.dropna(subset=["loss"])
@@ -229,5 +215,5 @@ def plot_checkpoints(df: pd.DataFrame, history: pd.DataFrame, system: str, out: 
     ax2.set_ylabel("final (mean ROUGE-1/2/L F1 x100)", color="tab:red")
     ax2.legend(loc="lower right")
     ax.set_title(f"Checkpoint selection: {system}")
-    _save(fig, out)
+    save_png(fig, out)
     plt.close(fig)

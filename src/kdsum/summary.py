@@ -17,7 +17,8 @@ import pandas as pd
 
 from kdsum import comparisons
 from kdsum.errors import KdsumError
-from kdsum.io import atomic_path, read_json, write_csv, write_text
+from kdsum.io import read_json, write_csv, write_text
+from kdsum.plots import pyplot, save_png
 from kdsum.spec import SummarySpec, SystemRow
 
 # `final` is the leaderboard's score: the mean of ROUGE-1/2/L F1 x100; `rouge_sum` (their sum) is the earlier
@@ -208,23 +209,8 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, out: str | Path) -> None:
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-
-
 def plot_scores(df: pd.DataFrame, out: str | Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(df) + 1.5))
     if "final" in df:
         d = df.iloc[::-1]
@@ -235,13 +221,13 @@ def plot_scores(df: pd.DataFrame, out: str | Path) -> None:
             f"mean of ROUGE-1/2/L F1 x100 (the leaderboard's scale; {df['split'].iloc[0]}; bars: bootstrap 95% CI)"
         )
     ax.set_title("Systems by final score (Kiwi morphemes)")
-    _save(fig, out)
+    save_png(fig, out)
     plt.close(fig)
 
 
 def plot_losses(spec: SummarySpec, log_histories: Sequence[str | Path], out: str | Path) -> None:
     """Training loss by optimizer step, one line per fine-tuned system (``log_histories`` in their order)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     tuned = [r for r in spec.systems if r.kind == "fine-tuned"]
     for system, path in zip(tuned, log_histories, strict=True):
@@ -253,7 +239,7 @@ def plot_losses(spec: SummarySpec, log_histories: Sequence[str | Path], out: str
     ax.set_ylabel("training loss")
     ax.set_title("Training loss")
     ax.legend()
-    _save(fig, out)
+    save_png(fig, out)
     plt.close(fig)
 
 
