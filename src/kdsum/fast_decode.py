@@ -1,0 +1,216 @@
+"""Greedy decoding of Llama / Qwen2 / Qwen3 / Mistral causal LMs with a static KV cache (``generation.engine: auto``).
+
+The same tokens as ``model.generate`` greedy, without its per-step costs (transformers' ``repeat_kv`` copy of the
+cache per layer and step when a padding mask is passed, DynamicCache's ``torch.cat``, and the Python that issues a
+step more slowly than the GPU runs it):
+
+* prefill: the model's own forward over the left-padded batch (position ids as generate computes them), the first
+  token the argmax of the last position; the returned cache is copied into a preallocated buffer per layer
+  ``[B, Hkv, S, D]`` (S: prompt width + ``max_new_tokens``, rounded up so batches share a CUDA graph);
+* decode step (:func:`_step`), written from the model's modules: every row writes the same buffer column (left
+  padding), one query attends over the buffer in grouped-query form (q viewed ``[B, Hkv, G, D]``, no head repeat),
+  keys before a row's first real token and after the current column masked out; softmax in float32 as
+  modeling_llama's eager attention does. The step advances its own state (column, positions, finished rows), so on
+  CUDA it is captured once into a ``torch.cuda.CUDAGraph`` and replayed; on CPU it runs eagerly;
+* stopping: finished rows get ``pad_token_id``; "all rows finished" is read every :data:`CHECK_EVERY` steps (one
+  device sync), and the output is cut where generate would have stopped: ``[B, P + n_new]``, prompt included.
+
+:func:`supports` says when the engine applies (greedy, no penalties or logits processors, a supported architecture
+without sliding windows, no unmerged adapter); elsewhere kdsum.generation calls ``model.generate``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
+CHECK_EVERY = 8  # decode steps between two reads of "all rows finished" (one device sync each)
+ROUND = 64  # buffer lengths are rounded up to a multiple of this (batches of one size share a graph)
+# the generate() settings the engine understands; anything else (a cache implementation, ...) goes to generate
+KNOWN_KWARGS = {"do_sample", "num_beams", "max_new_tokens", "min_new_tokens", "no_repeat_ngram_size"}
+KNOWN_KWARGS |= {"repetition_penalty", "length_penalty", "eos_token_id", "pad_token_id", "temperature", "top_p"}
+KNOWN_KWARGS |= {"top_k"}
+# GenerationConfig fields (of kwargs or the model's generation_config) that add a logits processor or change the
+# search when set to anything but their defaults
+_CHANGES_GREEDY = dict(
+    num_beams=1, do_sample=False, no_repeat_ngram_size=0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
+    min_length=0, bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None, forced_bos_token_id=None,
+    forced_eos_token_id=None, sequence_bias=None, exponential_decay_length_penalty=None, guidance_scale=None,
+    watermarking_config=None, stop_strings=None, prompt_lookup_num_tokens=None, assistant_model=None,
+    penalty_alpha=None, cache_implementation=None, num_return_sequences=1,
+)  # fmt: skip
+
+
+def model_refusal(model) -> str | None:
+    """Why the engine cannot decode ``model`` (None: it can)."""
+    cfg = getattr(model, "config", None)
+    if getattr(model, "peft_config", None) or any(type(m).__module__.startswith("peft") for m in model.modules()):
+        return "an unmerged adapter (peft)"
+    if cfg is None or cfg.model_type not in ARCHITECTURES or not hasattr(model, "lm_head"):
+        return f"architecture {getattr(cfg, 'model_type', None)!r} (supported: {', '.join(ARCHITECTURES)})"
+    if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ()):
+        return "layers other than full attention"
+    uses_window = getattr(cfg, "use_sliding_window", getattr(cfg, "sliding_window", None) is not None)
+    if uses_window and getattr(cfg, "sliding_window", None) is not None:
+        return "a sliding window"
+    if getattr(model.model.rotary_emb, "rope_type", "default") in ("dynamic", "longrope"):
+        return "a RoPE that changes with the sequence length"
+    return None
+
+
+def supports(model, job, kwargs: dict, processors) -> bool:
+    """Whether :func:`greedy_generate` gives ``model.generate(**kwargs)``'s tokens for this job (greedy search of a
+    supported causal model, no logits processors, ``generation.engine`` not ``generate``)."""
+    if getattr(job.generation, "engine", "auto") != "auto" or job.family != "causal" or processors:
+        return False
+    if set(kwargs) - KNOWN_KWARGS or model_refusal(model) is not None:
+        return False
+    merged = {k: getattr(model.generation_config, k, v) for k, v in _CHANGES_GREEDY.items()}
+    merged.update({k: kwargs[k] for k in _CHANGES_GREEDY if k in kwargs})
+    # None: unset (transformers 5's GenerationConfig leaves its fields unset; generate applies the defaults)
+    return all(merged[k] is None or merged[k] == v or (v is None and not merged[k]) for k, v in _CHANGES_GREEDY.items())
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:  # modeling_llama.rotate_half
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _step(model, st: dict) -> None:
+    """One decode step for every row, in place on the state ``st`` (tensors only: CUDA-graph safe)."""
+    m, tok, col, pos = model.model, st["tok"], st["col"], st["pos"]
+    h = m.embed_tokens(tok[:, None])  # [B, 1, hidden]
+    b = h.shape[0]
+    cos, sin = m.rotary_emb(h, pos)  # [B, 1, D]
+    cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+    keys = st["arange"][None, :]
+    masked = ((keys < st["start"][:, None]) | (keys > col))[:, None, None, :]  # [B, 1, 1, S]
+    for layer, (kbuf, vbuf) in zip(m.layers, st["kv"], strict=True):
+        a = layer.self_attn
+        hkv, d = kbuf.shape[1], kbuf.shape[3]
+        x = layer.input_layernorm(h)
+        q = a.q_proj(x).view(b, 1, -1, d)
+        k = a.k_proj(x).view(b, 1, hkv, d)
+        v = a.v_proj(x).view(b, 1, hkv, d).transpose(1, 2)
+        if getattr(a, "q_norm", None) is not None:  # Qwen3: per head, before RoPE
+            q, k = a.q_norm(q), a.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, heads, 1, D]
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        kbuf.index_copy_(2, col, k)
+        vbuf.index_copy_(2, col, v)
+        qg = q.reshape(b, hkv, -1, d)  # head h attends with kv head h // G, as repeat_kv orders them
+        w = torch.matmul(qg, kbuf.transpose(2, 3)) * getattr(a, "scaling", d**-0.5)  # [B, Hkv, G, S]
+        w = w.masked_fill(masked, torch.finfo(w.dtype).min)
+        w = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
+        o = torch.matmul(w, vbuf).reshape(b, 1, -1)  # [B, 1, heads * D]
+        h = h + a.o_proj(o)
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+    logits = model.lm_head(m.norm(h))[:, -1].float()
+    nxt = _choose(logits, st)
+    st["out"].index_copy_(1, st["n_gen"], nxt[:, None])
+    tok.copy_(nxt)
+    col.add_(1)
+    pos.add_(1)
+    st["n_gen"].add_(1)
+
+
+def _choose(logits: torch.Tensor, st: dict) -> torch.Tensor:
+    """Greedy choice with generate's rules: end ids held back before ``min_new_tokens`` (transformers'
+    MinNewTokensLengthLogitsProcessor), ``pad_token_id`` for finished rows; marks rows that end now as finished."""
+    hold = st["is_end"][None, :] & (st["n_gen"] < st["min_new"])
+    nxt = logits.masked_fill(hold, -math.inf).argmax(dim=-1)
+    nxt = torch.where(st["done"], st["pad"], nxt)
+    st["done"].logical_or_(st["is_end"][nxt])
+    return nxt
+
+
+class _Engine:
+    """The state of one (batch size, buffer length, max_new_tokens) and, on CUDA, its captured step."""
+
+    def __init__(self, model, b: int, s: int, max_new: int, end_ids, pad: int, min_new: int, cache) -> None:
+        dev = cache.layers[0].keys.device
+
+        def buffer(t: torch.Tensor) -> torch.Tensor:  # [B, Hkv, P, D] -> zeros [B, Hkv, S, D]
+            return torch.zeros((b, t.shape[1], s, t.shape[3]), dtype=t.dtype, device=dev)
+
+        kv = [(buffer(lay.keys), buffer(lay.values)) for lay in cache.layers]
+        is_end = torch.zeros(model.lm_head.out_features, dtype=torch.bool, device=dev)
+        is_end[torch.tensor(end_ids, device=dev)] = True
+        long = dict(dtype=torch.long, device=dev)
+        self.st = dict(
+            kv=kv, tok=torch.zeros(b, **long), col=torch.zeros(1, **long), pos=torch.zeros(b, 1, **long),
+            start=torch.zeros(b, **long), n_gen=torch.zeros(1, **long), done=torch.zeros(b, dtype=torch.bool, device=dev),
+            out=torch.zeros(b, max_new, **long), arange=torch.arange(s, **long), is_end=is_end,
+            pad=torch.tensor(pad, **long), min_new=torch.tensor(min_new, **long),
+        )  # fmt: skip
+        self.key, self.model, self.graph = (b, s, max_new, tuple(end_ids), pad, min_new), model, None
+        if dev.type == "cuda":
+            self._capture()
+
+    def _capture(self) -> None:
+        saved = {k: v.clone() for k, v in self.st.items() if k != "kv"}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the capture stream, as the CUDA-graph docs show
+            for _ in range(2):
+                _step(self.model, self.st)
+                self.st["n_gen"].zero_()  # the warm-up must not index past ``out``
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            _step(self.model, self.st)
+        for k, v in saved.items():
+            self.st[k].copy_(v)
+
+    def step(self) -> None:
+        self.graph.replay() if self.graph is not None else _step(self.model, self.st)
+
+
+_cached: dict = {}  # one engine at a time (its KV buffers are large): the last one built
+
+
+@torch.inference_mode()
+def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``model.generate(input_ids=..., attention_mask=..., **kwargs)`` for greedy search over a left-padded batch,
+    through a static cache (and a CUDA graph on CUDA): the ``[B, P + n_new]`` sequences generate returns."""
+    ends = kwargs["eos_token_id"]
+    ends = [int(e) for e in (ends if isinstance(ends, (list, tuple)) else [ends])]
+    max_new, min_new, pad = kwargs["max_new_tokens"], kwargs.get("min_new_tokens") or 0, int(kwargs["pad_token_id"])
+    b, p = input_ids.shape
+    lengths = attention_mask.long().sum(dim=1)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # as generate does
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, logits_to_keep=1
+    )
+    cache, logits = out.past_key_values, out.logits[:, -1].float()
+    s = -(-(p + max_new) // ROUND) * ROUND
+    key = (b, s, max_new, tuple(ends), pad, min_new)
+    eng = _cached.get("engine")
+    if eng is None or eng.key != key or eng.model is not model:
+        _cached.clear()  # free the previous buffers and graph first
+        eng = _cached["engine"] = _Engine(model, b, s, max_new, ends, pad, min_new, cache)
+    st = eng.st
+    for (kbuf, vbuf), lay in zip(st["kv"], cache.layers, strict=True):
+        kbuf[:, :, :p].copy_(lay.keys)
+        vbuf[:, :, :p].copy_(lay.values)
+    del out, cache
+    st["start"].copy_(p - lengths)
+    st["col"].fill_(p)
+    st["pos"].copy_(lengths[:, None])
+    st["n_gen"].zero_()
+    st["done"].zero_()
+    first = _choose(logits, st)
+    st["out"][:, 0] = first
+    st["tok"].copy_(first)
+    st["n_gen"].fill_(1)
+    for n in range(1, max_new):
+        if n % CHECK_EVERY == 0 and bool(st["done"].all()):
+            break
+        eng.step()
+    new = st["out"].clone()
+    ended = st["is_end"][new]  # where each row ended (pad after it; a pad that is an end id comes later)
+    if bool(ended.any(dim=1).all()):  # generate stops at the step where the last row ends
+        new = new[:, : int(ended.int().argmax(dim=1).max()) + 1]
+    return torch.cat([input_ids, new], dim=1)

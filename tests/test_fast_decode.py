@@ -1,0 +1,142 @@
+"""kdsum.fast_decode: the static-cache greedy engine gives exactly ``model.generate``'s greedy tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdsum import fast_decode
+
+torch.set_num_threads(1)
+
+TINY = dict(
+    vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2, pad_token_id=0, eos_token_id=1,
+    bos_token_id=2,
+)  # fmt: skip
+PAD = 0
+
+
+def tiny_model(arch: str, device: str = "cpu", dtype=torch.float32):
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+
+    cfg = {
+        "llama": lambda: LlamaConfig(**TINY),
+        "qwen2": lambda: Qwen2Config(**TINY),  # q/k/v biases
+        "qwen3": lambda: Qwen3Config(**TINY, head_dim=16),  # q_norm / k_norm
+    }[arch]()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+    with torch.no_grad():  # random biases and norm weights, so that a missed one changes the tokens
+        for name, p in model.named_parameters():
+            if name.endswith(".bias") or "norm" in name:
+                p.normal_(1.0 if "norm" in name else 0.0, 0.3)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def prompts(device="cpu"):
+    g = torch.Generator().manual_seed(1)
+    lengths = [9, 4, 7, 1, 12]
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), PAD, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, n in enumerate(lengths):
+        ids[r, width - n :] = torch.randint(3, TINY["vocab_size"], (n,), generator=g)
+        mask[r, width - n :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def both(model, ids, mask, **kw):
+    kw = {"max_new_tokens": 20, "eos_token_id": [1], "pad_token_id": PAD, **kw}
+    ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, num_beams=1, **kw)
+    fast = fast_decode.greedy_generate(model, ids, mask, **kw)
+    return ref, fast
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_engine_equals_generate(arch):
+    model = tiny_model(arch)
+    ids, mask = prompts()
+    ref, fast = both(model, ids, mask)
+    assert fast.shape == ref.shape and torch.equal(fast, ref)
+    # an end id the model emits: row 0's third new token; that row pads after it, and others may end too
+    eos = int(ref[0, ids.shape[1] + 2])
+    ref, fast = both(model, ids, mask, eos_token_id=[eos, 1])
+    assert (ref[0, ids.shape[1] + 3 :] == PAD).all()
+    assert torch.equal(fast, ref)
+    # min_new_tokens holds the end ids back (the benchmark's setting)
+    ref, fast = both(model, ids, mask, eos_token_id=[eos, 1], min_new_tokens=6)
+    assert ref[0, ids.shape[1] + 2] != eos and torch.equal(fast, ref)
+
+
+def test_engine_stops_early_when_every_row_ended():
+    model = tiny_model("llama")
+    ids, mask = prompts()
+    ref, _ = both(model, ids, mask)
+    ends = sorted({int(t) for t in ref[:, ids.shape[1] : ids.shape[1] + 2].flatten()})  # every row ends by step 2
+    ref, fast = both(model, ids, mask, eos_token_id=ends)
+    assert ref.shape[1] <= ids.shape[1] + 2 and torch.equal(fast, ref)
+
+
+def _job(**generation):
+    from kdsum.config import load_config, resolve
+
+    job = resolve(load_config(Path(__file__).resolve().parents[1] / "config.yaml"), "tiny-llama", "zeroshot")
+    return dataclasses.replace(job, generation=dataclasses.replace(job.generation, **generation))
+
+
+KWARGS = dict(
+    do_sample=False, num_beams=1, max_new_tokens=8, no_repeat_ngram_size=0, repetition_penalty=1.0,
+    length_penalty=1.0, eos_token_id=[1], pad_token_id=PAD, temperature=None, top_p=None, top_k=None,
+)  # fmt: skip
+
+
+def test_supports_only_plain_greedy_of_a_supported_model():
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BartConfig, BartForConditionalGeneration, Qwen2Config
+
+    model, job = tiny_model("llama"), _job()
+    assert fast_decode.supports(model, job, KWARGS, None)
+    assert fast_decode.supports(model, job, {**KWARGS, "min_new_tokens": 4}, None)
+    assert not fast_decode.supports(model, _job(engine="generate"), KWARGS, None)
+    assert not fast_decode.supports(model, job, {**KWARGS, "num_beams": 4}, None)
+    assert not fast_decode.supports(model, job, {**KWARGS, "do_sample": True}, None)
+    assert not fast_decode.supports(model, job, {**KWARGS, "no_repeat_ngram_size": 3}, None)
+    assert not fast_decode.supports(model, job, {**KWARGS, "repetition_penalty": 1.2}, None)
+    assert not fast_decode.supports(model, job, {**KWARGS, "cache_implementation": "static"}, None)
+    assert not fast_decode.supports(model, job, KWARGS, ["a logits processor"])
+    assert not fast_decode.supports(model, dataclasses.replace(job, family="seq2seq"), KWARGS, None)
+    bart = BartForConditionalGeneration(
+        BartConfig(vocab_size=300, d_model=16, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=32,
+                   decoder_ffn_dim=32, encoder_attention_heads=2, decoder_attention_heads=2)
+    )  # fmt: skip
+    assert "architecture 'bart'" in fast_decode.model_refusal(bart)
+    assert not fast_decode.supports(bart, job, KWARGS, None)
+    window = AutoModelForCausalLM.from_config(
+        Qwen2Config(**TINY, use_sliding_window=True, sliding_window=8, max_window_layers=0)
+    )
+    assert fast_decode.model_refusal(window) is not None
+    adapter = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert "adapter" in fast_decode.model_refusal(adapter)
+    assert fast_decode.model_refusal(adapter.merge_and_unload()) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA-graph path needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_cuda_graph_path_equals_generate(arch, dtype):
+    model = tiny_model(arch, "cuda", dtype)
+    ids, mask = prompts("cuda")
+    for kw in ({}, {"min_new_tokens": 6}):
+        ref, fast = both(model, ids, mask, **kw)
+        assert fast_decode._cached["engine"].graph is not None  # captured, replayed
+        assert torch.equal(fast, ref)
+    eos = int(ref[0, ids.shape[1] + 2])
+    ref, fast = both(model, ids, mask, eos_token_id=[eos, 1])
+    assert torch.equal(fast, ref)
+    ref2, fast2 = both(model, ids, mask, eos_token_id=[eos, 1])  # the same engine again (graph reused)
+    assert torch.equal(fast2, ref)
