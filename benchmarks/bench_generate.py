@@ -237,6 +237,7 @@ def speed(args) -> dict:
                     "repeat": rep,
                     "seconds": wall,
                     "generate_seconds": stats.get("generate_seconds"),
+                    "engine": stats.get("engine"),
                     "dialogues": len(rows),
                     "peak_allocated_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
                 }

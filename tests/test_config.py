@@ -108,7 +108,7 @@ def test_training_keys_are_the_library_fields():
     assert all(
         hasattr(gen, f.name)
         for f in dataclasses.fields(GenerationArgs)
-        if f.name not in ("batch_size", "block_foreign_scripts", "seed")
+        if f.name not in ("batch_size", "block_foreign_scripts", "seed", "engine")
     )
 
 

@@ -411,7 +411,7 @@ def test_generation_left_pads_and_decodes_only_new_tokens(causal, work, monkeypa
     rows = read_prompt_rows(work / "prompts" / "chat-plain" / "dev.jsonl", "causal")[:5]
     target = tok("#Person1#는 집에 갑니다.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert tok.unk_token_id not in target
-    spec = _with(spec, batch_size=2, max_new_tokens=12)
+    spec = _with(spec, batch_size=2, max_new_tokens=12, engine="generate")  # the spy and the hook see generate()
     calls, generate = [], lm.model.generate
 
     def spy(**kwargs):
@@ -432,6 +432,26 @@ def test_generation_left_pads_and_decodes_only_new_tokens(causal, work, monkeypa
     assert any((c["attention_mask"] == 0).any() for c in calls)
     assert calls[0]["do_sample"] is False and calls[0]["num_beams"] == 1
     assert calls[0]["eos_token_id"] == [tok.eos_token_id] and calls[0]["pad_token_id"] == tok.pad_token_id
+
+
+def test_engine_auto_is_the_fast_decoder_and_gives_generates_summaries(causal, work, monkeypatch):
+    import kdsum.generation as gen
+
+    spec, lm = causal
+    rows = read_prompt_rows(work / "prompts" / "chat-plain" / "dev.jsonl", "causal")[:6]
+    spec = _with(spec, batch_size=4, max_new_tokens=12)
+    assert spec.generation.engine == "auto"  # the config's default
+    seqs, decode = [], gen.decode_new_tokens
+    monkeypatch.setattr(gen, "decode_new_tokens", lambda tok, s, *a: seqs.append(s) or decode(tok, s, *a))
+    fast, slow = {}, {}
+    out = generate_summaries(lm.model, lm.tokenizer, rows, spec, progress=False, stats=fast)
+    ref = generate_summaries(lm.model, lm.tokenizer, rows, _with(spec, engine="generate"), progress=False, stats=slow)
+    assert out == ref
+    assert len(seqs) == 4 and all(torch.equal(a, b) for a, b in zip(seqs[:2], seqs[2:], strict=True))
+    assert (fast["engine"], slow["engine"]) == ("fast", "generate")
+    blocked: dict = {}  # a logits processor (foreign-script blocking) goes to generate()
+    generate_summaries(lm.model, lm.tokenizer, rows[:2], spec, progress=False, block_foreign=True, stats=blocked)
+    assert blocked["engine"] == "generate"
 
 
 # --------------------------------------------------------------------------------------------- blocking
@@ -465,6 +485,7 @@ def test_blocking_removes_a_forced_latin_token(causal, work):
     tok = lm.tokenizer
     latin = next(i for i in range(len(tok)) if tok.decode([i]).strip() in ("s", "t", "a", "n"))
     rows = read_prompt_rows(work / "prompts" / "chat-plain" / "dev.jsonl", "causal")[:3]
+    spec = _with(spec, engine="generate")  # the hook forces tokens through model.generate's forward calls
     with ForceTokens(lm.model, [latin]):
         free = generate_summaries(lm.model, tok, rows, spec, progress=False, block_foreign=False)
         blocked = generate_summaries(lm.model, tok, rows, spec, progress=False, block_foreign=True)

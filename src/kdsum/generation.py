@@ -12,6 +12,9 @@ are padded on the left (:func:`pad_batch`) with the tokenizer's pad token, which
 the tokenizer's eos, the template's end of turn (:func:`end_of_turn_ids`: ``<|eot_id|>``, ``<|im_end|>``) and the
 model's own end ids.
 Foreign-script blocking (``generation.block_foreign_scripts``): kdsum.blocking.
+Engine (``generation.engine``): ``auto`` decodes greedy causal batches with kdsum.fast_decode (a static KV cache and,
+on CUDA, a captured decode step: the same tokens as ``model.generate``) where :func:`kdsum.fast_decode.supports`
+says it applies, and everything else with ``model.generate``; ``generate`` always uses ``model.generate``.
 
 Post-processing (:func:`postprocess`)
 -------------------------------------
@@ -195,18 +198,33 @@ def _sdpa_backends(device: torch.device):
     return sdpa_kernel([getattr(SDPBackend, name) for name in SDPA_BACKENDS])
 
 
-def _batch_generator(model, tokenizer, job: Job, kwargs: dict, processors) -> Callable[[list[list[int]]], list[str]]:
-    """The function that generates one batch of encoded inputs (padded on the family's side) and decodes it."""
+def choose_engine(model, job: Job, kwargs: dict, processors) -> str:
+    """``fast`` (kdsum.fast_decode) where ``generation.engine: auto`` and the engine applies, else ``generate``."""
+    from kdsum import fast_decode
+
+    return "fast" if fast_decode.supports(model, job, kwargs, processors) else "generate"
+
+
+def _batch_generator(
+    model, tokenizer, job: Job, kwargs: dict, processors, engine: str = "generate"
+) -> Callable[[list[list[int]]], list[str]]:
+    """The function that generates one batch of encoded inputs (padded on the family's side) and decodes it, with
+    ``model.generate`` or (``engine="fast"``) kdsum.fast_decode."""
+    from kdsum.fast_decode import greedy_generate
+
     side = "left" if job.family == "causal" else "right"
     device = _model_device(model)
     model.eval()
 
     def run(batch: list[list[int]]) -> list[str]:
         ids, mask = pad_batch(batch, kwargs["pad_token_id"], side)
-        with _sdpa_backends(device):
-            out = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), logits_processor=processors, **kwargs
-            )
+        with _sdpa_backends(device):  # the engine's prefill is the model's own forward
+            if engine == "fast":
+                out = greedy_generate(model, ids.to(device), mask.to(device), **kwargs)
+            else:
+                out = model.generate(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), logits_processor=processors, **kwargs
+                )
         ends = kwargs["eos_token_id"] if job.family == "causal" else ()  # a seq2seq output starts with its eos
         return decode_new_tokens(tokenizer, out.cpu(), ids.shape[1], job.family, ends)
 
@@ -240,7 +258,8 @@ def generate_summaries(
     kwargs = generation_kwargs(job, tokenizer, model)
     block = job.generation.block_foreign_scripts if block_foreign is None else block_foreign
     processors = _logits_processors(tokenizer, keep_tokens, block)
-    run = _batch_generator(model, tokenizer, job, kwargs, processors)
+    engine = choose_engine(model, job, kwargs, processors)
+    run = _batch_generator(model, tokenizer, job, kwargs, processors, engine)
     if job.generation.do_sample:  # the same rows, batches and seed give the same samples
         torch.manual_seed(job.generation.seed)
     t_gen = time.perf_counter()
@@ -255,6 +274,7 @@ def generate_summaries(
             truncated=n_cut,
             input_budget=budget,
             blocked=bool(block),
+            engine=engine,
             seconds=t1 - t0,
             generate_seconds=t1 - t_gen,
             dialogues_per_s=len(rows) / max(t1 - t0, 1e-9),

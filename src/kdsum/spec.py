@@ -139,6 +139,7 @@ class GenerationArgs:
     batch_size: int
     block_foreign_scripts: bool
     seed: int  # torch's seed before a sampled generation, so a sampled setting is a reproducible job
+    engine: str = "auto"  # auto: kdsum.fast_decode where it applies (greedy, supported model), else generate()
 
 
 @dataclass(frozen=True)

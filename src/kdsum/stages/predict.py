@@ -55,7 +55,8 @@ def summary_line(job: Job, split: str, stats: dict, summaries: list[str], loaded
         f"{job.name} {split}: {stats['rows']} dialogues in {stats['seconds']:.1f} s "
         f"({stats['dialogues_per_s']:.2f} dialogues/s; {stats['truncated']} inputs cut to "
         f"{stats['input_budget']} tokens; {empty} empty summaries; foreign-script blocking "
-        f"{'on' if stats['blocked'] else 'off'}; adapter: {adapter}; device: {loaded.model.device})"
+        f"{'on' if stats['blocked'] else 'off'}; engine: {stats['engine']}; adapter: {adapter}; "
+        f"device: {loaded.model.device})"
     )
 
 
