@@ -3,7 +3,10 @@
 The 499 Korean dev prompts through the 3B random model of ``bench_generate.py speed`` (same model, tokenizer and
 prompts; ``--new-tokens`` tokens per dialogue, end-of-sequence held back where the path allows it), one process:
 
-* ``dynamic-B``: ``kdsum.generation.generate_summaries`` as shipped (``model.generate``, DynamicCache), batch B;
+* ``dynamic-B``: ``kdsum.generation.generate_summaries`` with ``generation.engine: generate`` (``model.generate``,
+  DynamicCache), batch B;
+* ``fast-B``: ``generate_summaries`` with ``generation.engine: auto`` (the shipped default: kdsum.fast_decode's static
+  cache and CUDA-graph decode step), batch B;
 * ``dynamic-B-cudnn``: the same with cuDNN's SDPA allowed (the shipped path excludes it: kdsum.generation);
 * ``gqa-B``: SDPA's own grouped-query attention instead of transformers' ``repeat_kv`` copy of the cache;
 * ``beams-B``: 4 beams;
@@ -11,7 +14,11 @@ prompts; ``--new-tokens`` tokens per dialogue, end-of-sequence held back where t
   no concatenation per step, no torch.compile warm-up);
 * ``continuous``: transformers' continuous batching (``model.generate_batch``: paged KV cache, no padding, CUDA
   graphs), all prompts at once, twice (the first pays the graph capture);
-* a ``torch.profiler`` table of 20 decode steps of one dynamic batch.
+* a ``torch.profiler`` table of 20 decode steps of one dynamic batch;
+* ``stage-B`` (``stage-fast-B`` / ``stage-dynamic-B``): the prediction stage's proxy, load + generate, timed whole.
+
+The variants other than ``fast-*`` run with ``engine: generate`` (their ``extra`` settings would send the engine's
+check to generate anyway), so each compares against ``model.generate``.
 
     python benchmarks/bench_decode.py --data .bench --out results/bench_decode.json
 """
@@ -37,7 +44,9 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/kdsum_bench")
     ap.add_argument("--new-tokens", type=int, default=100)
     ap.add_argument(
-        "--only", default="dynamic-256,dynamic-256-cudnn,static-256,static-512,gqa-256,gqa-static-512,beams-128,profile"
+        "--only",
+        default="dynamic-256,fast-256,fast-512,stage-fast-256,stage-dynamic-256,dynamic-256-cudnn,static-256,"
+        "static-512,gqa-256,gqa-static-512,beams-128,profile",
     )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -59,9 +68,11 @@ def main() -> None:
         spec,
         method="lora",
         source=str(ko_model_dir(data, work)),
-        generation=dataclasses.replace(spec.generation, max_new_tokens=args.new_tokens, num_beams=1),
+        generation=dataclasses.replace(spec.generation, max_new_tokens=args.new_tokens, num_beams=1, engine="generate"),
     )
+    t_load = time.perf_counter()
     loaded = load_for_generation(spec)
+    load_s = time.perf_counter() - t_load
     model, tok = loaded.model, loaded.tokenizer
     rows = read_jsonl(data / "ko_prompts" / "dev.jsonl")
     encoded, _ = encode_rows(rows, tok, "causal", input_budget(spec, model))
@@ -72,13 +83,16 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "prompts": {"n": len(rows), "mean": statistics.fmean(lens), "max": max(lens)},
         "new_tokens": args.new_tokens,
+        "load_s": load_s,
         "runs": [],
     }
     base_kwargs = _min_new_tokens_patch()
     patched = gen.generation_kwargs
     extra: dict = {}
     gen.generation_kwargs = lambda job, t, m: {**patched(job, t, m), **extra}
-    gen.generate_summaries(model, tok, rows[:8], with_generation(spec, batch_size=8, max_new_tokens=4), progress=False)
+    for engine in ("generate", "auto"):
+        warm = with_generation(spec, batch_size=8, max_new_tokens=4, engine=engine)
+        gen.generate_summaries(model, tok, rows[:8], warm, progress=False)
     default_backends = gen.SDPA_BACKENDS
     outputs: dict[str, list[str]] = {}
 
@@ -121,6 +135,39 @@ def main() -> None:
                         lambda s=s, out=out: out.extend(gen.generate_summaries(model, tok, rows, s, progress=False)),
                     )
                     outputs[name] = out
+            elif name.startswith("fast-"):  # the engine (engine: auto), no extra generate() settings
+                extra.clear()
+                gen.SDPA_BACKENDS = default_backends
+                os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "0"
+                s = with_generation(spec, batch_size=int(name.split("-")[1]), engine="auto")
+                for rep in range(2):
+                    out = []
+                    stats: dict = {}
+
+                    def run_fast(s=s, out=out, stats=stats):
+                        out.extend(gen.generate_summaries(model, tok, rows, s, progress=False, stats=stats))
+                        return {"engine": stats["engine"]}
+
+                    timed(f"{name}#{rep}", run_fast)
+                    outputs[name] = out
+            elif name.startswith("stage-"):  # the prediction stage's proxy: load the model, then generate
+                extra.clear()
+                gen.SDPA_BACKENDS = default_backends
+                os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "0"
+                _, kind, bs = name.split("-")
+                s = with_generation(spec, batch_size=int(bs), engine="auto" if kind == "fast" else "generate")
+
+                def stage(s=s):
+                    t0 = time.perf_counter()
+                    lm = load_for_generation(s)
+                    t1 = time.perf_counter()
+                    stats: dict = {}
+                    gen.generate_summaries(lm.model, lm.tokenizer, rows, s, progress=False, stats=stats)
+                    del lm
+                    return {"load_s": t1 - t0, "generate_s": time.perf_counter() - t1, "engine": stats["engine"]}
+
+                for rep in range(2):
+                    timed(f"{name}#{rep}", stage)
             elif name == "continuous":
                 from transformers import GenerationConfig
 
