@@ -126,10 +126,11 @@ def test_supports_only_plain_greedy_of_a_supported_model():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA-graph path needs a CUDA GPU")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_cuda_graph_path_equals_generate(arch, dtype):
-    model = tiny_model(arch, "cuda", dtype)
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_cuda_graph_path_equals_generate(arch):
+    # float32 only: in bf16 the hand-written step and generate's (SDPA over repeat_kv) round differently, and the
+    # tokens of these random models differ (measured on an H200, transformers 5.17: 14-65 of 100 tokens)
+    model = tiny_model(arch, "cuda", torch.float32)
     ids, mask = prompts("cuda")
     for kw in ({}, {"min_new_tokens": 6}):
         ref, fast = both(model, ids, mask, **kw)
