@@ -146,7 +146,8 @@ def main() -> None:
 
                     def run_fast(s=s, out=out, stats=stats):
                         out.extend(gen.generate_summaries(model, tok, rows, s, progress=False, stats=stats))
-                        return {"engine": stats["engine"]}
+                        keep = ("engine", "prefill_seconds", "decode_seconds")
+                        return {k: stats[k] for k in keep if k in stats}
 
                     timed(f"{name}#{rep}", run_fast)
                     outputs[name] = out

@@ -72,6 +72,22 @@ def test_engine_equals_generate(arch):
     assert ref[0, ids.shape[1] + 2] != eos and torch.equal(fast, ref)
 
 
+def test_prefill_in_groups_padded_to_their_own_longest_row(monkeypatch):
+    model = tiny_model("qwen2")
+    ids, mask = prompts()
+    order = mask.sum(1).argsort(descending=True)  # longest first, as kdsum.generation batches them
+    ids, mask = ids[order], mask[order]
+    ref, _ = both(model, ids, mask)
+    for rows in (1, 2):  # groups of one row (no padding at all) and of two (the second group is shorter)
+        monkeypatch.setattr(fast_decode, "PREFILL_ROWS", rows)
+        timings: dict = {}
+        fast = fast_decode.greedy_generate(
+            model, ids, mask, timings=timings, max_new_tokens=20, eos_token_id=[1], pad_token_id=PAD
+        )
+        assert torch.equal(fast, ref)
+        assert timings["prefill_s"] > 0 and timings["decode_s"] > 0
+
+
 def test_engine_stops_early_when_every_row_ended():
     model = tiny_model("llama")
     ids, mask = prompts()

@@ -4,9 +4,10 @@ The same tokens as ``model.generate`` greedy, without its per-step costs (transf
 cache per layer and step when a padding mask is passed, DynamicCache's ``torch.cat``, and the Python that issues a
 step more slowly than the GPU runs it):
 
-* prefill: the model's own forward over the left-padded batch (position ids as generate computes them), the first
-  token the argmax of the last position; the returned cache is copied into a preallocated buffer per layer
-  ``[B, Hkv, S, D]`` (S: prompt width + ``max_new_tokens``, rounded up so batches share a CUDA graph);
+* prefill: the model's own forward over groups of :data:`PREFILL_ROWS` rows of the left-padded batch, each cut to
+  its own longest prompt (position ids as generate computes them), the first token the argmax of the last position;
+  the returned caches are copied into a preallocated buffer per layer ``[B, Hkv, S, D]`` (S: prompt width +
+  ``max_new_tokens``, rounded up so batches share a CUDA graph), each group right-aligned at the prompt's end;
 * decode step (:func:`_step`), written from the model's modules: every row writes the same buffer column (left
   padding), one query attends over the buffer in grouped-query form (q viewed ``[B, Hkv, G, D]``, no head repeat),
   keys before a row's first real token and after the current column masked out; softmax in float32 as
@@ -22,12 +23,16 @@ without sliding windows, no unmerged adapter); elsewhere kdsum.generation calls 
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 CHECK_EVERY = 8  # decode steps between two reads of "all rows finished" (one device sync each)
 ROUND = 64  # buffer lengths are rounded up to a multiple of this (batches of one size share a graph)
+# rows per prefill forward: each group is padded only to its own longest prompt (rows come longest first from
+# kdsum.generation), not to the batch's, so a 256-row batch does not attend over the longest row's padding
+PREFILL_ROWS = 64
 # the generate() settings the engine understands; anything else (a cache implementation, ...) goes to generate
 KNOWN_KWARGS = {"do_sample", "num_beams", "max_new_tokens", "min_new_tokens", "no_repeat_ngram_size"}
 KNOWN_KWARGS |= {"repetition_penalty", "length_penalty", "eos_token_id", "pad_token_id", "temperature", "top_p"}
@@ -171,20 +176,36 @@ class _Engine:
 _cached: dict = {}  # one engine at a time (its KV buffers are large): the last one built
 
 
+def _prefill(model, input_ids, attention_mask, lengths, start, stop):
+    """The model's own forward over rows ``start:stop``, cut to their longest prompt (left padding: the last
+    columns); position ids as generate computes them. Returns the cache and the last position's logits."""
+    width = int(lengths[start:stop].max())
+    ids, mask = input_ids[start:stop, -width:], attention_mask[start:stop, -width:]
+    position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+    return out.past_key_values, out.logits[:, -1].float(), width
+
+
+def _sync(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 @torch.inference_mode()
-def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+def greedy_generate(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, timings: dict | None = None, **kwargs
+) -> torch.Tensor:
     """``model.generate(input_ids=..., attention_mask=..., **kwargs)`` for greedy search over a left-padded batch,
-    through a static cache (and a CUDA graph on CUDA): the ``[B, P + n_new]`` sequences generate returns."""
+    through a static cache (and a CUDA graph on CUDA): the ``[B, P + n_new]`` sequences generate returns.
+    ``timings`` (if given) accumulates ``prefill_s`` and ``decode_s``."""
     ends = kwargs["eos_token_id"]
     ends = [int(e) for e in (ends if isinstance(ends, (list, tuple)) else [ends])]
     max_new, min_new, pad = kwargs["max_new_tokens"], kwargs.get("min_new_tokens") or 0, int(kwargs["pad_token_id"])
     b, p = input_ids.shape
+    t0 = _sync(input_ids.device)
     lengths = attention_mask.long().sum(dim=1)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # as generate does
-    out = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, logits_to_keep=1
-    )
-    cache, logits = out.past_key_values, out.logits[:, -1].float()
+    cache, logits, width = _prefill(model, input_ids, attention_mask, lengths, 0, PREFILL_ROWS)
     s = -(-(p + max_new) // ROUND) * ROUND
     key = (b, s, max_new, tuple(ends), pad, min_new)
     eng = _cached.get("engine")
@@ -192,19 +213,26 @@ def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
         _cached.clear()  # free the previous buffers and graph first
         eng = _cached["engine"] = _Engine(model, b, s, max_new, ends, pad, min_new, cache)
     st = eng.st
-    for (kbuf, vbuf), lay in zip(st["kv"], cache.layers, strict=True):
-        kbuf[:, :, :p].copy_(lay.keys)
-        vbuf[:, :, :p].copy_(lay.values)
-    del out, cache
+    first = logits.new_empty(b, logits.shape[1])  # every row's last-position logits
+    for start in range(0, b, PREFILL_ROWS):
+        if start:
+            cache, logits, width = _prefill(model, input_ids, attention_mask, lengths, start, start + PREFILL_ROWS)
+        rows = slice(start, start + PREFILL_ROWS)
+        first[rows] = logits
+        for (kbuf, vbuf), lay in zip(st["kv"], cache.layers, strict=True):
+            kbuf[rows, :, p - width : p].copy_(lay.keys)
+            vbuf[rows, :, p - width : p].copy_(lay.values)
+        del cache, logits
     st["start"].copy_(p - lengths)
     st["col"].fill_(p)
     st["pos"].copy_(lengths[:, None])
     st["n_gen"].zero_()
     st["done"].zero_()
-    first = _choose(logits, st)
+    first = _choose(first, st)
     st["out"][:, 0] = first
     st["tok"].copy_(first)
     st["n_gen"].fill_(1)
+    t1 = _sync(input_ids.device)
     for n in range(1, max_new):
         if n % CHECK_EVERY == 0 and bool(st["done"].all()):
             break
@@ -213,4 +241,7 @@ def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ended = st["is_end"][new]  # where each row ended (pad after it; a pad that is an end id comes later)
     if bool(ended.any(dim=1).all()):  # generate stops at the step where the last row ends
         new = new[:, : int(ended.int().argmax(dim=1).max()) + 1]
+    if timings is not None:
+        timings["prefill_s"] = timings.get("prefill_s", 0.0) + t1 - t0
+        timings["decode_s"] = timings.get("decode_s", 0.0) + _sync(input_ids.device) - t1
     return torch.cat([input_ids, new], dim=1)

@@ -206,10 +206,11 @@ def choose_engine(model, job: Job, kwargs: dict, processors) -> str:
 
 
 def _batch_generator(
-    model, tokenizer, job: Job, kwargs: dict, processors, engine: str = "generate"
+    model, tokenizer, job: Job, kwargs: dict, processors, engine: str = "generate", timings: dict | None = None
 ) -> Callable[[list[list[int]]], list[str]]:
     """The function that generates one batch of encoded inputs (padded on the family's side) and decodes it, with
-    ``model.generate`` or (``engine="fast"``) kdsum.fast_decode."""
+    ``model.generate`` or (``engine="fast"``) kdsum.fast_decode, which adds its prefill and decode seconds to
+    ``timings``."""
     from kdsum.fast_decode import greedy_generate
 
     side = "left" if job.family == "causal" else "right"
@@ -220,7 +221,7 @@ def _batch_generator(
         ids, mask = pad_batch(batch, kwargs["pad_token_id"], side)
         with _sdpa_backends(device):  # the engine's prefill is the model's own forward
             if engine == "fast":
-                out = greedy_generate(model, ids.to(device), mask.to(device), **kwargs)
+                out = greedy_generate(model, ids.to(device), mask.to(device), timings=timings, **kwargs)
             else:
                 out = model.generate(
                     input_ids=ids.to(device), attention_mask=mask.to(device), logits_processor=processors, **kwargs
@@ -259,7 +260,8 @@ def generate_summaries(
     block = job.generation.block_foreign_scripts if block_foreign is None else block_foreign
     processors = _logits_processors(tokenizer, keep_tokens, block)
     engine = choose_engine(model, job, kwargs, processors)
-    run = _batch_generator(model, tokenizer, job, kwargs, processors, engine)
+    timings: dict = {}
+    run = _batch_generator(model, tokenizer, job, kwargs, processors, engine, timings)
     if job.generation.do_sample:  # the same rows, batches and seed give the same samples
         torch.manual_seed(job.generation.seed)
     t_gen = time.perf_counter()
@@ -278,6 +280,7 @@ def generate_summaries(
             seconds=t1 - t0,
             generate_seconds=t1 - t_gen,
             dialogues_per_s=len(rows) / max(t1 - t0, 1e-9),
+            **{k.replace("_s", "_seconds"): v for k, v in timings.items()},  # the engine's prefill / decode split
         )
     return results
 
