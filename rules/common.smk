@@ -153,12 +153,13 @@ def summary_inputs(wildcards):
         else [],
         "decodings": [f"results/selection/{s.model}/{s.variant}/decoding.json" for s in tuned] if spec.decoding else [],
     }
-    if "test" in predict_splits(CFG):
+    if "test" in predict_splits(CFG):  # zero-shot rows are reference points, not submitted (buildable on demand)
         inputs["submissions"] = [
             f"results/predictions/{s.model}/{s.variant}/submission.csv"
             if s.kind not in ("baseline", "ensemble")
             else f"results/predictions/{s.model}/{s.variant}/test.csv"
             for s in spec.systems
+            if s.kind != "zero-shot"
         ]
     return inputs
 

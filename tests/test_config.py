@@ -175,7 +175,7 @@ def test_overlay_files_and_dotted_overrides_merge_in_order(tmp_path, repo_root):
     assert config["run"]["models"] == ["tiny-llama"] and config["run"]["variants"] == ["default"]
     job = resolve(config, "tiny-llama", "default")
     assert job.train.learning_rate == 0.05 and job.lora.r == 4
-    assert job.train.num_train_epochs == 6 and job.lora.lora_alpha == 32  # the rest from config.yaml
+    assert job.train.num_train_epochs == 5 and job.lora.lora_alpha == 32  # the rest from config.yaml
     with pytest.raises(ConfigError, match="run.models"):
         load_config(repo_root / "config.yaml", {"run": {"models": ["nope"]}})
     assert merged_config([repo_root / "config.yaml"], {"evaluation": {"seed": 3}})["evaluation"]["seed"] == 3

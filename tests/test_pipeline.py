@@ -65,7 +65,7 @@ def test_every_output_is_there(pipeline_run):
         "results/train/tiny-bart/default/tracking/dvclive/metrics.json",
         "results/train/tiny-bart/default/log_history.csv",
         "results/predictions/tiny-llama/default/dev.csv",
-        "results/predictions/tiny-llama/zeroshot/test.csv",
+        "results/predictions/tiny-llama/zeroshot/dev.csv",
         "results/predictions/baseline/lead/dev.csv",
         "results/predictions/ensemble/mbr/dev.csv",
         "results/scores/ensemble/mbr/dev_items.csv",
