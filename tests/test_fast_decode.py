@@ -78,6 +78,7 @@ def test_prefill_in_groups_padded_to_their_own_longest_row(monkeypatch):
     order = mask.sum(1).argsort(descending=True)  # longest first, as kdsum.generation batches them
     ids, mask = ids[order], mask[order]
     ref, _ = both(model, ids, mask)
+    monkeypatch.setattr(fast_decode, "PREFILL", "grouped")  # the CPU's default is packed (the other tests)
     for rows in (1, 2):  # groups of one row (no padding at all) and of two (the second group is shorter)
         monkeypatch.setattr(fast_decode, "PREFILL_ROWS", rows)
         timings: dict = {}
@@ -86,6 +87,12 @@ def test_prefill_in_groups_padded_to_their_own_longest_row(monkeypatch):
         )
         assert torch.equal(fast, ref)
         assert timings["prefill_s"] > 0 and timings["decode_s"] > 0
+
+
+def test_prefill_is_packed_on_the_cpu_and_for_16_bit_weights():
+    model, ids = tiny_model("llama"), prompts()[0]
+    assert fast_decode._packs(model, ids)  # float32 on the CPU: the varlen reference, exact
+    assert fast_decode._packs(model.to(torch.bfloat16), ids)
 
 
 def test_engine_stops_early_when_every_row_ended():
@@ -157,3 +164,31 @@ def test_cuda_graph_path_equals_generate(arch):
     assert torch.equal(fast, ref)
     ref2, fast2 = both(model, ids, mask, eos_token_id=[eos, 1])  # the same engine again (graph reused)
     assert torch.equal(fast2, ref)
+
+
+def _prefilled(prefill, model, ids, mask):
+    """The first-token logits and the last layer's cached keys, laid out [B, P, Hkv, D], from one prefill."""
+    lengths = mask.long().sum(1)
+    logits, keys = None, None
+    for cache, lg, rows, tok_row, tok_col, tokens in prefill(model, ids, mask, lengths):
+        last = cache.layers[-1].keys
+        if logits is None:
+            logits = lg.new_zeros(ids.shape[0], lg.shape[1])
+            keys = torch.zeros(*ids.shape, last.shape[1], last.shape[3], device=ids.device)
+        logits[rows] = lg
+        keys[tok_row, tok_col] = tokens(last).float()
+    return logits, keys
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen flash kernel needs a CUDA GPU")
+def test_packed_prefill_on_cuda_matches_the_grouped_one():
+    # bf16 (the flash kernel's dtype): equal within bf16 rounding, every token in its row and column
+    model = tiny_model("qwen3", "cuda", torch.bfloat16)
+    ids, mask = prompts("cuda")
+    packed = _prefilled(fast_decode._prefill_packed, model, ids, mask)
+    grouped = _prefilled(fast_decode._prefill_grouped, model, ids, mask)
+    real = mask == 1  # the grouped prefill also caches its padding tokens' keys (masked in decoding)
+    for a, b in ((packed[0], grouped[0]), (packed[1][real], grouped[1][real])):
+        assert (a - b).abs().max() <= 0.03 * b.abs().max()
+    assert (packed[1][~real] == 0).all()  # the packed one writes real tokens only

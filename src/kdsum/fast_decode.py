@@ -4,10 +4,12 @@ The same tokens as ``model.generate`` greedy, without its per-step costs (transf
 cache per layer and step when a padding mask is passed, DynamicCache's ``torch.cat``, and the Python that issues a
 step more slowly than the GPU runs it):
 
-* prefill: the model's own forward over groups of :data:`PREFILL_ROWS` rows of the left-padded batch, each cut to
-  its own longest prompt (position ids as generate computes them), the first token the argmax of the last position;
-  the returned caches are copied into a preallocated buffer per layer ``[B, Hkv, S, D]`` (S: prompt width +
-  ``max_new_tokens``, rounded up so batches share a CUDA graph), each group right-aligned at the prompt's end;
+* prefill: the model's own forward, the first token the argmax of each row's last position. With 16-bit weights on
+  CUDA (and on the CPU) every prompt of the batch goes into one padding-free sequence through kdsum.attention's
+  varlen kernel (:func:`_prefill_packed`: no padding FLOPs); otherwise in groups of :data:`PREFILL_ROWS` rows, each
+  cut to its own longest prompt (:func:`_prefill_grouped`). Each cached token is copied to its row and column of a
+  preallocated buffer per layer ``[B, Hkv, S, D]`` (S: prompt width + ``max_new_tokens``, rounded up so batches
+  share a CUDA graph; prompts right-aligned, as left padding puts them);
 * decode step (:func:`_step`), written from the model's modules: every row writes the same buffer column (left
   padding), one query attends over the buffer in grouped-query form (q viewed ``[B, Hkv, G, D]``, no head repeat),
   keys before a row's first real token and after the current column masked out; softmax in float32 as
@@ -29,10 +31,15 @@ import torch
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 CHECK_EVERY = 8  # decode steps between two reads of "all rows finished" (one device sync each)
+try:  # bf16 x bf16 -> float32 batched matmul (CUDA)
+    _BMM_OUT_DTYPE = torch.ops.aten.bmm.dtype is not None
+except (AttributeError, RuntimeError):  # pragma: no cover - older torch
+    _BMM_OUT_DTYPE = False
 ROUND = 64  # buffer lengths are rounded up to a multiple of this (batches of one size share a graph)
 # rows per prefill forward: each group is padded only to its own longest prompt (rows come longest first from
 # kdsum.generation), not to the batch's, so a 256-row batch does not attend over the longest row's padding
 PREFILL_ROWS = 64
+PREFILL = "auto"  # packed | grouped | auto (see _packs)
 # the generate() settings the engine understands; anything else (a cache implementation, ...) goes to generate
 KNOWN_KWARGS = {"do_sample", "num_beams", "max_new_tokens", "min_new_tokens", "no_repeat_ngram_size"}
 KNOWN_KWARGS |= {"repetition_penalty", "length_penalty", "eos_token_id", "pad_token_id", "temperature", "top_p"}
@@ -83,6 +90,17 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:  # modeling_llama.rotate_half
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``q @ k^T`` for ``[B, Hkv, G, D]`` queries and a ``[B, Hkv, S, D]`` buffer, in float32. On CUDA a bf16 buffer
+    is multiplied into float32 scores directly (``bmm``'s ``out_dtype``), as SDPA's kernels keep them, rather than
+    rounding the scores to bf16 first."""
+    b, h, g, d = q.shape
+    if q.is_cuda and q.dtype != torch.float32 and _BMM_OUT_DTYPE:
+        kt = k.reshape(b * h, -1, d).transpose(1, 2)
+        return torch.bmm(q.reshape(b * h, g, d), kt, out_dtype=torch.float32).view(b, h, g, -1)
+    return torch.matmul(q, k.transpose(2, 3)).float()
+
+
 def _step(model, st: dict) -> None:
     """One decode step for every row, in place on the state ``st`` (tensors only: CUDA-graph safe)."""
     m, tok, col, pos = model.model, st["tok"], st["col"], st["pos"]
@@ -106,7 +124,7 @@ def _step(model, st: dict) -> None:
         kbuf.index_copy_(2, col, k)
         vbuf.index_copy_(2, col, v)
         qg = q.reshape(b, hkv, -1, d)  # head h attends with kv head h // G, as repeat_kv orders them
-        w = torch.matmul(qg, kbuf.transpose(2, 3)) * getattr(a, "scaling", d**-0.5)  # [B, Hkv, G, S]
+        w = _scores(qg, kbuf) * getattr(a, "scaling", d**-0.5)  # [B, Hkv, G, S], float32
         w = w.masked_fill(masked, torch.finfo(w.dtype).min)
         w = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
         o = torch.matmul(w, vbuf).reshape(b, 1, -1)  # [B, 1, heads * D]
@@ -176,14 +194,66 @@ class _Engine:
 _cached: dict = {}  # one engine at a time (its KV buffers are large): the last one built
 
 
-def _prefill(model, input_ids, attention_mask, lengths, start, stop):
-    """The model's own forward over rows ``start:stop``, cut to their longest prompt (left padding: the last
-    columns); position ids as generate computes them. Returns the cache and the last position's logits."""
-    width = int(lengths[start:stop].max())
-    ids, mask = input_ids[start:stop, -width:], attention_mask[start:stop, -width:]
-    position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
-    return out.past_key_values, out.logits[:, -1].float(), width
+def _packs(model, input_ids: torch.Tensor) -> bool:
+    """Whether the prefill runs padding-free (:func:`_prefill_packed`): :data:`PREFILL` ``packed``, or ``auto`` with
+    16-bit weights on CUDA (the varlen flash kernel's dtypes) or on the CPU (its exact per-sequence reference)."""
+    if PREFILL != "auto":
+        return PREFILL == "packed"
+    return input_ids.device.type == "cpu" or model.lm_head.weight.dtype in (torch.bfloat16, torch.float16)
+
+
+def _prefill_packed(model, input_ids, attention_mask, lengths):
+    """Every row's prompt in one padding-free sequence through kdsum.attention's varlen kernel (no padding FLOPs,
+    no mask). Yields (cache, the rows' last-position logits, the rows, each cached token's buffer row and column, a
+    function giving a cached ``[1, Hkv, T, D]`` tensor token-major)."""
+    from kdsum.attention import register_varlen
+
+    b, p = input_ids.shape
+    ends = lengths.cumsum(0)
+    cu = torch.cat([ends.new_zeros(1), ends]).to(torch.int32)
+    tok_row = torch.repeat_interleave(torch.arange(b, device=input_ids.device), lengths)
+    within = torch.arange(int(ends[-1]), device=input_ids.device) - (ends - lengths)[tok_row]  # position in its row
+    longest = int(lengths.max())
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(register_varlen())
+    try:
+        out = model(
+            input_ids=input_ids[attention_mask.bool()][None], position_ids=within[None], use_cache=True,
+            logits_to_keep=ends - 1, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest,
+        )  # fmt: skip
+    finally:
+        model.set_attn_implementation(previous)
+    yield (
+        out.past_key_values,
+        out.logits[0].float(),
+        slice(0, b),
+        tok_row,
+        p - lengths[tok_row] + within,
+        _packed_tokens,
+    )
+
+
+def _packed_tokens(t: torch.Tensor) -> torch.Tensor:
+    return t[0].transpose(0, 1)  # [1, Hkv, T, D] -> [T, Hkv, D]
+
+
+def _prefill_grouped(model, input_ids, attention_mask, lengths):
+    """The model's own forward over groups of :data:`PREFILL_ROWS` rows, each cut to its longest prompt (left
+    padding: the last columns), position ids as generate computes them. Yields what :func:`_prefill_packed` does."""
+    b, p = input_ids.shape
+    for start in range(0, b, PREFILL_ROWS):
+        stop = min(start + PREFILL_ROWS, b)
+        width = int(lengths[start:stop].max())
+        ids, mask = input_ids[start:stop, -width:], attention_mask[start:stop, -width:]
+        position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+        rows = torch.arange(start, stop, device=ids.device).repeat_interleave(width)
+        cols = torch.arange(p - width, p, device=ids.device).repeat(stop - start)
+        yield out.past_key_values, out.logits[:, -1].float(), slice(start, stop), rows, cols, _grouped_tokens
+
+
+def _grouped_tokens(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(1, 2).reshape(-1, t.shape[1], t.shape[3])  # [g, Hkv, W, D] -> [g * W, Hkv, D]
 
 
 def _sync(device: torch.device) -> float:
@@ -205,23 +275,24 @@ def greedy_generate(
     b, p = input_ids.shape
     t0 = _sync(input_ids.device)
     lengths = attention_mask.long().sum(dim=1)
-    cache, logits, width = _prefill(model, input_ids, attention_mask, lengths, 0, PREFILL_ROWS)
-    s = -(-(p + max_new) // ROUND) * ROUND
-    key = (b, s, max_new, tuple(ends), pad, min_new)
-    eng = _cached.get("engine")
-    if eng is None or eng.key != key or eng.model is not model:
-        _cached.clear()  # free the previous buffers and graph first
-        eng = _cached["engine"] = _Engine(model, b, s, max_new, ends, pad, min_new, cache)
-    st = eng.st
-    first = logits.new_empty(b, logits.shape[1])  # every row's last-position logits
-    for start in range(0, b, PREFILL_ROWS):
-        if start:
-            cache, logits, width = _prefill(model, input_ids, attention_mask, lengths, start, start + PREFILL_ROWS)
-        rows = slice(start, start + PREFILL_ROWS)
+    prefill = (_prefill_packed if _packs(model, input_ids) else _prefill_grouped)(
+        model, input_ids, attention_mask, lengths
+    )
+    first = None
+    for cache, logits, rows, tok_row, tok_col, tokens in prefill:
+        if first is None:  # the engine (its buffers) for this batch shape, from the first cache's shapes
+            s = -(-(p + max_new) // ROUND) * ROUND
+            key = (b, s, max_new, tuple(ends), pad, min_new)
+            eng = _cached.get("engine")
+            if eng is None or eng.key != key or eng.model is not model:
+                _cached.clear()  # free the previous buffers and graph first
+                eng = _cached["engine"] = _Engine(model, b, s, max_new, ends, pad, min_new, cache)
+            st = eng.st
+            first = logits.new_empty(b, logits.shape[1])  # every row's last-position logits
         first[rows] = logits
-        for (kbuf, vbuf), lay in zip(st["kv"], cache.layers, strict=True):
-            kbuf[rows, :, p - width : p].copy_(lay.keys)
-            vbuf[rows, :, p - width : p].copy_(lay.values)
+        for (kbuf, vbuf), lay in zip(st["kv"], cache.layers, strict=True):  # each token to its row and column
+            kbuf.permute(0, 2, 1, 3)[tok_row, tok_col] = tokens(lay.keys)
+            vbuf.permute(0, 2, 1, 3)[tok_row, tok_col] = tokens(lay.values)
         del cache, logits
     st["start"].copy_(p - lengths)
     st["col"].fill_(p)
