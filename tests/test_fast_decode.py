@@ -95,6 +95,15 @@ def test_prefill_is_packed_on_the_cpu_and_for_16_bit_weights():
     assert fast_decode._packs(model.to(torch.bfloat16), ids)
 
 
+def test_a_model_that_keeps_its_attention_is_prefilled_in_padded_groups(monkeypatch):
+    # without the varlen kernel, one packed sequence through SDPA would attend across prompts
+    model = tiny_model("llama")
+    monkeypatch.setattr(model, "set_attn_implementation", lambda name: None)
+    ids, mask = prompts()
+    ref, fast = both(model, ids, mask)
+    assert torch.equal(fast, ref)
+
+
 def test_engine_stops_early_when_every_row_ended():
     model = tiny_model("llama")
     ids, mask = prompts()

@@ -214,8 +214,12 @@ def _prefill_packed(model, input_ids, attention_mask, lengths):
     tok_row = torch.repeat_interleave(torch.arange(b, device=input_ids.device), lengths)
     within = torch.arange(int(ends[-1]), device=input_ids.device) - (ends - lengths)[tok_row]  # position in its row
     longest = int(lengths.max())
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(register_varlen())
+    varlen, previous = register_varlen(), model.config._attn_implementation
+    model.set_attn_implementation(varlen)
+    if model.config._attn_implementation != varlen:  # not switchable: padded groups, never SDPA over one sequence
+        model.set_attn_implementation(previous)
+        yield from _prefill_grouped(model, input_ids, attention_mask, lengths)
+        return
     try:
         out = model(
             input_ids=input_ids[attention_mask.bool()][None], position_ids=within[None], use_cache=True,
