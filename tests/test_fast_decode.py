@@ -89,10 +89,11 @@ def test_prefill_in_groups_padded_to_their_own_longest_row(monkeypatch):
         assert timings["prefill_s"] > 0 and timings["decode_s"] > 0
 
 
-def test_prefill_is_packed_on_the_cpu_and_for_16_bit_weights():
+def test_prefill_is_packed_on_the_cpu_unless_told_otherwise(monkeypatch):
     model, ids = tiny_model("llama"), prompts()[0]
-    assert fast_decode._packs(model, ids)  # float32 on the CPU: the varlen reference, exact
-    assert fast_decode._packs(model.to(torch.bfloat16), ids)
+    assert fast_decode._packs(model, ids)  # float32 on the CPU: the varlen reference, exact (the other tests' path)
+    monkeypatch.setattr(fast_decode, "PREFILL", "grouped")
+    assert not fast_decode._packs(model, ids)
 
 
 def test_a_model_that_keeps_its_attention_is_prefilled_in_padded_groups(monkeypatch):

@@ -12,9 +12,9 @@ step more slowly than the GPU runs it):
   share a CUDA graph; prompts right-aligned, as left padding puts them);
 * decode step (:func:`_step`), written from the model's modules: every row writes the same buffer column (left
   padding), one query attends over the buffer in grouped-query form (q viewed ``[B, Hkv, G, D]``, no head repeat),
-  keys before a row's first real token and after the current column masked out; softmax in float32 as
-  modeling_llama's eager attention does. The step advances its own state (column, positions, finished rows), so on
-  CUDA it is captured once into a ``torch.cuda.CUDAGraph`` and replayed; on CPU it runs eagerly;
+  keys before a row's first real token and after the current column masked out; scores and softmax in float32
+  (on CUDA a bf16 x bf16 -> float32 batched matmul). The step advances its own state (column, positions, finished
+  rows), so on CUDA it is captured once into a ``torch.cuda.CUDAGraph`` and replayed; on CPU it runs eagerly;
 * stopping: finished rows get ``pad_token_id``; "all rows finished" is read every :data:`CHECK_EVERY` steps (one
   device sync), and the output is cut where generate would have stopped: ``[B, P + n_new]``, prompt included.
 
@@ -28,6 +28,7 @@ import math
 import time
 
 import torch
+from transformers.models.llama.modeling_llama import rotate_half
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 CHECK_EVERY = 8  # decode steps between two reads of "all rows finished" (one device sync each)
@@ -85,11 +86,6 @@ def supports(model, job, kwargs: dict, processors) -> bool:
     return all(merged[k] is None or merged[k] == v or (v is None and not merged[k]) for k, v in _CHANGES_GREEDY.items())
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:  # modeling_llama.rotate_half
-    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """``q @ k^T`` for ``[B, Hkv, G, D]`` queries and a ``[B, Hkv, S, D]`` buffer, in float32. On CUDA a bf16 buffer
     is multiplied into float32 scores directly (``bmm``'s ``out_dtype``), as SDPA's kernels keep them, rather than
@@ -120,7 +116,7 @@ def _step(model, st: dict) -> None:
         if getattr(a, "q_norm", None) is not None:  # Qwen3: per head, before RoPE
             q, k = a.q_norm(q), a.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, heads, 1, D]
-        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin  # modeling_llama's RoPE (Qwen's too)
         kbuf.index_copy_(2, col, k)
         vbuf.index_copy_(2, col, v)
         qg = q.reshape(b, hkv, -1, d)  # head h attends with kv head h // G, as repeat_kv orders them
