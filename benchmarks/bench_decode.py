@@ -118,6 +118,18 @@ def main() -> None:
                     gen.generate_summaries(model, tok, rows[:256], s, progress=False)
                 report["profile"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
                 print(report["profile"][:6000], flush=True)
+            elif name == "profile-fast":  # the engine at batch 512, 20 new tokens; kernels inside the CUDA graph too
+                from torch.profiler import ProfilerActivity, profile
+
+                import kdsum.fast_decode as fd
+
+                fd.ATTENTION = "auto"
+                s = with_generation(spec, batch_size=512, max_new_tokens=20, engine="auto")
+                gen.generate_summaries(model, tok, rows, s, progress=False)  # capture outside the profile
+                with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                    gen.generate_summaries(model, tok, rows, s, progress=False)
+                report["profile_fast"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
+                print(report["profile_fast"][:8000], flush=True)
             elif name.startswith(("dynamic-", "static-", "gqa-", "beams-")):
                 parts = name.split("-")
                 bs = int(next(p for p in parts if p.isdigit()))
@@ -137,6 +149,9 @@ def main() -> None:
                     outputs[name] = out
             elif name.startswith("fast-"):  # the engine (engine: auto), no extra generate() settings
                 extra.clear()
+                import kdsum.fast_decode as fd
+
+                fd.ATTENTION = "matmul" if name.endswith("-matmul") else "auto"  # fast-512-matmul: no Triton kernel
                 gen.SDPA_BACKENDS = default_backends
                 os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "0"
                 s = with_generation(spec, batch_size=int(name.split("-")[1]), engine="auto")
@@ -201,6 +216,9 @@ def main() -> None:
         if ref and not k.startswith("beams")
     }
     print("rows equal to dynamic-256:", json.dumps(report["rows_equal_to_dynamic_256"]), flush=True)
+    if "fast-512" in outputs and "fast-512-matmul" in outputs:  # the Triton kernel against the engine's matmuls
+        a, b = outputs["fast-512"], outputs["fast-512-matmul"]
+        report["rows_equal_fast_512_kernel_vs_matmul"] = sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
     report["transformers"] = __import__("transformers").__version__
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))

@@ -202,3 +202,61 @@ def test_packed_prefill_on_cuda_matches_the_grouped_one():
     for a, b in ((packed[0], grouped[0]), (packed[1][real], grouped[1][real])):
         assert (a - b).abs().max() <= 0.03 * b.abs().max()
     assert (packed[1][~real] == 0).all()  # the packed one writes real tokens only
+
+
+def _masked_softmax_attention(q, k, v, start, col, scale):
+    """The reference: every buffer column, the ones outside ``start[b] .. col`` masked, in float32."""
+    keys = torch.arange(k.shape[2], device=k.device)
+    masked = ((keys[None] < start[:, None]) | (keys[None] > col))[:, None, None]
+    w = (q.float() @ k.float().transpose(2, 3)) * scale
+    return w.masked_fill(masked, float("-inf")).softmax(-1) @ v.float()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton decode kernel needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("groups", "head_dim"), [(3, 128), (4, 64), (1, 16)])
+def test_ragged_attention_kernel_matches_masked_softmax(dtype, groups, head_dim):
+    from kdsum.decode_kernel import ragged_attention
+
+    torch.manual_seed(0)
+    b, hkv, s = 6, 2, 300
+    q = torch.randn(b, hkv, groups, head_dim, device="cuda", dtype=dtype)
+    k, v = (torch.randn(b, hkv, s, head_dim, device="cuda", dtype=dtype) for _ in range(2))
+    start = torch.tensor([0, 1, 63, 64, 200, 250], device="cuda")  # ranges of 1 to 251 columns
+    col = torch.tensor([250], device="cuda")
+    out = ragged_attention(q, k, v, start, col, head_dim**-0.5)
+    ref = _masked_softmax_attention(q, k, v, start, col, head_dim**-0.5)
+    assert out.dtype == dtype and out.shape == q.shape
+    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    assert (out.float() - ref).abs().max() <= tol
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton decode kernel needs a CUDA GPU")
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_engine_through_the_ragged_kernel_equals_generate_in_float32(arch, monkeypatch):
+    # the kernel in IEEE float32 (forced: by default float32 keeps the matmuls) under the CUDA graph
+    monkeypatch.setattr(fast_decode, "ATTENTION", "ragged")
+    model = tiny_model(arch, "cuda", torch.float32)
+    ids, mask = prompts("cuda")
+    ref, fast = both(model, ids, mask, min_new_tokens=6)
+    assert fast_decode._cached["engine"].graph is not None
+    assert torch.equal(fast, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton decode kernel needs a CUDA GPU")
+def test_bf16_engine_uses_the_ragged_kernel_by_default():
+    model = tiny_model("llama", "cuda", torch.bfloat16)
+    ids, mask = prompts("cuda")
+    assert fast_decode._ragged(torch.zeros(1, device="cuda", dtype=torch.bfloat16))
+    ragged = fast_decode.greedy_generate(model, ids, mask, max_new_tokens=20, eos_token_id=[1], pad_token_id=PAD)
+    fast_decode.ATTENTION = "matmul"
+    try:
+        matmul = fast_decode.greedy_generate(model, ids, mask, max_new_tokens=20, eos_token_id=[1], pad_token_id=PAD)
+    finally:
+        fast_decode.ATTENTION = "auto"
+    new = ids.shape[1]
+    assert torch.equal(ragged[:, : new + 1], matmul[:, : new + 1])  # prompt and the prefill's token
+    assert (ragged[:, new:] == matmul[:, new:]).float().mean() >= 0.6  # bf16 rounding may flip later argmaxes

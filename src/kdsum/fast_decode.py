@@ -13,7 +13,9 @@ step more slowly than the GPU runs it):
 * decode step (:func:`_step`), written from the model's modules: every row writes the same buffer column (left
   padding), one query attends over the buffer in grouped-query form (q viewed ``[B, Hkv, G, D]``, no head repeat),
   keys before a row's first real token and after the current column masked out; scores and softmax in float32
-  (on CUDA a bf16 x bf16 -> float32 batched matmul). The step advances its own state (column, positions, finished
+  (on CUDA a bf16 x bf16 -> float32 batched matmul). With 16-bit weights on CUDA the attention is instead
+  kdsum.decode_kernel's Triton kernel, which reads only each row's own columns (:data:`ATTENTION`); the buffer
+  is mostly the shorter prompts' padding. The step advances its own state (column, positions, finished
   rows), so on CUDA it is captured once into a ``torch.cuda.CUDAGraph`` and replayed; on CPU it runs eagerly;
 * stopping: finished rows get ``pad_token_id``; "all rows finished" is read every :data:`CHECK_EVERY` steps (one
   device sync), and the output is cut where generate would have stopped: ``[B, P + n_new]``, prompt included.
@@ -30,6 +32,9 @@ import time
 import torch
 from transformers.models.llama.modeling_llama import rotate_half
 
+from kdsum.decode_kernel import available as decode_kernel_available
+from kdsum.decode_kernel import ragged_attention
+
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 CHECK_EVERY = 8  # decode steps between two reads of "all rows finished" (one device sync each)
 try:  # bf16 x bf16 -> float32 batched matmul (CUDA)
@@ -41,6 +46,9 @@ ROUND = 64  # buffer lengths are rounded up to a multiple of this (batches of on
 # kdsum.generation), not to the batch's, so a 256-row batch does not attend over the longest row's padding
 PREFILL_ROWS = 64
 PREFILL = "auto"  # packed | grouped | auto (see _packs)
+# decode attention: ragged (kdsum.decode_kernel: each row's own columns), matmul (two batched matmuls over the whole
+# buffer), auto (ragged where the kernel runs: CUDA, 16-bit; float32 keeps the matmuls, exact against generate)
+ATTENTION = "auto"
 # the generate() settings the engine understands; anything else (a cache implementation, ...) goes to generate
 KNOWN_KWARGS = {"do_sample", "num_beams", "max_new_tokens", "min_new_tokens", "no_repeat_ngram_size"}
 KNOWN_KWARGS |= {"repetition_penalty", "length_penalty", "eos_token_id", "pad_token_id", "temperature", "top_p"}
@@ -97,6 +105,11 @@ def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.matmul(q, k.transpose(2, 3)).float()
 
 
+def _ragged(buffer: torch.Tensor) -> bool:
+    """Whether the decode step attends through kdsum.decode_kernel (:data:`ATTENTION`)."""
+    return ATTENTION == "ragged" or (ATTENTION == "auto" and decode_kernel_available(buffer))
+
+
 def _step(model, st: dict) -> None:
     """One decode step for every row, in place on the state ``st`` (tensors only: CUDA-graph safe)."""
     m, tok, col, pos = model.model, st["tok"], st["col"], st["pos"]
@@ -120,10 +133,14 @@ def _step(model, st: dict) -> None:
         kbuf.index_copy_(2, col, k)
         vbuf.index_copy_(2, col, v)
         qg = q.reshape(b, hkv, -1, d)  # head h attends with kv head h // G, as repeat_kv orders them
-        w = _scores(qg, kbuf) * getattr(a, "scaling", d**-0.5)  # [B, Hkv, G, S], float32
-        w = w.masked_fill(masked, torch.finfo(w.dtype).min)
-        w = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
-        o = torch.matmul(w, vbuf).reshape(b, 1, -1)  # [B, 1, heads * D]
+        scale = getattr(a, "scaling", d**-0.5)
+        if _ragged(kbuf):  # each row's own columns only (kdsum.decode_kernel)
+            o = ragged_attention(qg, kbuf, vbuf, st["start"], col, scale).reshape(b, 1, -1)
+        else:
+            w = _scores(qg, kbuf) * scale  # [B, Hkv, G, S], float32
+            w = w.masked_fill(masked, torch.finfo(w.dtype).min)
+            w = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
+            o = torch.matmul(w, vbuf).reshape(b, 1, -1)  # [B, 1, heads * D]
         h = h + a.o_proj(o)
         h = h + layer.mlp(layer.post_attention_layernorm(h))
     logits = model.lm_head(m.norm(h))[:, -1].float()
@@ -164,7 +181,7 @@ class _Engine:
             out=torch.zeros(b, max_new, **long), arange=torch.arange(s, **long), is_end=is_end,
             pad=torch.tensor(pad, **long), min_new=torch.tensor(min_new, **long),
         )  # fmt: skip
-        self.key, self.model, self.graph = (b, s, max_new, tuple(end_ids), pad, min_new), model, None
+        self.key, self.model, self.graph = (b, s, max_new, tuple(end_ids), pad, min_new, ATTENTION), model, None
         if dev.type == "cuda":
             self._capture()
 
@@ -282,7 +299,7 @@ def greedy_generate(
     for cache, logits, rows, tok_row, tok_col, tokens in prefill:
         if first is None:  # the engine (its buffers) for this batch shape, from the first cache's shapes
             s = -(-(p + max_new) // ROUND) * ROUND
-            key = (b, s, max_new, tuple(ends), pad, min_new)
+            key = (b, s, max_new, tuple(ends), pad, min_new, ATTENTION)  # the graph holds the attention path
             eng = _cached.get("engine")
             if eng is None or eng.key != key or eng.model is not model:
                 _cached.clear()  # free the previous buffers and graph first
