@@ -74,6 +74,17 @@ def test_length_penalty_and_early_stopping(length_penalty, early_stopping):
     assert any(s is not None and s > 0 for s in stops)  # hypotheses end mid-sequence
 
 
+@pytest.mark.parametrize("length_penalty", [1.0, 2.0])
+def test_more_end_candidates_than_beams(length_penalty):
+    # three likely end ids: most of a step's top continuations end, and generate keeps max(2, 1 + n_eos) * K of
+    # them so that K running beams remain ("never": the heuristic looks at max_length, so the search goes on)
+    ends = (END, OTHER_END, 9)
+    model = ending_model("llama", bias=6.0, ends=ends)
+    ids, mask = prompts()
+    ref, fast = both(model, ids, mask, eos_token_id=list(ends), early_stopping="never", length_penalty=length_penalty)
+    assert torch.equal(fast, ref)
+
+
 def test_hypotheses_of_different_lengths_are_padded_as_generate_pads():
     # generate fills after an end with ``pad_token_id or eos_token_id[0]``: the pad id unless it is 0
     model = ending_model("qwen3")
