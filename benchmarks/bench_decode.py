@@ -10,6 +10,9 @@ prompts; ``--new-tokens`` tokens per dialogue, end-of-sequence held back where t
 * ``dynamic-B-cudnn``: the same with cuDNN's SDPA allowed (the shipped path excludes it: kdsum.generation);
 * ``gqa-B``: SDPA's own grouped-query attention instead of transformers' ``repeat_kv`` copy of the cache;
 * ``beams-B``: 4 beams;
+* ``fast-beams-B``: 4 beams with ``generation.engine: auto`` (kdsum.fast_beams: the prompt's KV once per prompt,
+  the step and its beam bookkeeping in a CUDA graph); where ``beams-B`` ran in the same call, how many of the
+  summaries are identical to its;
 * ``static-B``: the same with ``cache_implementation="static"`` and ``disable_compile=True`` (a preallocated cache:
   no concatenation per step, no torch.compile warm-up);
 * ``continuous``: transformers' continuous batching (``model.generate_batch``: paged KV cache, no padding, CUDA
@@ -46,7 +49,7 @@ def main() -> None:
     ap.add_argument(
         "--only",
         default="dynamic-256,fast-256,fast-512,stage-fast-256,stage-dynamic-256,dynamic-256-cudnn,static-256,"
-        "static-512,gqa-256,gqa-static-512,beams-128,profile",
+        "static-512,gqa-256,gqa-static-512,beams-128,fast-beams-128,profile",
     )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -147,6 +150,22 @@ def main() -> None:
                         lambda s=s, out=out: out.extend(gen.generate_summaries(model, tok, rows, s, progress=False)),
                     )
                     outputs[name] = out
+            elif name.startswith("fast-beams-"):  # kdsum.fast_beams (engine: auto, 4 beams)
+                extra.clear()
+                gen.SDPA_BACKENDS = default_backends
+                os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "0"
+                s = with_generation(spec, batch_size=int(name.split("-")[2]), num_beams=4, engine="auto")
+                for rep in range(2):
+                    out = []
+                    stats = {}
+
+                    def run_beams(s=s, out=out, stats=stats):
+                        out.extend(gen.generate_summaries(model, tok, rows, s, progress=False, stats=stats))
+                        keep = ("engine", "prefill_seconds", "decode_seconds")
+                        return {k: stats[k] for k in keep if k in stats}
+
+                    timed(f"{name}#{rep}", run_beams)
+                    outputs[name] = out
             elif name.startswith("fast-"):  # the engine (engine: auto), no extra generate() settings
                 extra.clear()
                 import kdsum.fast_decode as fd
@@ -207,18 +226,25 @@ def main() -> None:
             print(name, "FAILED", type(exc).__name__, str(exc)[:1500], flush=True)
     # the same summaries whatever the cache or kernel (greedy; 4 beams compared among themselves)
     ref = outputs.get("dynamic-256")
-    report["identical_to_dynamic_256"] = {k: v == ref for k, v in outputs.items() if ref and not k.startswith("beams")}
+    report["identical_to_dynamic_256"] = {k: v == ref for k, v in outputs.items() if ref and "beams" not in k}
     # bf16 rounds differently per kernel and batch shape, so a random model's flat logits flip some argmaxes: the
     # share of summaries equal to dynamic-256's, to set beside generate's own (dynamic-512 against dynamic-256)
     report["rows_equal_to_dynamic_256"] = {
         k: sum(a == b for a, b in zip(v, ref, strict=True)) / len(ref)
         for k, v in outputs.items()
-        if ref and not k.startswith("beams")
+        if ref and "beams" not in k
     }
     print("rows equal to dynamic-256:", json.dumps(report["rows_equal_to_dynamic_256"]), flush=True)
     if "fast-512" in outputs and "fast-512-matmul" in outputs:  # the Triton kernel against the engine's matmuls
         a, b = outputs["fast-512"], outputs["fast-512-matmul"]
         report["rows_equal_fast_512_kernel_vs_matmul"] = sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
+    # 4 beams: kdsum.fast_beams' summaries against model.generate's of the same batch size (beams-B)
+    for k, v in outputs.items():
+        ref_beams = outputs.get(k.removeprefix("fast-")) if k.startswith("fast-beams-") else None
+        if ref_beams:
+            same = sum(a == b for a, b in zip(v, ref_beams, strict=True))
+            report.setdefault("beams_rows_identical", {})[k] = {"identical": same, "of": len(ref_beams)}
+            print(f"{k}: {same} of {len(ref_beams)} summaries identical to {k.removeprefix('fast-')}", flush=True)
     report["transformers"] = __import__("transformers").__version__
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))

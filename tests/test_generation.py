@@ -454,6 +454,23 @@ def test_engine_auto_is_the_fast_decoder_and_gives_generates_summaries(causal, w
     assert blocked["engine"] == "generate"
 
 
+def test_engine_auto_with_beams_is_fast_beams_and_gives_generates_summaries(causal, work, monkeypatch):
+    import kdsum.generation as gen
+
+    spec, lm = causal
+    rows = read_prompt_rows(work / "prompts" / "chat-plain" / "dev.jsonl", "causal")[:6]
+    spec = _with(spec, batch_size=4, max_new_tokens=12, num_beams=3)
+    seqs, decode = [], gen.decode_new_tokens
+    monkeypatch.setattr(gen, "decode_new_tokens", lambda tok, s, *a: seqs.append(s) or decode(tok, s, *a))
+    fast, slow = {}, {}
+    out = generate_summaries(lm.model, lm.tokenizer, rows, spec, progress=False, stats=fast)
+    ref = generate_summaries(lm.model, lm.tokenizer, rows, _with(spec, engine="generate"), progress=False, stats=slow)
+    assert out == ref
+    assert len(seqs) == 4 and all(torch.equal(a, b) for a, b in zip(seqs[:2], seqs[2:], strict=True))
+    assert (fast["engine"], slow["engine"]) == ("beams", "generate")
+    assert fast["prefill_seconds"] > 0 and fast["decode_seconds"] > 0
+
+
 # --------------------------------------------------------------------------------------------- blocking
 def test_has_foreign_text():
     assert has_foreign_text("Hello") and has_foreign_text("カタ") and has_foreign_text("漢字")

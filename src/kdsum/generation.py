@@ -14,7 +14,10 @@ model's own end ids.
 Foreign-script blocking (``generation.block_foreign_scripts``): kdsum.blocking.
 Engine (``generation.engine``): ``auto`` decodes greedy causal batches with kdsum.fast_decode (a static KV cache and,
 on CUDA, a captured decode step: the same tokens as ``model.generate``) where :func:`kdsum.fast_decode.supports`
-says it applies, and everything else with ``model.generate``; ``generate`` always uses ``model.generate``.
+says it applies, beam-search causal batches (``num_beams > 1``) with kdsum.fast_beams (the prompt's KV cache once per
+prompt, the beams' own in a static buffer, the step and its beam bookkeeping captured on CUDA: the sequences of
+``model.generate``) where :func:`kdsum.fast_beams.supports_beams` says it applies, and everything else with
+``model.generate``; ``generate`` always uses ``model.generate``.
 
 Post-processing (:func:`postprocess`)
 -------------------------------------
@@ -199,18 +202,22 @@ def _sdpa_backends(device: torch.device):
 
 
 def choose_engine(model, job: Job, kwargs: dict, processors) -> str:
-    """``fast`` (kdsum.fast_decode) where ``generation.engine: auto`` and the engine applies, else ``generate``."""
-    from kdsum import fast_decode
+    """``fast`` (kdsum.fast_decode, greedy) or ``beams`` (kdsum.fast_beams, beam search) where ``generation.engine:
+    auto`` and that engine applies, else ``generate``."""
+    from kdsum import fast_beams, fast_decode
 
-    return "fast" if fast_decode.supports(model, job, kwargs, processors) else "generate"
+    if fast_decode.supports(model, job, kwargs, processors):
+        return "fast"
+    return "beams" if fast_beams.supports_beams(model, job, kwargs, processors) else "generate"
 
 
 def _batch_generator(
     model, tokenizer, job: Job, kwargs: dict, processors, engine: str = "generate", timings: dict | None = None
 ) -> Callable[[list[list[int]]], list[str]]:
     """The function that generates one batch of encoded inputs (padded on the family's side) and decodes it, with
-    ``model.generate`` or (``engine="fast"``) kdsum.fast_decode, which adds its prefill and decode seconds to
-    ``timings``."""
+    ``model.generate``, (``engine="fast"``) kdsum.fast_decode or (``engine="beams"``) kdsum.fast_beams, which add
+    their prefill and decode seconds to ``timings``."""
+    from kdsum.fast_beams import beam_generate
     from kdsum.fast_decode import greedy_generate
 
     side = "left" if job.family == "causal" else "right"
@@ -222,6 +229,8 @@ def _batch_generator(
         with _sdpa_backends(device):  # the engine's prefill is the model's own forward
             if engine == "fast":
                 out = greedy_generate(model, ids.to(device), mask.to(device), timings=timings, **kwargs)
+            elif engine == "beams":
+                out = beam_generate(model, ids.to(device), mask.to(device), timings=timings, **kwargs)
             else:
                 out = model.generate(
                     input_ids=ids.to(device), attention_mask=mask.to(device), logits_processor=processors, **kwargs
