@@ -200,3 +200,16 @@ def test_cuda_graph_path_equals_generate(arch):
         assert torch.equal(fast, ref)
     ref2, fast2 = both(model, ids, mask, eos_token_id=[END, OTHER_END], length_penalty=0.6, early_stopping=True)
     assert torch.equal(fast2, ref)  # the same engine again (graphs reused)
+
+
+def test_one_engine_is_kept_whichever_search_ran_last():
+    # the greedy and the beam engines share one cache, so a process that runs both holds one set of KV buffers
+    model = tiny_model("llama")
+    ids, mask = prompts()
+    kw = dict(max_new_tokens=5, eos_token_id=[1], pad_token_id=PAD)
+    fast_decode.greedy_generate(model, ids, mask, **kw)
+    assert isinstance(fast_decode._cached["engine"], fast_decode._Engine)
+    fast_beams.beam_generate(model, ids, mask, num_beams=2, **kw)
+    assert list(fast_decode._cached) == ["engine"] and isinstance(fast_decode._cached["engine"], fast_beams._Engine)
+    fast_decode.greedy_generate(model, ids, mask, **kw)
+    assert isinstance(fast_decode._cached["engine"], fast_decode._Engine)

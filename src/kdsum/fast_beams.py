@@ -285,7 +285,8 @@ class _Engine:
             _step(self.model, self.st, self.gen[src], self.gen[1 - src])
 
 
-_cached: dict = {}  # one engine at a time (its KV buffers are large): the last one built
+# one engine at a time, greedy or beams (their KV buffers are large): the last one built, in fast_decode's cache
+_cached = fast_decode._cached
 
 
 @torch.inference_mode()
@@ -314,7 +315,7 @@ def beam_generate(
         if first is None:  # the engine (its buffers) for this batch shape, from the first cache's shapes
             key = (bp, k_beams, width, -(-max_new // ROUND) * ROUND, max_new, ends, fill, min_new, lp, early)
             eng = _cached.get("engine")
-            if eng is None or eng.key != key or eng.model is not model:
+            if not isinstance(eng, _Engine) or eng.key != key or eng.model is not model:
                 _cached.clear()  # free the previous buffers and graphs first
                 eng = _cached["engine"] = _Engine(model, key, cache)
             st = eng.st

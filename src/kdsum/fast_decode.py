@@ -204,7 +204,7 @@ class _Engine:
         self.graph.replay() if self.graph is not None else _step(self.model, self.st)
 
 
-_cached: dict = {}  # one engine at a time (its KV buffers are large): the last one built
+_cached: dict = {}  # one engine at a time, this one or kdsum.fast_beams' (their KV buffers are large): the last one built
 
 
 def _packs(model, input_ids: torch.Tensor) -> bool:
@@ -301,7 +301,7 @@ def greedy_generate(
             s = -(-(p + max_new) // ROUND) * ROUND
             key = (b, s, max_new, tuple(ends), pad, min_new, ATTENTION)  # the graph holds the attention path
             eng = _cached.get("engine")
-            if eng is None or eng.key != key or eng.model is not model:
+            if not isinstance(eng, _Engine) or eng.key != key or eng.model is not model:
                 _cached.clear()  # free the previous buffers and graph first
                 eng = _cached["engine"] = _Engine(model, b, s, max_new, ends, pad, min_new, cache)
             st = eng.st
