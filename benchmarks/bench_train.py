@@ -220,6 +220,9 @@ JOBS = {
         fast("pipeline-qlora-liger-nodropout", "qlora", kernels="liger", lora_dropout=0.0),
         # the defaults as shipped (kernels and compile auto: Liger and compiled layers on CUDA, LoRA dropout 0.05)
         fast("pipeline-lora-auto", kernels="auto", compile="auto"),
+        # the same with PEFT's float32 copies of the LoRA branches' inputs (the pipeline's behaviour before)
+        fast("pipeline-lora-auto-peftcast", kernels="auto", compile="auto", peft_cast=True),
+        fast("pipeline-lora-peftcast", peft_cast=True),  # against pipeline-lora-varlen: no kernels, no compile
         J(
             "pipeline-qlora-shipped-auto",
             "pipeline",
@@ -610,6 +613,9 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
             compile=job.get("compile", False),
         )
         spec = dataclasses.replace(spec, train=train, lora=lora)
+        import kdsum.kernels
+
+        kdsum.kernels.ADAPTER_INPUT_CAST = job.get("peft_cast", False)
         trainer, _info = training.build_trainer(
             spec,
             model_dir,
@@ -623,6 +629,7 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
     model = trainer.model
     if job["recipe"] == "pipeline":
         result["compiled_layers"] = _info["compiled_layers"]
+        result["adapter_inputs_16bit"] = _info["adapter_inputs_16bit"]
     result["attn_implementation"] = getattr(getattr(model, "config", None), "_attn_implementation", None)
     _hook_backbone(model, tokens, shapes)
     if cuda:

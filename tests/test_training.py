@@ -1006,3 +1006,44 @@ def test_liger_kernels_and_compile_keep_the_losses(env, four_examples, tmp_path)
     assert len(plain) == 4
     for key in ("liger-False", "liger-True"):
         assert runs[key][0] == pytest.approx(plain, rel=2e-2), (key, runs[key][0], plain)
+
+
+def test_lora_branches_keep_their_bf16_inputs_under_autocast(monkeypatch):
+    """kdsum.kernels.keep_adapter_inputs_16bit: under bf16 autocast each LoRA branch's lora_A gets the layer's bf16
+    input instead of PEFT's float32 copy, and the outputs stay those of PEFT's own path (autocast rounds that copy
+    back to bf16 for the matmul)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from kdsum import kernels
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
+    base = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+    with torch.no_grad():  # non-zero B, so the branches change the output
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
+    seen: list[torch.dtype] = []
+    hooks = [m.register_forward_pre_hook(lambda _m, a: seen.append(a[0].dtype))
+             for n, m in model.named_modules() if n.endswith("lora_A.default")]  # fmt: skip
+    ids = torch.randint(0, 64, (2, 9))
+
+    def run():
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(input_ids=ids).logits.float(), set(seen)
+
+    peft_logits, peft_dtypes = run()
+    monkeypatch.setattr(kernels, "ADAPTER_INPUT_CAST", True)
+    assert kernels.keep_adapter_inputs_16bit(model) == 0  # the A/B switch leaves PEFT's casts on
+    monkeypatch.setattr(kernels, "ADAPTER_INPUT_CAST", False)
+    assert kernels.keep_adapter_inputs_16bit(model) == 7  # q, k, v, o, gate, up, down
+    ours, our_dtypes = run()
+    for h in hooks:
+        h.remove()
+    assert peft_dtypes == {torch.float32} and our_dtypes == {torch.bfloat16}
+    assert torch.equal(ours, peft_logits)

@@ -12,6 +12,9 @@ keep the same modules; one graph per layer, reused by all of them). Inductor fus
 the matmuls (LoRA's dtype casts and adds, residual adds). ``auto`` compiles causal models on CUDA; on a CPU the
 compile time is not paid back by a tiny model's few steps.
 
+With bf16 mixed precision the LoRA branches take their bf16 inputs as they are (:func:`keep_adapter_inputs_16bit`),
+not PEFT's float32 copy of them, which autocast casts straight back to bf16 for the matmul.
+
 The training stage also turns on PyTorch's expandable segments (``PYTORCH_CUDA_ALLOC_CONF``, unless set): packed
 batches change shape every step, and the caching allocator otherwise keeps blocks of every earlier shape.
 """
@@ -86,6 +89,26 @@ def resolve_compile(job: Job, cuda: bool | None = None) -> bool:
         cuda = torch.cuda.is_available() if cuda is None else cuda
         return bool(cuda and job.family == "causal")
     return bool(choice)
+
+
+# PEFT's own input casts to float32 adapters (True): for A/B measurements (benchmarks/bench_train.py) only
+ADAPTER_INPUT_CAST = False
+
+
+def keep_adapter_inputs_16bit(model) -> int:
+    """Stop PEFT casting each LoRA branch's bf16 input to its float32 adapter's dtype (``cast_input_dtype_enabled``);
+    returns the number of LoRA layers changed. Under bf16 autocast the float32 copy is cast back to bf16 for
+    ``lora_A``'s matmul, so it changes no product's inputs; it only adds a float32 copy of every projection's input,
+    and the dropout mask computed on it, per branch and step (the profile's copies and casts). Only for a trainer
+    that runs in bf16 autocast: without autocast a bf16 input would meet float32 weights."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if ADAPTER_INPUT_CAST:
+        return 0
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    return len(layers)
 
 
 def compile_decoder_layers(model) -> int:

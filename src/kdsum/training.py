@@ -74,7 +74,14 @@ from kdsum.embeddings import (
     resize_for_new_tokens,
     trainable_token_indices,
 )
-from kdsum.kernels import compile_decoder_layers, configure_cuda_allocator, model_type, resolve_compile, resolve_kernels
+from kdsum.kernels import (
+    compile_decoder_layers,
+    configure_cuda_allocator,
+    keep_adapter_inputs_16bit,
+    model_type,
+    resolve_compile,
+    resolve_kernels,
+)
 from kdsum.modeling import (
     check_local_source,
     effective_method,
@@ -272,6 +279,7 @@ def build_trainer(
             job, base_source, prompts_dir, tokenizer, new_ids, args_kw, method, attention, callbacks
         )
     trainer.kdsum_grad_tracker = tracker
+    uncast = keep_adapter_inputs_16bit(trainer.model) if method in ("lora", "qlora") and args_kw["bf16"] else 0
     compiled = compile_decoder_layers(trainer.model) if job.family == "causal" and resolve_compile(job) else 0
     plan = {k: v for k, v in memory_plan.items() if k != "estimate"}
     fit = info.pop("fit")
@@ -280,6 +288,7 @@ def build_trainer(
         "attention_effective": attention,
         "kernels_effective": kernels,
         "compiled_layers": compiled,
+        "adapter_inputs_16bit": uncast,
         "memory_plan": plan,
         "data": fit.metrics(),
         "data_warnings": fit.warnings(job),
