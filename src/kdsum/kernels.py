@@ -12,8 +12,9 @@ keep the same modules; one graph per layer, reused by all of them). Inductor fus
 the matmuls (LoRA's dtype casts and adds, residual adds). ``auto`` compiles causal models on CUDA; on a CPU the
 compile time is not paid back by a tiny model's few steps.
 
-With bf16 mixed precision the LoRA branches take their bf16 inputs as they are (:func:`keep_adapter_inputs_16bit`),
-not PEFT's float32 copy of them, which autocast casts straight back to bf16 for the matmul.
+With bf16 mixed precision and uncompiled layers the LoRA branches take their bf16 inputs as they are
+(:func:`keep_adapter_inputs_16bit`), not PEFT's float32 copy of them, which autocast casts straight back to bf16 for
+the matmul (compiled layers fuse those casts already).
 
 The training stage also turns on PyTorch's expandable segments (``PYTORCH_CUDA_ALLOC_CONF``, unless set): packed
 batches change shape every step, and the caching allocator otherwise keeps blocks of every earlier shape.

@@ -279,8 +279,11 @@ def build_trainer(
             job, base_source, prompts_dir, tokenizer, new_ids, args_kw, method, attention, callbacks
         )
     trainer.kdsum_grad_tracker = tracker
-    uncast = keep_adapter_inputs_16bit(trainer.model) if method in ("lora", "qlora") and args_kw["bf16"] else 0
-    compiled = compile_decoder_layers(trainer.model) if job.family == "causal" and resolve_compile(job) else 0
+    compiling = job.family == "causal" and resolve_compile(job)
+    # compiled layers fuse PEFT's casts already (measured on an H200: no gain there, +11% uncompiled)
+    lora = method in ("lora", "qlora") and args_kw["bf16"] and not compiling
+    uncast = keep_adapter_inputs_16bit(trainer.model) if lora else 0
+    compiled = compile_decoder_layers(trainer.model) if compiling else 0
     plan = {k: v for k, v in memory_plan.items() if k != "estimate"}
     fit = info.pop("fit")
     return trainer, {
