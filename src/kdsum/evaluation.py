@@ -23,9 +23,9 @@ from kdsum.errors import KdsumError
 from kdsum.guards import tokenizer_name
 from kdsum.io import read_jsonl
 from kdsum.kiwi import KiwiMorphemeTokenizer
-from kdsum.rouge import ROUGE_KEYS, rouge_scores
+from kdsum.rouge import ROUGE_KEYS, _gc_paused, rouge_scores
 from kdsum.text import normalize_text
-from kdsum.token_cache import ReferenceTokens
+from kdsum.token_cache import ReferenceTokens, ServedAhead, TokensAhead
 
 log = logging.getLogger(__name__)
 _SHOW = 5  # how many fnames an error message names
@@ -104,13 +104,16 @@ def _normalized(text: str, fixed: dict[str, int], side: str) -> str:
 
 
 def _paired(
-    predictions: Path, references: Path, rows: Callable[[list[str]], list[str]] | None = None
+    predictions: Path,
+    references: Path,
+    rows: Callable[[list[str]], list[str]] | None = None,
+    loaded: dict[str, str] | None = None,
 ) -> tuple[list[str], list[str], list[list[str]]]:
     """(fnames in reference order, their predictions, their references); every fname on both sides.
 
     ``rows``: given the references' fnames, those to score (e.g. one part of the dev set, kdsum.tuning); the
-    predictions of the others are ignored."""
-    preds = load_predictions(predictions)
+    predictions of the others are ignored. ``loaded``: ``load_predictions(predictions)``, if already read."""
+    preds = load_predictions(predictions) if loaded is None else loaded
     refs = load_references(references)
     if rows is not None:
         keep, known = set(rows(list(refs))), set(refs)
@@ -150,14 +153,23 @@ def evaluate(
         raise InputError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
     if n_bootstrap < 0:
         raise InputError("bootstrap must be >= 0")
-    fnames, texts, refs = _paired(predictions, references, rows)
-    # Both sides normalised as ingest normalises the data (NFC, no zero-width or control characters); counted.
-    fixed = {"predictions": 0, "references": 0}
-    texts = [_normalized(t, fixed, "predictions") for t in texts]
-    refs = [[_normalized(r, fixed, "references") for r in rs] for rs in refs]
     tokenizer = KiwiMorphemeTokenizer(num_workers=threads)
-    scorer = ReferenceTokens(tokenizer, refs, token_cache)
-    scores = rouge_scores(texts, refs, aggregate=aggregate, tokenizer=scorer)
+    with _gc_paused():  # the whole scoring, the background tokenisation included (see rouge._gc_paused)
+        ahead = None
+        loaded = None
+        if rows is None:
+            # Kiwi's workers analyse the predictions while this thread reads and normalises the references and
+            # reads the morpheme cache (every prediction is scored when no rows are chosen).
+            loaded = load_predictions(predictions)
+            ahead = TokensAhead(tokenizer, map(normalize_text, loaded.values()))
+        fnames, texts, refs = _paired(predictions, references, rows, loaded)
+        # Both sides normalised as ingest normalises the data (NFC, no zero-width or control characters); counted.
+        fixed = {"predictions": 0, "references": 0}
+        texts = [_normalized(t, fixed, "predictions") for t in texts]
+        refs = [[_normalized(r, fixed, "references") for r in rs] for rs in refs]
+        scorer = ReferenceTokens(tokenizer, refs, token_cache)
+        served = scorer if ahead is None else ServedAhead(scorer, ahead)
+        scores = rouge_scores(texts, refs, aggregate=aggregate, tokenizer=served)
     scorer.store()  # after a miss, for the split's other systems; only once the scores are made
     if token_cache is not None:  # the job's log, not S.json: a hit and a miss write the same outputs
         log.info("reference morphemes: cache %s in %s", scorer.status, token_cache)
