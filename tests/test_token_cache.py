@@ -208,3 +208,20 @@ def test_tokens_ahead_serve_the_tokenizers_own_and_leave_errors_to_the_caller():
     assert failed.ahead.tokens() == {}  # the background error is not raised there ...
     with pytest.raises(RuntimeError, match="tokenizer broke"):  # ... but by the caller's own tokenisation
         failed.tokenize_many(PREDS)
+
+
+def test_tokens_ahead_from_a_function_run_in_the_background(tmp_path):
+    """evaluate() reads the predictions' file for tokenising ahead with a quick reader; a reader that fails leaves
+    nothing ahead, and the texts are tokenised as usual."""
+    kiwi = CountingKiwi()
+    served = ServedAhead(kiwi, TokensAhead(kiwi, lambda: iter(PREDS)))
+    assert served.tokenize_many(PREDS) == KIWI.tokenize_many(PREDS)
+    assert kiwi.batches == [len(set(PREDS))]  # made ahead once; nothing left for the caller's batch
+
+    def missing():
+        raise FileNotFoundError(tmp_path / "absent.csv")
+
+    kiwi.batches.clear()
+    served = ServedAhead(kiwi, TokensAhead(kiwi, missing))
+    assert served.tokenize_many(PREDS) == KIWI.tokenize_many(PREDS)
+    assert kiwi.batches == [len(PREDS)]

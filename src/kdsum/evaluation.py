@@ -10,6 +10,7 @@ naming the file; this module writes nothing but the morpheme cache it may be giv
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -60,7 +61,14 @@ def load_predictions(path: Path) -> dict[str, str]:
     dup = df.loc[df["fname"].duplicated(), "fname"].tolist()
     if dup:
         raise InputError(f"{path}: duplicated fname(s): {_names(dup)}")
-    return dict(zip(df["fname"], df["summary"], strict=True))
+    return dict(zip(df["fname"].tolist(), df["summary"].tolist(), strict=True))
+
+
+def _quick_predictions(path: Path) -> list[str]:
+    """The normalised summaries of a predictions CSV read with the csv module, for tokenising them ahead: a guess
+    of what :func:`load_predictions` reads (tokens are served by exact text, so a wrong guess only costs time)."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        return [normalize_text(row["summary"]) for row in csv.DictReader(fh)]
 
 
 def _reference_lists(path: Path, records: list[Any]) -> tuple[dict[str, list[str]], list[str]]:
@@ -104,16 +112,13 @@ def _normalized(text: str, fixed: dict[str, int], side: str) -> str:
 
 
 def _paired(
-    predictions: Path,
-    references: Path,
-    rows: Callable[[list[str]], list[str]] | None = None,
-    loaded: dict[str, str] | None = None,
+    predictions: Path, references: Path, rows: Callable[[list[str]], list[str]] | None = None
 ) -> tuple[list[str], list[str], list[list[str]]]:
     """(fnames in reference order, their predictions, their references); every fname on both sides.
 
     ``rows``: given the references' fnames, those to score (e.g. one part of the dev set, kdsum.tuning); the
-    predictions of the others are ignored. ``loaded``: ``load_predictions(predictions)``, if already read."""
-    preds = load_predictions(predictions) if loaded is None else loaded
+    predictions of the others are ignored."""
+    preds = load_predictions(predictions)
     refs = load_references(references)
     if rows is not None:
         keep, known = set(rows(list(refs))), set(refs)
@@ -155,14 +160,10 @@ def evaluate(
         raise InputError("bootstrap must be >= 0")
     tokenizer = KiwiMorphemeTokenizer(num_workers=threads)
     with _gc_paused():  # the whole scoring, the background tokenisation included (see rouge._gc_paused)
-        ahead = None
-        loaded = None
-        if rows is None:
-            # Kiwi's workers analyse the predictions while this thread reads and normalises the references and
-            # reads the morpheme cache (every prediction is scored when no rows are chosen).
-            loaded = load_predictions(predictions)
-            ahead = TokensAhead(tokenizer, map(normalize_text, loaded.values()))
-        fnames, texts, refs = _paired(predictions, references, rows, loaded)
+        # Kiwi's workers analyse the predictions (read quickly, in the background) while this thread reads both
+        # files and the morpheme cache; with ``rows``, only some predictions are scored, and none is made ahead.
+        ahead = TokensAhead(tokenizer, lambda: _quick_predictions(predictions)) if rows is None else None
+        fnames, texts, refs = _paired(predictions, references, rows)
         # Both sides normalised as ingest normalises the data (NFC, no zero-width or control characters); counted.
         fixed = {"predictions": 0, "references": 0}
         texts = [_normalized(t, fixed, "predictions") for t in texts]

@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,17 +171,21 @@ class ReferenceTokens:
 
 
 class TokensAhead:
-    """The tokens of ``texts`` (each distinct text once), made by ``tokenizer`` in a background thread started at once.
+    """The tokens of some texts (each distinct text once), made by ``tokenizer`` in a background thread started at once.
 
-    The evaluate path starts one on the predictions as soon as their file is read, so that Kiwi's C++ workers analyse
-    them while the calling thread reads the references and the morpheme cache; :class:`ServedAhead` then serves them.
-    Kiwi analyses every text of a batch on its own, so a text's tokens do not depend on the batch it is in (the
-    tests compare the outputs). An error in the background is not raised there: :meth:`tokens` then returns nothing
-    and the texts are tokenised again in the caller's thread, where the error surfaces as it would have."""
+    ``texts``: the texts, or a function that returns them, called in the background thread (e.g. a quick read of a
+    file that the calling thread reads meanwhile). The evaluate path starts one on the predictions' file, so that
+    Kiwi's C++ workers analyse the predictions while the calling thread reads both files and the morpheme cache;
+    :class:`ServedAhead` then serves them. It serves by exact text, so the texts need not be the ones scored: any
+    other text is tokenised as usual. Kiwi analyses every text of a batch on its own, so a text's tokens do not
+    depend on the batch it is in (the tests compare the outputs). An error in the background is not raised there:
+    :meth:`tokens` then returns nothing and the texts are tokenised again in the caller's thread, where an error
+    of the tokenizer surfaces as it would have."""
 
-    def __init__(self, tokenizer: Any, texts: Iterable[str]) -> None:
-        self.texts = list(dict.fromkeys(texts))
+    def __init__(self, tokenizer: Any, texts: Iterable[str] | Callable[[], Iterable[str]]) -> None:
+        self._source = texts
         self._tokenizer = tokenizer
+        self.texts: list[str] = []
         self._tokens: list[list[str]] | None = None
         self._served: dict[str, list[str]] | None = None
         self._thread = threading.Thread(target=self._run, name="kdsum-tokens-ahead")
@@ -189,8 +193,10 @@ class TokensAhead:
 
     def _run(self) -> None:
         try:
+            source = self._source
+            self.texts = list(dict.fromkeys(source() if callable(source) else source))
             self._tokens = tokenize_texts(self._tokenizer, self.texts)
-        except Exception:  # noqa: BLE001 - raised again, in the caller's thread, by the tokenisation that follows
+        except Exception:  # noqa: BLE001 - the caller's own reading and tokenisation raise what is wrong
             self._tokens = None
 
     def tokens(self) -> dict[str, list[str]]:
