@@ -137,6 +137,32 @@ def _paired(
     return fnames, [preds[f] for f in fnames], [refs[f] for f in fnames]
 
 
+def _scored(
+    tokenizer: KiwiMorphemeTokenizer,
+    predictions: Path,
+    references: Path,
+    aggregate: str,
+    token_cache: Path | None,
+    rows: Callable[[list[str]], list[str]] | None,
+) -> tuple[list[str], list[str], dict[str, int], pd.DataFrame]:
+    """(fnames, normalised predictions, the counts of normalised texts, rouge_scores' table) of :func:`evaluate`."""
+    # Kiwi's workers analyse the predictions (read quickly, in the background) while this thread reads both files
+    # and the morpheme cache; with ``rows``, only some predictions are scored, and none is made ahead.
+    ahead = TokensAhead(tokenizer, lambda: _quick_predictions(predictions)) if rows is None else None
+    fnames, texts, refs = _paired(predictions, references, rows)
+    # Both sides normalised as ingest normalises the data (NFC, no zero-width or control characters); counted.
+    fixed = {"predictions": 0, "references": 0}
+    texts = [_normalized(t, fixed, "predictions") for t in texts]
+    refs = [[_normalized(r, fixed, "references") for r in rs] for rs in refs]
+    scorer = ReferenceTokens(tokenizer, refs, token_cache)
+    served = scorer if ahead is None else ServedAhead(scorer, ahead)
+    scores = rouge_scores(texts, refs, aggregate=aggregate, tokenizer=served)
+    scorer.store()  # after a miss, for the split's other systems; only once the scores are made
+    if token_cache is not None:  # the job's log, not S.json: a hit and a miss write the same outputs
+        log.info("reference morphemes: cache %s in %s", scorer.status, token_cache)
+    return fnames, texts, fixed, scores
+
+
 def evaluate(
     predictions: Path,
     references: Path,
@@ -159,21 +185,11 @@ def evaluate(
     if n_bootstrap < 0:
         raise InputError("bootstrap must be >= 0")
     tokenizer = KiwiMorphemeTokenizer(num_workers=threads)
-    with _gc_paused():  # the whole scoring, the background tokenisation included (see rouge._gc_paused)
-        # Kiwi's workers analyse the predictions (read quickly, in the background) while this thread reads both
-        # files and the morpheme cache; with ``rows``, only some predictions are scored, and none is made ahead.
-        ahead = TokensAhead(tokenizer, lambda: _quick_predictions(predictions)) if rows is None else None
-        fnames, texts, refs = _paired(predictions, references, rows)
-        # Both sides normalised as ingest normalises the data (NFC, no zero-width or control characters); counted.
-        fixed = {"predictions": 0, "references": 0}
-        texts = [_normalized(t, fixed, "predictions") for t in texts]
-        refs = [[_normalized(r, fixed, "references") for r in rs] for rs in refs]
-        scorer = ReferenceTokens(tokenizer, refs, token_cache)
-        served = scorer if ahead is None else ServedAhead(scorer, ahead)
-        scores = rouge_scores(texts, refs, aggregate=aggregate, tokenizer=served)
-    scorer.store()  # after a miss, for the split's other systems; only once the scores are made
-    if token_cache is not None:  # the job's log, not S.json: a hit and a miss write the same outputs
-        log.info("reference morphemes: cache %s in %s", scorer.status, token_cache)
+    # The cyclic GC is paused for the whole scoring, the background tokenisation included (see rouge._gc_paused), and
+    # _scored returns before it resumes: the token lists it made are freed by then, so the GC has nothing to scan
+    # or promote (a resumed GC that finds them alive runs a full collection of the process every few jobs).
+    with _gc_paused():
+        fnames, texts, fixed, scores = _scored(tokenizer, predictions, references, aggregate, token_cache, rows)
     summary = corpus_summary(scores, n_resamples=n_bootstrap, seed=seed)
     result: dict[str, Any] = {
         "n": summary["n"],

@@ -294,12 +294,18 @@ def rouge_scores(
     pred_ids = np.fromiter((index[p] for p in predictions), dtype=np.int64, count=len(predictions))
     pred_text = np.repeat(pred_ids, n_refs)
     ref_text = np.fromiter((index[r] for refs in refs_lists for r in refs), dtype=np.int64, count=int(n_refs.sum()))
-    with _gc_paused():
-        token_lists = _guarded_tokens(tok, list(index))
-        pair_scores = _pair_scores(token_lists, ref_text, pred_text)
+    with _gc_paused():  # _tokens_and_scores returns first: its token lists are freed before the GC resumes
+        pair_scores, n_tokens = _tokens_and_scores(tok, list(index), ref_text, pred_text)
     df = pd.DataFrame(_aggregate(pair_scores, n_refs, aggregate), columns=list(ROUGE_KEYS))
     df["n_refs"] = n_refs
-    df["pred_tokens"] = np.fromiter(
-        (len(token_lists[index[p]]) for p in predictions), dtype=np.int64, count=len(predictions)
-    )
+    df["pred_tokens"] = n_tokens[pred_ids]
     return df
+
+
+def _tokens_and_scores(
+    tok: Any, distinct: list[str], ref_text: np.ndarray, pred_text: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(:func:`_pair_scores` of the pairs, the number of tokens of each distinct text)."""
+    token_lists = _guarded_tokens(tok, distinct)
+    n_tokens = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+    return _pair_scores(token_lists, ref_text, pred_text), n_tokens
