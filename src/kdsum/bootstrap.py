@@ -40,7 +40,7 @@ def _resample_means(values: np.ndarray, n_resamples: int, seed: int, columns: in
     outs = [np.empty(n_resamples, dtype=np.float64) for _ in range(columns)]
     for start, stop, idx in _resample_indices(rows.shape[1], n_resamples, seed):
         for row, out in zip(rows, outs, strict=True):
-            out[start:stop] = row[idx].mean(axis=1)
+            out[start:stop] = np.take(row, idx).mean(axis=1)  # row[idx], the same array, made faster
     return outs
 
 
