@@ -205,12 +205,10 @@ def evaluate(
         "bootstrap": n_bootstrap,
         "seed": seed,
     }
-    items = pd.DataFrame({"fname": fnames})
-    for k in ROUGE_KEYS:
-        items[k] = scores[k].to_numpy() * 100.0
-    items["rouge_sum"] = items["rouge1"] + items["rouge2"] + items["rougeL"]
-    items["n_refs"] = scores["n_refs"].to_numpy()
-    return result, items
+    columns: dict[str, Any] = {"fname": fnames, **{k: scores[k].to_numpy() * 100.0 for k in ROUGE_KEYS}}
+    columns["rouge_sum"] = columns["rouge1"] + columns["rouge2"] + columns["rougeL"]
+    columns["n_refs"] = scores["n_refs"].to_numpy()
+    return result, pd.DataFrame(columns)  # one constructor call, not one per column
 
 
 def headline_scores(result: dict[str, Any]) -> dict[str, float]:

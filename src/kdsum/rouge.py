@@ -299,10 +299,9 @@ def rouge_scores(
     ref_text = np.fromiter((index[r] for refs in refs_lists for r in refs), dtype=np.int64, count=int(n_refs.sum()))
     with _gc_paused():  # _tokens_and_scores returns first: its token lists are freed before the GC resumes
         pair_scores, n_tokens = _tokens_and_scores(tok, list(index), ref_text, pred_text)
-    df = pd.DataFrame(_aggregate(pair_scores, n_refs, aggregate), columns=list(ROUGE_KEYS))
-    df["n_refs"] = n_refs
-    df["pred_tokens"] = n_tokens[pred_ids]
-    return df
+    rows = _aggregate(pair_scores, n_refs, aggregate)
+    columns = {k: rows[:, j] for j, k in enumerate(ROUGE_KEYS)}
+    return pd.DataFrame({**columns, "n_refs": n_refs, "pred_tokens": n_tokens[pred_ids]})
 
 
 def _tokens_and_scores(
