@@ -423,6 +423,18 @@ def test_corpus_summary_sum_and_cis():
     assert corpus_summary(df, n_resamples=0)["rouge_sum_ci"] is None
 
 
+@pytest.mark.parametrize(("n", "n_resamples"), [(1, 7), (499, 1000), (9000, 1200)])  # 9000 x 1200: chunked draws
+def test_corpus_summary_cis_equal_bootstrap_ci_per_column(n, n_resamples):
+    """corpus_summary draws the resample indices once for its four columns: each CI equals bootstrap_ci's exactly."""
+    rng = np.random.default_rng(n)
+    df = pd.DataFrame({k: rng.random(n) for k in ("rouge1", "rouge2", "rougeL")})
+    s = corpus_summary(df, n_resamples=n_resamples, seed=3)
+    cols = {k: df[k].to_numpy() * 100.0 for k in ("rouge1", "rouge2", "rougeL")}
+    cols["rouge_sum"] = cols["rouge1"] + cols["rouge2"] + cols["rougeL"]
+    for k, v in cols.items():
+        assert s[f"{k}_ci"] == list(bootstrap_ci(v, n_resamples=n_resamples, seed=3))
+
+
 def test_paired_bootstrap():
     rng = np.random.default_rng(0)
     a = rng.uniform(20, 60, size=200)

@@ -17,7 +17,7 @@ from rouge_score import rouge_scorer
 from kdsum.evaluation import evaluate
 from kdsum.kiwi import KiwiMorphemeTokenizer
 from kdsum.rouge import ROUGE_KEYS, rouge_scores
-from kdsum.token_cache import ReferenceTokens, cache_key, cached_tokens, fingerprint
+from kdsum.token_cache import ReferenceTokens, ServedAhead, TokensAhead, cache_key, cached_tokens, fingerprint
 
 KIWI = KiwiMorphemeTokenizer()
 PREDS = ["#Person1#은 사과를 샀다.", "민수가 학교에 갔다.", "", "Jimmy와 #Person2#는 내일 만난다."]
@@ -167,3 +167,61 @@ def test_small_lists(tmp_path, n_texts):
     assert cached_tokens(KIWI, texts, tmp_path)[0] == KIWI.tokenize_many(texts)
     assert cached_tokens(KIWI, texts, tmp_path) == (KIWI.tokenize_many(texts), "hit")
     assert cached_tokens(KIWI, texts, None) == (KIWI.tokenize_many(texts), "off")
+
+
+def test_evaluate_with_and_without_the_predictions_tokenised_ahead_gives_the_same_outputs(tmp_path):
+    """evaluate() tokenises the predictions in a background thread when every row is scored (``rows=None``); with
+    ``rows`` it does not: both give the same outputs, with and without the cache."""
+    fnames = [f"dev_{i}" for i in range(len(PREDS))]
+    p, r = tmp_path / "pred.csv", tmp_path / "refs.jsonl"
+    with open(p, "w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh).writerows([("fname", "summary"), *zip(fnames, PREDS, strict=True)])
+    r.write_text(
+        "".join(
+            json.dumps({"fname": f, "summaries": refs}, ensure_ascii=False) + "\n"
+            for f, refs in zip(fnames, REFS, strict=True)
+        ),
+        encoding="utf-8",
+    )
+    every_row = lambda fs: fs  # noqa: E731 - rows given: no tokenisation ahead
+    for cache in (None, tmp_path / "cache"):
+        ahead = evaluate(p, r, n_bootstrap=50, token_cache=cache)
+        plain = evaluate(p, r, n_bootstrap=50, token_cache=cache, rows=every_row)
+        assert ahead[0] == plain[0]
+        assert ahead[1].equals(plain[1])
+
+
+def test_tokens_ahead_serve_the_tokenizers_own_and_leave_errors_to_the_caller():
+    kiwi = CountingKiwi()
+    ahead = TokensAhead(kiwi, [*PREDS, PREDS[0]])
+    served = ServedAhead(ReferenceTokens(kiwi, REFS, None), ahead)
+    texts = [*PREDS, *(r for refs in REFS for r in refs)]
+    assert served.tokenize_many(texts) == KIWI.tokenize_many(texts)
+    assert kiwi.batches == [len(PREDS), len(set(texts) - set(PREDS))]  # the predictions once, ahead; then the rest
+    assert served.name == KIWI.name
+
+    class Failing:
+        def tokenize_many(self, texts):
+            raise RuntimeError("tokenizer broke")
+
+    failed = ServedAhead(Failing(), TokensAhead(Failing(), PREDS))
+    assert failed.ahead.tokens() == {}  # the background error is not raised there ...
+    with pytest.raises(RuntimeError, match="tokenizer broke"):  # ... but by the caller's own tokenisation
+        failed.tokenize_many(PREDS)
+
+
+def test_tokens_ahead_from_a_function_run_in_the_background(tmp_path):
+    """evaluate() reads the predictions' file for tokenising ahead with a quick reader; a reader that fails leaves
+    nothing ahead, and the texts are tokenised as usual."""
+    kiwi = CountingKiwi()
+    served = ServedAhead(kiwi, TokensAhead(kiwi, lambda: iter(PREDS)))
+    assert served.tokenize_many(PREDS) == KIWI.tokenize_many(PREDS)
+    assert kiwi.batches == [len(set(PREDS))]  # made ahead once; nothing left for the caller's batch
+
+    def missing():
+        raise FileNotFoundError(tmp_path / "absent.csv")
+
+    kiwi.batches.clear()
+    served = ServedAhead(kiwi, TokensAhead(kiwi, missing))
+    assert served.tokenize_many(PREDS) == KIWI.tokenize_many(PREDS)
+    assert kiwi.batches == [len(PREDS)]

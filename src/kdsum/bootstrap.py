@@ -9,6 +9,7 @@ resamples with mean difference <= 0 ("b is not better than a").
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,17 +18,30 @@ import pandas as pd
 from kdsum.rouge import ROUGE_KEYS
 
 
-def _resample_means(values: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    """Means of ``n_resamples`` bootstrap resamples, vectorised in memory-bounded chunks."""
-    n = values.shape[0]
+def _resample_indices(n: int, n_resamples: int, seed: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """The bootstrap's resamples as ``(start, stop, indices)`` chunks of at most 4M indices: those of
+    ``numpy.random.default_rng(seed)``, drawn in this order, so they depend only on ``n``, ``n_resamples`` and
+    ``seed``."""
     rng = np.random.default_rng(seed)
     chunk = max(1, min(n_resamples, 4_000_000 // max(n, 1)))
-    out = np.empty(n_resamples, dtype=np.float64)
     for start in range(0, n_resamples, chunk):
         stop = min(start + chunk, n_resamples)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        out[start:stop] = values[idx].mean(axis=1)
-    return out
+        yield start, stop, rng.integers(0, n, size=(stop - start, n))
+
+
+def _resample_means(values: np.ndarray, n_resamples: int, seed: int, columns: int = 1) -> list[np.ndarray]:
+    """Means of ``n_resamples`` bootstrap resamples of each of ``columns`` value arrays (``values``: shape
+    ``(columns, n)``, or ``(n,)`` for one), vectorised in memory-bounded chunks.
+
+    Every column is resampled with the same indices, drawn once: exactly what ``columns`` separate calls with
+    one seed draw (the indices depend only on n, n_resamples and seed), without drawing them ``columns`` times.
+    """
+    rows = values.reshape(columns, -1)
+    outs = [np.empty(n_resamples, dtype=np.float64) for _ in range(columns)]
+    for start, stop, idx in _resample_indices(rows.shape[1], n_resamples, seed):
+        for row, out in zip(rows, outs, strict=True):
+            out[start:stop] = np.take(row, idx).mean(axis=1)  # row[idx], the same array, made faster
+    return outs
 
 
 def _as_1d(values: Any, name: str = "values") -> np.ndarray:
@@ -44,7 +58,11 @@ def bootstrap_ci(values: Any, n_resamples: int = 1000, seed: int = 0, alpha: flo
     arr = _as_1d(values)
     if n_resamples < 1:
         raise ValueError("n_resamples must be >= 1")
-    means = _resample_means(arr, n_resamples, seed)
+    (means,) = _resample_means(arr, n_resamples, seed)
+    return _percentiles(means, alpha)
+
+
+def _percentiles(means: np.ndarray, alpha: float) -> tuple[float, float]:
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 
@@ -63,8 +81,16 @@ def corpus_summary(df: pd.DataFrame, n_resamples: int = 1000, seed: int = 0, alp
     out: dict[str, Any] = {"n": int(len(df))}
     for k, v in cols.items():
         out[k] = float(v.mean())
-    for k, v in cols.items():
-        out[f"{k}_ci"] = list(bootstrap_ci(v, n_resamples, seed, alpha)) if n_resamples > 0 else None
+    if n_resamples == 0:
+        out.update({f"{k}_ci": None for k in cols})
+        return out
+    if n_resamples < 1:
+        raise ValueError("n_resamples must be >= 1")
+    # bootstrap_ci of each column, with the resample indices drawn once for all four (the same seed and n: the same
+    # indices), so the CIs are bit-identical to four bootstrap_ci calls
+    means = _resample_means(np.stack(list(cols.values())), n_resamples, seed, columns=len(cols))
+    for k, m in zip(cols, means, strict=True):
+        out[f"{k}_ci"] = list(_percentiles(m, alpha))
     return out
 
 
@@ -82,7 +108,7 @@ def paired_bootstrap(a: Any, b: Any, n_resamples: int = 1000, seed: int = 0) -> 
     if n_resamples < 1:
         raise ValueError("n_resamples must be >= 1")
     d = b_arr - a_arr
-    means = _resample_means(d, n_resamples, seed)
+    (means,) = _resample_means(d, n_resamples, seed)
     lo, hi = np.quantile(means, [0.025, 0.975])
     return {
         "mean_diff": float(d.mean()),

