@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdsum.evaluation import compare_systems
+from kdsum.rouge import final_score
 
 COLUMNS = ("vs_best", "diff_vs_best", "diff_vs_best_lo", "diff_vs_best_hi", "p_not_better")
 
@@ -45,7 +46,7 @@ def paired_against_best(df: pd.DataFrame, items: Mapping[str, str | Path], n_res
             continue
         # compare_systems works on per-item rouge_sum; final is rouge_sum / 3 item by item, p is scale-free
         _, _, res = compare_systems(Path(items[ref]), Path(items[name]), "rouge_sum", n_resamples, seed)
-        rows.append((ref, res["mean_diff"] / 3, res["ci_low"] / 3, res["ci_high"] / 3, res["p_value"]))
+        rows.append((ref, *map(final_score, (res["mean_diff"], res["ci_low"], res["ci_high"])), res["p_value"]))
     for col, values in zip(COLUMNS, zip(*rows, strict=True), strict=True):
         out[col] = list(values)
     return out

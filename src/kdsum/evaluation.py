@@ -24,7 +24,7 @@ from kdsum.errors import KdsumError
 from kdsum.guards import tokenizer_name
 from kdsum.io import read_jsonl
 from kdsum.kiwi import KiwiMorphemeTokenizer
-from kdsum.rouge import ROUGE_KEYS, _gc_paused, rouge_scores
+from kdsum.rouge import ROUGE_KEYS, _gc_paused, final_score, rouge_scores
 from kdsum.text import normalize_text
 from kdsum.token_cache import ReferenceTokens, ServedAhead, TokensAhead
 
@@ -214,7 +214,7 @@ def evaluate(
 def headline_scores(result: dict[str, Any]) -> dict[str, float]:
     """``{split}_metrics.json``, the DVC metric of a scored system: the leaderboard's ``final`` (the mean of
     ROUGE-1/2/L F1 x100, i.e. ``rouge_sum / 3``, as kdsum.summary reports it) and the three F1s."""
-    return {"final": result["rouge_sum"] / len(ROUGE_KEYS), **{k: result[k] for k in ROUGE_KEYS}}
+    return {"final": final_score(result["rouge_sum"]), **{k: result[k] for k in ROUGE_KEYS}}
 
 
 # --------------------------------------------------------------------------- comparing two systems

@@ -38,6 +38,12 @@ from kdsum.text import normalize_text
 ROUGE_KEYS: tuple[str, str, str] = ("rouge1", "rouge2", "rougeL")
 
 
+def final_score(rouge_sum: float) -> float:
+    """The leaderboard's ``final``: the mean of ROUGE-1/2/L F1 from their sum (``rouge_sum``, also of a bound of its
+    interval: the same bootstrap resamples, so ``final``'s interval is ``rouge_sum``'s scaled alike)."""
+    return rouge_sum / len(ROUGE_KEYS)
+
+
 def lcs_length(a: Sequence[Any], b: Sequence[Any]) -> int:
     """Length of the longest common subsequence of ``a`` and ``b`` (bit-parallel, Hyyrö 2004).
 

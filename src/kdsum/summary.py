@@ -19,6 +19,7 @@ from kdsum import comparisons
 from kdsum.errors import KdsumError
 from kdsum.io import read_json, write_csv, write_text
 from kdsum.plots import pyplot, save_png
+from kdsum.rouge import final_score
 from kdsum.spec import SummarySpec, SystemRow
 
 # `final` is the leaderboard's score: the mean of ROUGE-1/2/L F1 x100; `rouge_sum` (their sum) is the earlier
@@ -104,8 +105,8 @@ def _score_fields(scores: dict, split: str) -> dict[str, Any]:
     for key in SCORES:
         source = "rouge_sum" if key == "final" else key
         lo, hi = scores.get(f"{source}_ci", (math.nan, math.nan))
-        scale = 3 if key == "final" else 1
-        row[key], row[f"{key}_lo"], row[f"{key}_hi"] = scores[source] / scale, lo / scale, hi / scale
+        values = (scores[source], lo, hi)
+        row[key], row[f"{key}_lo"], row[f"{key}_hi"] = map(final_score, values) if key == "final" else values
     for key in ("mean_chars", "foreign_script_share", "empty_predictions"):
         row[key] = scores.get(key)
     return row
@@ -117,9 +118,9 @@ def _report_fields(scores: dict, path) -> dict[str, Any]:
         raise SummaryError(f"{path}: not a score of the dev set's report rows (part: {scores.get('part')!r})")
     lo, hi = scores.get("rouge_sum_ci", (math.nan, math.nan))
     return {
-        "final_report": scores["rouge_sum"] / 3,
-        "final_report_lo": lo / 3,
-        "final_report_hi": hi / 3,
+        "final_report": final_score(scores["rouge_sum"]),
+        "final_report_lo": final_score(lo),
+        "final_report_hi": final_score(hi),
         "n_report": scores["n"],
     }
 
