@@ -232,31 +232,44 @@ def test_ragged_attention_kernel_matches_masked_softmax(dtype, groups, head_dim)
     assert (out.float() - ref).abs().max() <= tol
 
 
+def _count_kernel_calls(monkeypatch) -> list:
+    """Record every call of kdsum.decode_kernel's attention made through fast_decode."""
+    calls: list = []
+    kernel = fast_decode.ragged_attention
+    monkeypatch.setattr(fast_decode, "ragged_attention", lambda *a: calls.append(1) or kernel(*a))
+    return calls
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton decode kernel needs a CUDA GPU")
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_engine_through_the_ragged_kernel_equals_generate_in_float32(arch, monkeypatch):
     # the kernel in IEEE float32 (forced: by default float32 keeps the matmuls) under the CUDA graph
     monkeypatch.setattr(fast_decode, "ATTENTION", "ragged")
+    calls = _count_kernel_calls(monkeypatch)
     model = tiny_model(arch, "cuda", torch.float32)
     ids, mask = prompts("cuda")
     ref, fast = both(model, ids, mask, min_new_tokens=6)
+    assert calls  # the step went through the kernel (captured in the graph's warm-up and capture)
     assert fast_decode._cached["engine"].graph is not None
     assert torch.equal(fast, ref)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton decode kernel needs a CUDA GPU")
-def test_bf16_engine_uses_the_ragged_kernel_by_default():
+def test_bf16_engine_uses_the_ragged_kernel_by_default(monkeypatch):
+    calls = _count_kernel_calls(monkeypatch)
     model = tiny_model("llama", "cuda", torch.bfloat16)
     ids, mask = prompts("cuda")
-    assert fast_decode._ragged(torch.zeros(1, device="cuda", dtype=torch.bfloat16))
     ragged = fast_decode.greedy_generate(model, ids, mask, max_new_tokens=20, eos_token_id=[1], pad_token_id=PAD)
+    assert calls  # by default (ATTENTION auto), a bf16 model on CUDA decodes through the kernel
+    calls.clear()
     fast_decode.ATTENTION = "matmul"
     try:
         matmul = fast_decode.greedy_generate(model, ids, mask, max_new_tokens=20, eos_token_id=[1], pad_token_id=PAD)
     finally:
         fast_decode.ATTENTION = "auto"
+    assert not calls  # ATTENTION matmul: the batched matmuls only
     new = ids.shape[1]
     assert torch.equal(ragged[:, : new + 1], matmul[:, : new + 1])  # prompt and the prefill's token
     assert (ragged[:, new:] == matmul[:, new:]).float().mean() >= 0.6  # bf16 rounding may flip later argmaxes

@@ -434,13 +434,11 @@ def test_generation_left_pads_and_decodes_only_new_tokens(causal, work, monkeypa
     assert calls[0]["eos_token_id"] == [tok.eos_token_id] and calls[0]["pad_token_id"] == tok.pad_token_id
 
 
-def test_engine_auto_is_the_fast_decoder_and_gives_generates_summaries(causal, work, monkeypatch):
+def _auto_against_generate(lm, rows, spec, monkeypatch):
+    """``spec`` (engine auto) and the same with engine generate on ``rows``: the summaries and the generated token
+    sequences must be equal. Returns both runs' stats."""
     import kdsum.generation as gen
 
-    spec, lm = causal
-    rows = read_prompt_rows(work / "prompts" / "chat-plain" / "dev.jsonl", "causal")[:6]
-    spec = _with(spec, batch_size=4, max_new_tokens=12)
-    assert spec.generation.engine == "auto"  # the config's default
     seqs, decode = [], gen.decode_new_tokens
     monkeypatch.setattr(gen, "decode_new_tokens", lambda tok, s, *a: seqs.append(s) or decode(tok, s, *a))
     fast, slow = {}, {}
@@ -448,6 +446,15 @@ def test_engine_auto_is_the_fast_decoder_and_gives_generates_summaries(causal, w
     ref = generate_summaries(lm.model, lm.tokenizer, rows, _with(spec, engine="generate"), progress=False, stats=slow)
     assert out == ref
     assert len(seqs) == 4 and all(torch.equal(a, b) for a, b in zip(seqs[:2], seqs[2:], strict=True))
+    return fast, slow
+
+
+def test_engine_auto_is_the_fast_decoder_and_gives_generates_summaries(causal, work, monkeypatch):
+    spec, lm = causal
+    rows = read_prompt_rows(work / "prompts" / "chat-plain" / "dev.jsonl", "causal")[:6]
+    spec = _with(spec, batch_size=4, max_new_tokens=12)
+    assert spec.generation.engine == "auto"  # the config's default
+    fast, slow = _auto_against_generate(lm, rows, spec, monkeypatch)
     assert (fast["engine"], slow["engine"]) == ("fast", "generate")
     blocked: dict = {}  # a logits processor (foreign-script blocking) goes to generate()
     generate_summaries(lm.model, lm.tokenizer, rows[:2], spec, progress=False, block_foreign=True, stats=blocked)
@@ -455,18 +462,10 @@ def test_engine_auto_is_the_fast_decoder_and_gives_generates_summaries(causal, w
 
 
 def test_engine_auto_with_beams_is_fast_beams_and_gives_generates_summaries(causal, work, monkeypatch):
-    import kdsum.generation as gen
-
     spec, lm = causal
     rows = read_prompt_rows(work / "prompts" / "chat-plain" / "dev.jsonl", "causal")[:6]
     spec = _with(spec, batch_size=4, max_new_tokens=12, num_beams=3)
-    seqs, decode = [], gen.decode_new_tokens
-    monkeypatch.setattr(gen, "decode_new_tokens", lambda tok, s, *a: seqs.append(s) or decode(tok, s, *a))
-    fast, slow = {}, {}
-    out = generate_summaries(lm.model, lm.tokenizer, rows, spec, progress=False, stats=fast)
-    ref = generate_summaries(lm.model, lm.tokenizer, rows, _with(spec, engine="generate"), progress=False, stats=slow)
-    assert out == ref
-    assert len(seqs) == 4 and all(torch.equal(a, b) for a, b in zip(seqs[:2], seqs[2:], strict=True))
+    fast, slow = _auto_against_generate(lm, rows, spec, monkeypatch)
     assert (fast["engine"], slow["engine"]) == ("beams", "generate")
     assert fast["prefill_seconds"] > 0 and fast["decode_seconds"] > 0
 

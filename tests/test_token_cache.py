@@ -139,7 +139,8 @@ def test_an_unwritable_cache_only_costs_time(tmp_path, caplog):
     assert "not written" in caplog.text
 
 
-def test_evaluate_with_and_without_the_cache_gives_the_same_outputs(tmp_path):
+def _split_files(tmp_path):
+    """A predictions CSV of PREDS and a references JSONL of REFS, for evaluate()."""
     fnames = [f"dev_{i}" for i in range(len(PREDS))]
     p, r = tmp_path / "pred.csv", tmp_path / "refs.jsonl"
     with open(p, "w", encoding="utf-8", newline="") as fh:
@@ -151,6 +152,11 @@ def test_evaluate_with_and_without_the_cache_gives_the_same_outputs(tmp_path):
         ),
         encoding="utf-8",
     )
+    return p, r
+
+
+def test_evaluate_with_and_without_the_cache_gives_the_same_outputs(tmp_path):
+    p, r = _split_files(tmp_path)
     cache = tmp_path / "cache"
     plain = evaluate(p, r, n_bootstrap=50)
     for _ in range(2):  # miss, then hit
@@ -172,17 +178,7 @@ def test_small_lists(tmp_path, n_texts):
 def test_evaluate_with_and_without_the_predictions_tokenised_ahead_gives_the_same_outputs(tmp_path):
     """evaluate() tokenises the predictions in a background thread when every row is scored (``rows=None``); with
     ``rows`` it does not: both give the same outputs, with and without the cache."""
-    fnames = [f"dev_{i}" for i in range(len(PREDS))]
-    p, r = tmp_path / "pred.csv", tmp_path / "refs.jsonl"
-    with open(p, "w", encoding="utf-8", newline="") as fh:
-        csv.writer(fh).writerows([("fname", "summary"), *zip(fnames, PREDS, strict=True)])
-    r.write_text(
-        "".join(
-            json.dumps({"fname": f, "summaries": refs}, ensure_ascii=False) + "\n"
-            for f, refs in zip(fnames, REFS, strict=True)
-        ),
-        encoding="utf-8",
-    )
+    p, r = _split_files(tmp_path)
     every_row = lambda fs: fs  # noqa: E731 - rows given: no tokenisation ahead
     for cache in (None, tmp_path / "cache"):
         ahead = evaluate(p, r, n_bootstrap=50, token_cache=cache)

@@ -97,15 +97,7 @@ def _forward(model, st: dict, gen_kv) -> torch.Tensor:
     for layer, (pk, pv), (gk, gv) in zip(m.layers, st["prompt_kv"], gen_kv, strict=True):
         a = layer.self_attn
         hkv, p, d = pk.shape[1], pk.shape[2], pk.shape[3]
-        x = layer.input_layernorm(h)
-        q = a.q_proj(x).view(r, 1, -1, d)
-        k = a.k_proj(x).view(r, 1, hkv, d)
-        v = a.v_proj(x).view(r, 1, hkv, d).transpose(1, 2)
-        if getattr(a, "q_norm", None) is not None:  # Qwen3: per head, before RoPE
-            q, k = a.q_norm(q), a.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [R, heads, 1, D]
-        rot = fast_decode.rotate_half
-        q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin  # modeling_llama's RoPE (Qwen's too)
+        q, k, v = fast_decode.qkv_one_token(a, layer.input_layernorm(h), hkv, d, cos, sin)  # q: [R, heads, 1, D]
         gk.index_copy_(2, st["col"], k)
         gv.index_copy_(2, st["col"], v)
         g = q.shape[1] // hkv

@@ -110,6 +110,20 @@ def _ragged(buffer: torch.Tensor) -> bool:
     return ATTENTION == "ragged" or (ATTENTION == "auto" and decode_kernel_available(buffer))
 
 
+def qkv_one_token(attn, x: torch.Tensor, hkv: int, d: int, cos: torch.Tensor, sin: torch.Tensor):
+    """One new token's query, key and value of an attention module for its normed input ``x`` ``[B, 1, hidden]``:
+    q ``[B, heads, 1, D]`` and k ``[B, Hkv, 1, D]`` after the model's RoPE (``cos``/``sin`` ``[B, 1, 1, D]``), v
+    ``[B, Hkv, 1, D]``."""
+    b = x.shape[0]
+    q = attn.q_proj(x).view(b, 1, -1, d)
+    k = attn.k_proj(x).view(b, 1, hkv, d)
+    v = attn.v_proj(x).view(b, 1, hkv, d).transpose(1, 2)
+    if getattr(attn, "q_norm", None) is not None:  # Qwen3: per head, before RoPE
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, heads, 1, D]
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v  # modeling_llama's RoPE (Qwen's too)
+
+
 def _step(model, st: dict) -> None:
     """One decode step for every row, in place on the state ``st`` (tensors only: CUDA-graph safe)."""
     m, tok, col, pos = model.model, st["tok"], st["col"], st["pos"]
@@ -122,14 +136,7 @@ def _step(model, st: dict) -> None:
     for layer, (kbuf, vbuf) in zip(m.layers, st["kv"], strict=True):
         a = layer.self_attn
         hkv, d = kbuf.shape[1], kbuf.shape[3]
-        x = layer.input_layernorm(h)
-        q = a.q_proj(x).view(b, 1, -1, d)
-        k = a.k_proj(x).view(b, 1, hkv, d)
-        v = a.v_proj(x).view(b, 1, hkv, d).transpose(1, 2)
-        if getattr(a, "q_norm", None) is not None:  # Qwen3: per head, before RoPE
-            q, k = a.q_norm(q), a.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, heads, 1, D]
-        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin  # modeling_llama's RoPE (Qwen's too)
+        q, k, v = qkv_one_token(a, layer.input_layernorm(h), hkv, d, cos, sin)
         kbuf.index_copy_(2, col, k)
         vbuf.index_copy_(2, col, v)
         qg = q.reshape(b, hkv, -1, d)  # head h attends with kv head h // G, as repeat_kv orders them
