@@ -220,6 +220,11 @@ JOBS = {
         fast("pipeline-qlora-liger-nodropout", "qlora", kernels="liger", lora_dropout=0.0),
         # the defaults as shipped (kernels and compile auto: Liger and compiled layers on CUDA, LoRA dropout 0.05)
         fast("pipeline-lora-auto", kernels="auto", compile="auto"),
+        # config.yaml's hub recipe (8 bins x accumulation 2 = 16 bins per optimizer step) as shipped, and the same
+        # 16 bins as one micro-batch (train.fold_accumulation, when the memory planner says they fit)
+        fast("pipeline-lora-auto-8x2", kernels="auto", compile="auto", grad_accum=2),
+        fast("pipeline-lora-auto-mb16", kernels="auto", compile="auto", micro_batch=16),
+        fast("pipeline-lora-auto-8x2-folded", kernels="auto", compile="auto", grad_accum=2, fold="auto"),
         # the same with PEFT's float32 copies of the LoRA branches' inputs (the pipeline's behaviour before)
         fast("pipeline-lora-auto-peftcast", kernels="auto", compile="auto", peft_cast=True),
         fast("pipeline-lora-peftcast", peft_cast=True),  # against pipeline-lora-varlen: no kernels, no compile
@@ -611,6 +616,7 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
             attention=job["attention"],
             kernels=job.get("kernels", "none"),
             compile=job.get("compile", False),
+            fold_accumulation=job.get("fold", False),  # each job as named unless it says "auto"
         )
         spec = dataclasses.replace(spec, train=train, lora=lora)
         import kdsum.kernels
@@ -626,6 +632,8 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
             callbacks=[timer],
         )
         result["kernels_effective"] = _info.get("kernels_effective")
+        result["accumulation_folded"] = _info.get("accumulation_folded")
+        result["micro_batch_effective"] = _info.get("micro_batch_effective")
     model = trainer.model
     if job["recipe"] == "pipeline":
         result["compiled_layers"] = _info["compiled_layers"]

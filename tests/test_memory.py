@@ -17,7 +17,7 @@ from kdsum.memory import (
     model_dims,
     parameter_counts,
 )
-from kdsum.preflight import MemoryPlanError, check_fits, check_spec_fits, estimate_for_spec
+from kdsum.preflight import MemoryPlanError, check_fits, check_spec_fits, estimate_for_spec, fold_accumulation
 
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 
@@ -215,6 +215,31 @@ def test_check_spec_fits_reads_a_local_config_and_refuses(tmp_path):
             str(tmp_path),
             available_gb=79.0,
         )
+
+
+def test_fold_accumulation_only_where_the_planner_fits_it(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    transformers.LlamaConfig(**{k: v for k, v in LLAMA_3B.items() if k != "model_type"}).save_pretrained(tmp_path)
+    src = str(tmp_path)
+    job = _spec(
+        per_device_train_batch_size=8, gradient_accumulation_steps=2, packing=True, gradient_checkpointing=False
+    )
+    assert job.train.fold_accumulation == "auto"  # config.yaml's default
+    folded, yes = fold_accumulation(job, src, "lora", attention="varlen", available_gb=141.0)  # an H200
+    assert yes and (folded.train.per_device_train_batch_size, folded.train.gradient_accumulation_steps) == (16, 1)
+    assert folded.train.learning_rate == job.train.learning_rate and folded.lora == job.lora
+    # a card that fits 8 bins (~40 GiB planned) but not 16 with 15% spare: as written
+    assert fold_accumulation(job, src, "lora", attention="varlen", available_gb=48.0) == (job, False)
+    off = dataclasses.replace(job, train=dataclasses.replace(job.train, fold_accumulation=False))
+    assert fold_accumulation(off, src, "lora", attention="varlen", available_gb=141.0) == (off, False)
+    seq2seq = dataclasses.replace(job, family="seq2seq", method="full")  # not planned: as written
+    assert fold_accumulation(seq2seq, src, "full", available_gb=141.0) == (seq2seq, False)
+    # DDP: each of 2 ranks accumulates 2 of the 4 micro-batches; folded, each runs one of 16 (the same global batch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    four = dataclasses.replace(job, train=dataclasses.replace(job.train, gradient_accumulation_steps=4))
+    folded, yes = fold_accumulation(four, src, "lora", attention="varlen", available_gb=141.0)
+    assert yes and (folded.train.per_device_train_batch_size, folded.train.gradient_accumulation_steps) == (16, 2)
+    assert fold_accumulation(job, src, "lora", attention="varlen", available_gb=141.0) == (job, False)  # 1 per rank
 
 
 def test_check_spec_fits_skips_seq2seq_and_unreadable_sources(tmp_path):

@@ -48,6 +48,7 @@ OWN_TRAIN_FIELDS = frozenset(
         "attention",
         "kernels",
         "compile",
+        "fold_accumulation",
         "gradient_checkpointing",
         "num_gpus",
         "report_to",
@@ -81,6 +82,7 @@ class TrainArgs:
     attention: str  # auto | sdpa | eager | varlen (kdsum.attention)
     kernels: str  # auto | liger | none (kdsum.kernels)
     compile: bool | str  # true / false / "auto": compiled decoder layers (kdsum.kernels)
+    fold_accumulation: bool | str  # "auto" / false: accumulation as one micro-batch where it fits (kdsum.preflight)
     num_gpus: int  # DDP ranks (kdsum.distributed); the global batch stays that of one GPU
     report_to: str  # dvclive | tensorboard | wandb | none (kdsum.tracking; the Trainer itself gets "none")
     # none | epoch | a list of optimizer steps: the checkpoints kept as candidates for selection by ROUGE on the

@@ -122,6 +122,8 @@ def training_metrics(
         "attention_effective": info["attention_effective"],
         "kernels_effective": info["kernels_effective"],
         "compiled_layers": info["compiled_layers"],
+        "accumulation_folded": info["accumulation_folded"],
+        "micro_batch_effective": info["micro_batch_effective"],
         "attn_implementation": getattr(trainer.model.config, "_attn_implementation", None),
         "new_data_tokens": len(info["new_token_ids"]),
         "seed": job.train.seed,

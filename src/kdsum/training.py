@@ -91,7 +91,7 @@ from kdsum.modeling import (
     source_key,
     use_bf16,
 )
-from kdsum.preflight import check_spec_fits
+from kdsum.preflight import check_spec_fits, fold_accumulation
 from kdsum.spec import Job
 from kdsum.train_data import TrainingError, load_chat_dataset, load_seq2seq_dataset
 from kdsum.trainer_hooks import GradNormTracker, seq2seq_trainer_cls, sft_trainer_cls
@@ -258,15 +258,14 @@ def build_trainer(
     # Before the model is loaded: refuse a job whose estimated peak GPU memory does not fit the card
     # (kdsum.memory, with the vocabulary the model will have: the tokenizer's length once the data tokens are
     # added, or the config's when larger; a no-op without CUDA or for models the planner does not cover).
-    memory_plan = check_spec_fits(
-        job,
-        base_source,
-        method,
+    plan = dict(
         attention=attention,
         kernels=kernels,
         vocab=len(tokenizer) if tokenizer is not None else None,
         trainable_tokens=len(new_ids or ()),
     )
+    job, folded = fold_accumulation(job, base_source, method, **plan)  # same optimizer steps, larger micro-batches
+    memory_plan = check_spec_fits(job, base_source, method, **plan)
     set_seed(job.train.seed)
     args_kw = training_arguments(job, str(checkpoint_dir), progress)
     args_kw["use_liger_kernel"] = kernels == "liger"
@@ -291,6 +290,8 @@ def build_trainer(
         "attention_effective": attention,
         "kernels_effective": kernels,
         "compiled_layers": compiled,
+        "accumulation_folded": folded,
+        "micro_batch_effective": job.train.per_device_train_batch_size,
         "adapter_inputs_16bit": uncast,
         "memory_plan": plan,
         "data": fit.metrics(),
