@@ -998,7 +998,7 @@ def estimate_for_job(res: dict) -> dict:
     from kdsum.memory import estimate_peak_memory
 
     job = res["job"]
-    mb = job["micro_batch"]
+    mb = res.get("micro_batch_effective") or job["micro_batch"]  # train.fold_accumulation may have raised it
     if job["packing"]:
         seq = max(1, math.ceil(res["row_shapes_max"] / mb))
     else:
@@ -1035,7 +1035,7 @@ def memory_table(paths: list[str]) -> list[dict]:
                 {
                     "config": res["job"]["arch"] + "/" + res["job"]["name"],
                     "file": path,
-                    "micro_batch": res["job"]["micro_batch"],
+                    "micro_batch": est["inputs"]["micro_batch"],
                     "seq_len": est["inputs"]["seq_len"],
                     "ckpt": res["job"]["ckpt"],
                     "estimate_gb": est["total_gb"],
