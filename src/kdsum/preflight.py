@@ -238,7 +238,7 @@ def fold_accumulation(job: Job, source: str, method: str | None = None, **plan: 
     Each optimizer step then sees the same rows, and the same loss: transformers / TRL normalise a causal loss by
     the completion tokens of the whole accumulated batch (``num_items_in_batch``), so the gradient is that of the one
     larger batch (``tests/test_training.py::test_folded_accumulation_trains_like_accumulation``). Fewer, larger
-    matmuls: 3B LoRA on an H200, 29,737 against 27,902 tokens/s (docs/BENCHMARKS.md section 7). Only where
+    matmuls: 3B LoRA on an H200, 29,585 against 27,809 tokens/s (docs/BENCHMARKS.md section 7). Only where
     :func:`check_spec_fits` plans the job (causal LoRA / QLoRA with CUDA or a given ``available_gb``), so a machine
     makes the same choice every run. ``plan``: :func:`check_spec_fits`'s keywords. Returns (job, folded)."""
     t = job.train

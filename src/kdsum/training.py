@@ -258,14 +258,14 @@ def build_trainer(
     # Before the model is loaded: refuse a job whose estimated peak GPU memory does not fit the card
     # (kdsum.memory, with the vocabulary the model will have: the tokenizer's length once the data tokens are
     # added, or the config's when larger; a no-op without CUDA or for models the planner does not cover).
-    plan = dict(
+    planning = dict(
         attention=attention,
         kernels=kernels,
         vocab=len(tokenizer) if tokenizer is not None else None,
         trainable_tokens=len(new_ids or ()),
     )
-    job, folded = fold_accumulation(job, base_source, method, **plan)  # same optimizer steps, larger micro-batches
-    memory_plan = check_spec_fits(job, base_source, method, **plan)
+    job, folded = fold_accumulation(job, base_source, method, **planning)  # same optimizer steps, larger micro-batches
+    memory_plan = check_spec_fits(job, base_source, method, **planning)
     set_seed(job.train.seed)
     args_kw = training_arguments(job, str(checkpoint_dir), progress)
     args_kw["use_liger_kernel"] = kernels == "liger"
