@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdsum.config import load_config, resolve
 from kdsum.memory import (
@@ -228,8 +229,14 @@ def test_fold_accumulation_only_where_the_planner_fits_it(tmp_path, monkeypatch)
     folded, yes = fold_accumulation(job, src, "lora", attention="varlen", available_gb=141.0)  # an H200
     assert yes and (folded.train.per_device_train_batch_size, folded.train.gradient_accumulation_steps) == (16, 1)
     assert folded.train.learning_rate == job.train.learning_rate and folded.lora == job.lora
-    # a card that fits 8 bins (~40 GiB planned) but not 16 with 15% spare: as written
+    # a card that fits 8 bins (~40 GiB planned) but not 16: as written
     assert fold_accumulation(job, src, "lora", attention="varlen", available_gb=48.0) == (job, False)
+    # one that would fit 16 bins with the refusal's 5% spare but not with the fold's 15%: as written
+    need = check_spec_fits(folded, src, "lora", attention="varlen", available_gb=1e4)["estimate_gb"]
+    assert check_spec_fits(folded, src, "lora", attention="varlen", available_gb=need / 0.9)["fits"]
+    assert fold_accumulation(job, src, "lora", attention="varlen", available_gb=need / 0.9) == (job, False)
+    if not torch.cuda.is_available():  # nothing to plan against: as written
+        assert fold_accumulation(job, src, "lora", attention="varlen") == (job, False)
     off = dataclasses.replace(job, train=dataclasses.replace(job.train, fold_accumulation=False))
     assert fold_accumulation(off, src, "lora", attention="varlen", available_gb=141.0) == (off, False)
     seq2seq = dataclasses.replace(job, family="seq2seq", method="full")  # not planned: as written

@@ -532,6 +532,7 @@ def test_folded_accumulation_trains_like_accumulation(env, four_examples, tmp_pa
             tmp_path / name,
             per_device_train_batch_size=mb,
             gradient_accumulation_steps=acc,
+            fold_accumulation=False,  # each run as written, on a GPU too (the comparison is what folding relies on)
             **common,
         )
         for name, mb, acc in (("accumulated", 2, 2), ("folded", 4, 1), ("halved", 2, 1))

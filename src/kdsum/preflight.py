@@ -16,7 +16,7 @@ from typing import Any
 from kdsum.distributed import world_size
 from kdsum.errors import KdsumError
 from kdsum.memory import GIB, ModelDims, estimate_peak_memory, model_dims
-from kdsum.spec import Job
+from kdsum.spec import Job, per_rank_accumulation
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def fold_accumulation(job: Job, source: str, method: str | None = None, **plan: 
     :func:`check_spec_fits` plans the job (causal LoRA / QLoRA with CUDA or a given ``available_gb``), so a machine
     makes the same choice every run. ``plan``: :func:`check_spec_fits`'s keywords. Returns (job, folded)."""
     t = job.train
-    steps = t.gradient_accumulation_steps // world_size()
+    steps = per_rank_accumulation(t.gradient_accumulation_steps, world_size())
     if t.fold_accumulation != "auto" or steps <= 1:
         return job, False
     train = dataclasses.replace(
