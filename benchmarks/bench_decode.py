@@ -3,14 +3,14 @@
 The 499 Korean dev prompts through the 3B random model of ``bench_generate.py speed`` (same model, tokenizer and
 prompts; ``--new-tokens`` tokens per dialogue, end-of-sequence held back where the path allows it), one process:
 
-* ``dynamic-B``: ``kdsum.generation.generate_summaries`` with ``generation.engine: generate`` (``model.generate``,
+* ``dynamic-B``: ``kdsum.generation.predict.generate_summaries`` with ``generation.engine: generate`` (``model.generate``,
   DynamicCache), batch B;
-* ``fast-B``: ``generate_summaries`` with ``generation.engine: auto`` (the shipped default: kdsum.fast_decode's static
+* ``fast-B``: ``generate_summaries`` with ``generation.engine: auto`` (the shipped default: kdsum.generation.engine.greedy's static
   cache and CUDA-graph decode step), batch B;
-* ``dynamic-B-cudnn``: the same with cuDNN's SDPA allowed (the shipped path excludes it: kdsum.generation);
+* ``dynamic-B-cudnn``: the same with cuDNN's SDPA allowed (the shipped path excludes it: kdsum.generation.predict);
 * ``gqa-B``: SDPA's own grouped-query attention instead of transformers' ``repeat_kv`` copy of the cache;
 * ``beams-B``: 4 beams;
-* ``fast-beams-B``: 4 beams with ``generation.engine: auto`` (kdsum.fast_beams: the prompt's KV once per prompt,
+* ``fast-beams-B``: 4 beams with ``generation.engine: auto`` (kdsum.generation.engine.beams: the prompt's KV once per prompt,
   the step and its beam bookkeeping in a CUDA graph); where ``beams-B`` ran in the same call, how many of the
   summaries are identical to its;
 * ``static-B``: the same with ``cache_implementation="static"`` and ``disable_compile=True`` (a preallocated cache:
@@ -57,11 +57,11 @@ def main() -> None:
     import torch
     from bench_generate import _min_new_tokens_patch, ko_model_dir, with_generation
 
-    import kdsum.generation as gen
-    from kdsum.config import load_config, resolve
-    from kdsum.fitting import encode_rows, input_budget
+    import kdsum.generation.predict as gen
+    from kdsum.config.resolve import load_config, resolve
     from kdsum.io import read_jsonl
-    from kdsum.modeling import load_for_generation
+    from kdsum.models.fitting import encode_rows, input_budget
+    from kdsum.models.loading import load_for_generation
 
     data, work = Path(args.data), Path(args.work)
     spec = resolve(load_config(ROOT / "config.yaml"), "llama-ko-3b", "zeroshot")
@@ -124,7 +124,7 @@ def main() -> None:
             elif name == "profile-fast":  # the engine at batch 512, 20 new tokens; kernels inside the CUDA graph too
                 from torch.profiler import ProfilerActivity, profile
 
-                import kdsum.fast_decode as fd
+                import kdsum.generation.engine.greedy as fd
 
                 fd.ATTENTION = "auto"
                 s = with_generation(spec, batch_size=512, max_new_tokens=20, engine="auto")
@@ -150,7 +150,7 @@ def main() -> None:
                         lambda s=s, out=out: out.extend(gen.generate_summaries(model, tok, rows, s, progress=False)),
                     )
                     outputs[name] = out
-            elif name.startswith("fast-beams-"):  # kdsum.fast_beams (engine: auto, 4 beams)
+            elif name.startswith("fast-beams-"):  # kdsum.generation.engine.beams (engine: auto, 4 beams)
                 extra.clear()
                 gen.SDPA_BACKENDS = default_backends
                 os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "0"
@@ -168,7 +168,7 @@ def main() -> None:
                     outputs[name] = out
             elif name.startswith("fast-"):  # the engine (engine: auto), no extra generate() settings
                 extra.clear()
-                import kdsum.fast_decode as fd
+                import kdsum.generation.engine.greedy as fd
 
                 fd.ATTENTION = "matmul" if name.endswith("-matmul") else "auto"  # fast-512-matmul: no Triton kernel
                 gen.SDPA_BACKENDS = default_backends
@@ -238,7 +238,7 @@ def main() -> None:
     if "fast-512" in outputs and "fast-512-matmul" in outputs:  # the Triton kernel against the engine's matmuls
         a, b = outputs["fast-512"], outputs["fast-512-matmul"]
         report["rows_equal_fast_512_kernel_vs_matmul"] = sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
-    # 4 beams: kdsum.fast_beams' summaries against model.generate's of the same batch size (beams-B)
+    # 4 beams: kdsum.generation.engine.beams' summaries against model.generate's of the same batch size (beams-B)
     for k, v in outputs.items():
         ref_beams = outputs.get(k.removeprefix("fast-")) if k.startswith("fast-beams-") else None
         if ref_beams:

@@ -2,12 +2,12 @@
 
 Speed (``speed``, GPU): the Korean dev set (499 dialogues, chat prompts in the pipeline's ``plain`` format) through
 a randomly initialised Llama-3.2-3B-shaped model in bf16 (the model directory that ``bench_train.py`` builds, with
-a Korean BPE tokenizer of 4,000 entries trained by ``kdsum.modeling.train_tokenizer`` on the 2,500 Korean training
+a Korean BPE tokenizer of 4,000 entries trained by ``kdsum.models.loading.train_tokenizer`` on the 2,500 Korean training
 dialogues: 0.50 tokens per non-space character). Both sides generate exactly ``--new-tokens`` tokens per dialogue:
 end-of-sequence is held back with ``min_new_tokens = max_new_tokens`` (a random model would otherwise stop at
 random points), so the two do the same amount of decoding.
 
-* ``pipeline``: ``kdsum.generation.generate_summaries`` as ``kdsum predict`` calls it: rows sorted by length
+* ``pipeline``: ``kdsum.generation.predict.generate_summaries`` as ``kdsum predict`` calls it: rows sorted by length
   (longest first), left padding, greedy (``num_beams=1``), ``generation.batch_size`` rows per batch (64, 128, 256).
 * ``earlier``: batches of 16 in file order (unsorted, so each batch pads to its longest row), ``num_beams=4``,
   the same prompts, the same token budget, ``model.generate`` directly. Run on the first ``--earlier-batches``
@@ -51,13 +51,13 @@ EARLIER = {"batch_size": 16, "num_beams": 4, "sorted": False}
 # ============================================================================================ prepare (CPU)
 def prepare(out: Path, shared: Path) -> dict:
     """Korean tokenizer + the pipeline's ingested data and chat prompts (train subset and dev) under ``out``."""
-    from kdsum.config import load_config
-    from kdsum.data import ingest_splits
-    from kdsum.datastats import collect_special_tokens
+    from kdsum.config.catalog import spec_for
+    from kdsum.config.resolve import load_config
+    from kdsum.data.ingest import ingest_splits
+    from kdsum.data.prompts import write_prompt_set
+    from kdsum.data.stats import collect_special_tokens
     from kdsum.io import read_jsonl
-    from kdsum.offline_models import train_tokenizer
-    from kdsum.prompts import write_prompt_set
-    from kdsum.spec_files import spec_for
+    from kdsum.models.build import train_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     # the competition's train and dev share near-duplicate dialogues (ingest names 37 pairs): recorded, not refused
@@ -91,8 +91,8 @@ def with_generation(job, **changes):
 
 
 def _min_new_tokens_patch():
-    """Make kdsum.generation hold back EOS until max_new_tokens (same decode work on both sides)."""
-    import kdsum.generation as gen
+    """Make kdsum.generation.predict hold back EOS until max_new_tokens (same decode work on both sides)."""
+    import kdsum.generation.predict as gen
 
     original = gen.generation_kwargs
 
@@ -118,8 +118,8 @@ def earlier_generate(
     """The earlier settings: batches in input order (unsorted), left padding, beam search."""
     import torch
 
-    from kdsum.fitting import pad_batch
-    from kdsum.generation import decode_new_tokens
+    from kdsum.generation.predict import decode_new_tokens
+    from kdsum.models.fitting import pad_batch
 
     device = next(model.parameters()).device
     kw = dict(kwargs, num_beams=num_beams)
@@ -165,12 +165,12 @@ def ko_model_dir(data: Path, work: Path) -> Path:
 def speed(args) -> dict:
     import torch
 
-    import kdsum.generation as gen
-    from kdsum.config import load_config, resolve
-    from kdsum.fitting import encode_rows, input_budget
-    from kdsum.generation import generate_summaries
+    import kdsum.generation.predict as gen
+    from kdsum.config.resolve import load_config, resolve
+    from kdsum.generation.predict import generate_summaries
     from kdsum.io import read_jsonl
-    from kdsum.modeling import load_for_generation
+    from kdsum.models.fitting import encode_rows, input_budget
+    from kdsum.models.loading import load_for_generation
 
     data, work = Path(args.data), Path(args.work)
     cuda = torch.cuda.is_available()
@@ -345,10 +345,10 @@ def kdsum_stage(stage: str, *args) -> None:
 def build_and_train_tiny(args, data: Path, work: Path) -> tuple:
     """tiny-llama built and trained by the pipeline's stages (``build-base``, ``train``) with the benchmark's steps;
     returns (job, base dir, train dir, seconds to build, seconds to train)."""
-    from kdsum.config import load_config, resolve
+    from kdsum.config.catalog import spec_for
+    from kdsum.config.resolve import load_config, resolve
+    from kdsum.config.spec import to_json
     from kdsum.io import write_text
-    from kdsum.spec import to_json
-    from kdsum.spec_files import spec_for
 
     config = load_config(ROOT / "config.yaml")
     base_spec = spec_for(config, "base/tiny-llama")
@@ -403,10 +403,10 @@ def quality(args) -> dict:
     import pandas as pd
     import torch
 
-    from kdsum.fitting import encode_rows, input_budget
-    from kdsum.generation import generate_summaries, generation_kwargs
+    from kdsum.generation.predict import generate_summaries, generation_kwargs
     from kdsum.io import read_json, read_jsonl
-    from kdsum.modeling import load_for_generation
+    from kdsum.models.fitting import encode_rows, input_budget
+    from kdsum.models.loading import load_for_generation
 
     data, out = Path(args.data), Path(args.out_dir)
     work = Path(args.work) / "quality"
@@ -501,9 +501,9 @@ def score(args) -> dict:
     bootstrap resamples); paired bootstrap of the sums."""
     import pandas as pd
 
-    from kdsum.bootstrap import paired_bootstrap
+    from kdsum.config.spec import EvaluationArgs, to_json
     from kdsum.io import write_text
-    from kdsum.spec import EvaluationArgs, to_json
+    from kdsum.scoring.bootstrap import paired_bootstrap
 
     pred_dir = Path(args.pred_dir)
     out = {}

@@ -1,4 +1,4 @@
-"""Benchmark: the pipeline's ROUGE scorer (kdsum.metrics.rouge_scores) vs the naive rouge_score loop.
+"""Benchmark: the pipeline's ROUGE scorer (kdsum.scoring.metrics.rouge_scores) vs the naive rouge_score loop.
 
 Data: the DialogSum train summaries (``../shared/data/dialogsum/train.jsonl``, field ``summary``) as
 references; the system output is the first utterance of each dialogue with its speaker tag removed (a
@@ -20,7 +20,7 @@ converts Kiwi's results into Python tokens, Kiwi's C++ workers analyse) and a cP
 thread only).  With ``--evaluate-job`` it also times ``kdsum evaluate`` (a whole pipeline evaluate job, as a
 subprocess, with the settings ``aggregate: mean, bootstrap: 1000, seed: 0``) on the Korean dev split, how long
 tokenising that split's references takes (the most a reference-token cache could save per job), and importing
-``kdsum.metrics`` in a fresh interpreter; ``--evaluate-other`` times another checkout's evaluate job (and its
+``kdsum.scoring.metrics`` in a fresh interpreter; ``--evaluate-other`` times another checkout's evaluate job (and its
 import) alongside: its ``kdsum evaluate``, or, in a checkout from before the stage modules, its
 ``scripts/evaluate.py`` (whose defaults are those settings).
 
@@ -28,7 +28,7 @@ import) alongside: its ``kdsum evaluate``, or, in a checkout from before the sta
         [--sweep-threads 1,2,3,4] [--evaluate-job [--evaluate-other OTHER_CHECKOUT]]
 
 ``--korean-dev`` runs another benchmark instead, on the Korean dev split (``../shared/data/ko/dev.csv``, 499 items):
-the naive loop against the evaluate stage's own path, ``kdsum.evaluation.evaluate`` with the pipeline's settings
+the naive loop against the evaluate stage's own path, ``kdsum.scoring.evaluate.evaluate`` with the pipeline's settings
 (bootstrap included), called in this process with Kiwi warm, for one system (no cache; a cache miss; a hit: what
 every system of a split after the first gets) and for ``--systems`` N systems sharing the references (system k: the
 k-th utterance of each dialogue, ``--turns`` utterances long). Every item of every path must equal the naive loop's
@@ -70,9 +70,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from rouge_score.rouge_scorer import RougeScorer  # noqa: E402
 
+from kdsum.config.spec import EvaluationArgs, to_json  # noqa: E402
 from kdsum.io import write_json  # noqa: E402
-from kdsum.metrics import ROUGE_KEYS, KiwiMorphemeTokenizer, default_num_workers, rouge_scores  # noqa: E402
-from kdsum.spec import EvaluationArgs, to_json  # noqa: E402
+from kdsum.scoring.metrics import ROUGE_KEYS, KiwiMorphemeTokenizer, default_num_workers, rouge_scores  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 DEFAULT_DATA = SHARED / "dialogsum" / "train.jsonl"
@@ -247,7 +247,7 @@ def kiwi_startup_s() -> dict[str, float]:
     """Kiwi's model load and first call, in a fresh process (every evaluate job pays it)."""
     code = (
         f"import time; t0 = time.perf_counter(); import sys; sys.path.insert(0, {str(ROOT / 'src')!r}); "
-        "from kdsum.metrics import KiwiMorphemeTokenizer as K; k = K(); k.kiwi; t1 = time.perf_counter(); "
+        "from kdsum.scoring.metrics import KiwiMorphemeTokenizer as K; k = K(); k.kiwi; t1 = time.perf_counter(); "
         "k.tokenize('모델 적재와 첫 호출'); t2 = time.perf_counter(); print(t1 - t0, t2 - t1)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -365,7 +365,7 @@ def evaluate_job(checkout: Path, other: Path | None, repeats: int, tok: KiwiMorp
         trees["import_metrics_other_s"] = other / "src"
     for key, src in trees.items():  # a fresh interpreter each time: what every evaluate job pays
         code = (
-            f"import sys, time; sys.path.insert(0, {str(src)!r}); t0 = time.perf_counter(); import kdsum.metrics; "
+            f"import sys, time; sys.path.insert(0, {str(src)!r}); t0 = time.perf_counter(); import kdsum.scoring.metrics; "
             "print(time.perf_counter() - t0)"
         )
         walls = [
@@ -393,12 +393,12 @@ def system_predictions(dialogues: list[str], k: int, turns: int) -> list[str]:
 
 
 def korean_dev(repeats: int, n_systems: int, turns: int, jobs: bool, tok: KiwiMorphemeTokenizer) -> dict[str, Any]:
-    """The naive loop against the evaluate stage's path (``kdsum.evaluation.evaluate``, in this process, Kiwi
+    """The naive loop against the evaluate stage's path (``kdsum.scoring.evaluate.evaluate``, in this process, Kiwi
     warm) on the Korean dev split, for one system and for ``n_systems`` systems sharing the references; with
     ``jobs``, also the same N systems as whole ``kdsum evaluate`` jobs (subprocesses) with and without the cache."""
     import pandas as pd
 
-    from kdsum.evaluation import evaluate
+    from kdsum.scoring.evaluate import evaluate
 
     dev = pd.read_csv(KOREAN_DEV, keep_default_na=False)
     refs = dev["summary"].tolist()
@@ -719,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
                 if "evaluate_job_other" in ej
                 else ""
             )
-            + f"; tokenising its references {ej['tokenize_references']['wall_s']} s; importing kdsum.metrics "
+            + f"; tokenising its references {ej['tokenize_references']['wall_s']} s; importing kdsum.scoring.metrics "
             f"{ej['import_metrics_s']} s"
             + (f" (other tree {ej['import_metrics_other_s']} s)" if "import_metrics_other_s" in ej else "")
         )

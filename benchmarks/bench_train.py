@@ -4,7 +4,7 @@ Models are randomly initialised with the public shapes of Llama-3.2-3B and Qwen2
 saved once to local disk so that both recipes load them as the pipeline does (``from_pretrained``, 4-bit NF4 with
 double quantization and bf16 compute for QLoRA). The data are real: DialogSum train dialogues + summaries in the
 pipeline's chat prompt/completion format, tokenised with a BPE tokenizer trained on that text by
-``kdsum.modeling.train_tokenizer`` (8,000 entries: 1.30 tokens per whitespace word, about what Llama-3's tokenizer
+``kdsum.models.loading.train_tokenizer`` (8,000 entries: 1.30 tokens per whitespace word, about what Llama-3's tokenizer
 gives on English chat text). Token ids stay below 8,000, the model keeps its real 128k/152k vocabulary.
 
 Recipes (see ``JOBS``):
@@ -12,11 +12,11 @@ Recipes (see ``JOBS``):
 * ``earlier``: ``transformers.Trainer``, batch 4 x gradient accumulation 2, each batch padded to its longest row,
   no packing, gradient checkpointing, LoRA r=16 on all linears (QLoRA: ``prepare_model_for_kbit_training``), the
   model's own loss (full logits). Attention: transformers' default SDPA.
-* ``pipeline``: ``kdsum.training.build_trainer`` exactly as the training stage calls it (TRL ``SFTTrainer``,
+* ``pipeline``: ``kdsum.training.trainer.build_trainer`` exactly as the training stage calls it (TRL ``SFTTrainer``,
   completion-only loss, best-fit-decreasing packing into padding-free rows with per-sequence ``position_ids``),
   with the GPU settings under test: micro-batch of packed bins, checkpointing on/off, and the attention
   implementation: ``sdpa`` (the default: transformers builds a dense block-diagonal mask from ``position_ids``)
-  or ``varlen`` (``train.attention: varlen``, kdsum.attention: PyTorch's variable-length flash kernel driven by
+  or ``varlen`` (``train.attention: varlen``, kdsum.gpu.attention: PyTorch's variable-length flash kernel driven by
   the collator's ``cu_seq_lens``; no mask, no cross-sequence FLOPs; what ``attention: auto`` picks on CUDA).
 
 Measured per job, in a fresh process: useful (non-padding) tokens per second over ``--measure`` optimizer steps
@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local directories only: never wait on the network
 sys.path.insert(0, str(ROOT / "src"))
 
-from kdsum.replicas import SEEDS  # noqa: E402
+from kdsum.models.replicas import SEEDS  # noqa: E402
 
 DEFAULT_RAW = ROOT.parent / "shared" / "data" / "dialogsum" / "train.jsonl"
 EN_FORMAT = {
@@ -68,7 +68,7 @@ EN_FORMAT = {
 VOCAB_EN = 8000
 SUBSET = 2000
 
-# Public configurations: the replicas' (kdsum.replicas, one definition), without the token ids (the benchmark's
+# Public configurations: the replicas' (kdsum.models.replicas, one definition), without the token ids (the benchmark's
 # tokenizer sets them) and rope scaling (it changes no cost). tie/untie as the released models.
 _NOT_COST = ("bos_token_id", "eos_token_id", "rope_scaling")
 ARCHS = {
@@ -108,8 +108,8 @@ def J(name, recipe, method, **kw):
         measure=12,
         windows=4,
         profile=0,
-        kernels="none",  # train.kernels (kdsum.kernels); "none" unless a job names it, so rows stay comparable
-        compile=False,  # train.compile: torch.compile of each decoder layer (kdsum.kernels)
+        kernels="none",  # train.kernels (kdsum.gpu.kernels); "none" unless a job names it, so rows stay comparable
+        compile=False,  # train.compile: torch.compile of each decoder layer (kdsum.gpu.kernels)
     )
     job.update(kw)
     return job
@@ -333,16 +333,16 @@ JOBS = {
 
 # ============================================================================================ attention
 # The varlen path is the pipeline's own (train.attention: varlen | auto), imported, not redefined here.
-from kdsum.attention import VARLEN, register_varlen, set_attention  # noqa: E402
+from kdsum.gpu.attention import VARLEN, register_varlen, set_attention  # noqa: E402
 
 
 # ============================================================================================ prepare (CPU)
 def prepare(out: Path, raw: Path, subset: int, seed: int) -> dict:
-    from kdsum.data import read_split
-    from kdsum.datastats import collect_special_tokens
+    from kdsum.data.ingest import read_split
+    from kdsum.data.prompts import format_chat_record
+    from kdsum.data.stats import collect_special_tokens
     from kdsum.io import write_json, write_jsonl
-    from kdsum.offline_models import train_tokenizer
-    from kdsum.prompts import format_chat_record
+    from kdsum.models.build import train_tokenizer
 
     recs = read_split(raw, "train")
     data_tokens = collect_special_tokens(recs)
@@ -592,8 +592,8 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
     else:
         import dataclasses
 
-        import kdsum.training as training
-        from kdsum.config import load_config, resolve
+        import kdsum.training.trainer as training
+        from kdsum.config.resolve import load_config, resolve
 
         spec = resolve(load_config(ROOT / "config.yaml"), PIPELINE_MODEL[job["arch"]], "default")
         lora = spec.lora
@@ -619,9 +619,9 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
             fold_accumulation=job.get("fold", False),  # each job as named unless it says "auto"
         )
         spec = dataclasses.replace(spec, train=train, lora=lora)
-        import kdsum.kernels
+        import kdsum.gpu.kernels
 
-        kdsum.kernels.ADAPTER_INPUT_CAST = job.get("peft_cast", False)
+        kdsum.gpu.kernels.ADAPTER_INPUT_CAST = job.get("peft_cast", False)
         trainer, _info = training.build_trainer(
             spec,
             model_dir,
@@ -831,7 +831,7 @@ def make_model_dir(arch: str, data: Path, root: Path) -> Path:
 
 
 def model_flops_per_token(arch: str, lengths: dict) -> dict:
-    from kdsum.memory import matmul_parameter_count, model_dims
+    from kdsum.gpu.memory import matmul_parameter_count, model_dims
 
     d = model_dims(dict(ARCHS[arch]), arch)
     n = matmul_parameter_count(d)
@@ -945,7 +945,7 @@ def run_subprocess(job: dict, timeout: float) -> dict:
 
 
 def versions() -> dict:
-    from kdsum.checkpoints import LIBRARIES, library_versions
+    from kdsum.training.checkpoints import LIBRARIES, library_versions
 
     return {"python": platform.python_version(), **library_versions((*LIBRARIES, "pyarrow", "triton"))}
 
@@ -993,9 +993,9 @@ def print_table(report: dict) -> None:
 
 
 def estimate_for_job(res: dict) -> dict:
-    """kdsum.memory's estimate for a finished job, with the sizes the job actually saw (its longest padded row,
+    """kdsum.gpu.memory's estimate for a finished job, with the sizes the job actually saw (its longest padded row,
     or its longest packed row)."""
-    from kdsum.memory import estimate_peak_memory
+    from kdsum.gpu.memory import estimate_peak_memory
 
     job = res["job"]
     mb = res.get("micro_batch_effective") or job["micro_batch"]  # train.fold_accumulation may have raised it
@@ -1082,7 +1082,7 @@ def main() -> None:
     o = sub.add_parser("one", help="internal: one job in this process")
     o.add_argument("--job", required=True)
     o.add_argument("--result", required=True)
-    m = sub.add_parser("memory-table", help="CPU: kdsum.memory's estimate vs the measured peaks of result files")
+    m = sub.add_parser("memory-table", help="CPU: kdsum.gpu.memory's estimate vs the measured peaks of result files")
     m.add_argument("results", nargs="+")
     m.add_argument("--out", default=None)
     args = ap.parse_args()

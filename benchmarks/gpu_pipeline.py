@@ -3,7 +3,7 @@
     python benchmarks/gpu_pipeline.py plan --configfile benchmarks/gpu_pipeline.yaml --out .gpu/jobs.json  # here
     python benchmarks/gpu_pipeline.py run --jobs .gpu/jobs.json --out $OUT --skip evaluate,summary        # there
 
-`plan` takes the jobs and shell commands from Snakemake's own DAG of results/summary.csv (kdsum.dvc), i.e. what
+`plan` takes the jobs and shell commands from Snakemake's own DAG of results/summary.csv (kdsum.workflow.dvc), i.e. what
 `snakemake -n -p` prints; `run` executes them in that order, one after another, timing each and sampling the GPU's
 memory (nvidia-smi) while it runs, and writes timings.json plus every stage log. Stages that need what the GPU box
 lacks (Kiwi for scoring) are skipped there and run here on the returned predictions.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def plan(configfile: str, out: str) -> None:
-    from kdsum.dvc import snakemake_jobs
+    from kdsum.workflow.dvc import snakemake_jobs
 
     jobs = [
         {"rule": j.rule, "stage": j.stage, "shell": j.shell, "outputs": j.outputs} for j in snakemake_jobs(configfile)

@@ -3,10 +3,10 @@
 
 Builds a RANDOMLY INITIALISED model with Llama-3.2-3B's public configuration (hidden 3072, 28 layers, 24 heads,
 8 KV heads, intermediate 8192, vocab 128256, rope_theta 500000 with llama3 rope scaling, tied embeddings) in bf16,
-saves it to local disk, and trains it with ``kdsum.training.train`` as the config's ``llama-ko-3b`` entry
+saves it to local disk, and trains it with ``kdsum.training.trainer.train`` as the config's ``llama-ko-3b`` entry
 (method qlora: NF4, double quantization, bf16 compute; LoRA r=16, alpha=32, dropout 0.05, all linear layers;
 lr 2e-5 cosine, weight decay 0.1, warmup 3%, clip 1.0) on real Korean dialogues formatted by the pipeline
-(chat prompt format ``plain``). The tokenizer is trained on the dialogues with ``kdsum.modeling.train_tokenizer``
+(chat prompt format ``plain``). The tokenizer is trained on the dialogues with ``kdsum.models.loading.train_tokenizer``
 (all ids < 128256). Prints tokens/s, peak GPU memory and the loss, and writes a JSON to ``--out``.
 
     python benchmarks/gpu_qlora_run.py --data .gpu_data/train_subset_2500.csv --out $OUT --steps 300
@@ -56,11 +56,11 @@ LLAMA_32_3B = dict(  # meta-llama/Llama-3.2-3B config.json (public)
 
 
 def prepare_prompts(csv_path: Path, prompts_dir: Path, config: dict, limit: int | None) -> tuple[list, list[str]]:
-    from kdsum.data import read_split
-    from kdsum.datastats import collect_special_tokens
+    from kdsum.config.catalog import spec_for
+    from kdsum.data.ingest import read_split
+    from kdsum.data.prompts import format_split
+    from kdsum.data.stats import collect_special_tokens
     from kdsum.io import write_json, write_jsonl
-    from kdsum.prompts import format_split
-    from kdsum.spec_files import spec_for
 
     records = read_split(csv_path, "train")
     if limit:
@@ -78,7 +78,7 @@ def build_random_llama(records: list, tokens: list[str], base_dir: Path, vocab: 
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from kdsum.offline_models import train_tokenizer
+    from kdsum.models.build import train_tokenizer
 
     t0 = time.time()
     texts = [r["dialogue"] for r in records] + [s for r in records for s in r["summaries"]]
@@ -128,8 +128,8 @@ def main() -> None:
     import torch
     from transformers import TrainerCallback
 
-    from kdsum.config import load_config, resolve
-    from kdsum.training import train
+    from kdsum.config.resolve import load_config, resolve
+    from kdsum.training.trainer import train
 
     if args.cpu_smoke:
         LLAMA_32_3B.update(

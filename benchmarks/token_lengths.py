@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 from transformers import AutoTokenizer
 
-from kdsum.config import load_config, resolve
-from kdsum.data import parse_turns
-from kdsum.prompts import format_chat_prompt
+from kdsum.config.resolve import load_config, resolve
+from kdsum.data.ingest import parse_turns
+from kdsum.data.prompts import format_chat_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 

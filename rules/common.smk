@@ -3,11 +3,11 @@ import os
 import re
 from pathlib import Path
 
-from kdsum.config import ZERO_SHOT, BASELINE_MODEL, ENSEMBLE_MODEL, REPLICAS, decoding_settings, grid, load_config, predict_splits, rule_resources, scored_splits, systems
-from kdsum.spec_files import spec_for, spec_keys
-from kdsum.config_files import ConfigError
-from kdsum.deps import stage_code
-from kdsum.spec import to_json
+from kdsum.config.resolve import ZERO_SHOT, BASELINE_MODEL, ENSEMBLE_MODEL, REPLICAS, decoding_settings, grid, load_config, predict_splits, rule_resources, scored_splits, systems
+from kdsum.config.catalog import spec_for, spec_keys
+from kdsum.config.files import ConfigError
+from kdsum.workflow.deps import stage_code
+from kdsum.config.spec import to_json
 
 # config.yaml, then --configfile overlays, then --config key=value overrides (dotted keys reach nested settings);
 # validated against schemas/config.schema.yaml, every error naming the key.
@@ -15,7 +15,7 @@ CONFIG_FILES = list(dict.fromkeys(["config.yaml", *(os.path.relpath(f) for f in 
 CFG = load_config(CONFIG_FILES, workflow.config_settings.config)
 MODELS = CFG["run"]["models"]
 GRID = grid(CFG)
-# the decoding search's settings; selection needs the dev set's references (kdsum.tuning)
+# the decoding search's settings; selection needs the dev set's references (kdsum.selection.tuning)
 DECODING = decoding_settings(CFG) if scored_splits(CFG) else []
 
 
@@ -147,7 +147,7 @@ def summary_inputs(wildcards):
         "log_histories": [f"results/train/{s.model}/{s.variant}/log_history.csv" for s in tuned],
         "base_metrics": [f"results/base/{s.model}.json" for s in spec.systems if s.kind == "zero-shot" and s.built],
         "item_scores": [f"results/scores/{s.model}/{s.variant}/{spec.split}_items.csv" for s in scored],
-        # selection on the dev tuning rows, scores on its report rows (kdsum.tuning)
+        # selection on the dev tuning rows, scores on its report rows (kdsum.selection.tuning)
         "report_scores": [f"results/scores/{s.model}/{s.variant}/{spec.split}-report.json" for s in tuned]
         if spec.split
         else [],

@@ -1,6 +1,6 @@
 rule mbr:
     """An ensemble's summaries of one split: per dialogue, the member system's summary with the highest mean ROUGE
-    against the other members' (kdsum.mbr); evaluated and summarised like any system."""
+    against the other members' (kdsum.selection.mbr); evaluated and summarised like any system."""
     input:
         candidates=ensemble_members,
         spec=ensemble_spec,

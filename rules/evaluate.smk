@@ -13,7 +13,7 @@ rule evaluate:
     wildcard_constraints:
         system=f"({one_of(CFG['models'])})/({one_of([*CFG['variants'], ZERO_SHOT])})|{BASELINE_MODEL}/[a-z]+|{ENSEMBLE_MODEL}/({one_of(CFG['ensembles']) or 'none'})",
     params:
-        # not an output: content-keyed reference morphemes shared by the split's jobs (kdsum.token_cache)
+        # not an output: content-keyed reference morphemes shared by the split's jobs (kdsum.scoring.token_cache)
         token_cache="results/cache/morphemes",
     log:
         "results/logs/evaluate/{system}/{split}.log",

@@ -1,5 +1,5 @@
-# Selection on the dev set's tuning rows (kdsum.tuning), reported on its report rows: checkpoints
-# (train.select_checkpoints) and decoding settings (decoding.grid). kdsum.selection.
+# Selection on the dev set's tuning rows (kdsum.selection.tuning), reported on its report rows: checkpoints
+# (train.select_checkpoints) and decoding settings (decoding.grid). kdsum.selection.select.
 
 
 rule select_checkpoint:

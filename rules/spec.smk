@@ -5,8 +5,8 @@ localrules:
 
 
 rule spec:
-    """One job's resolved settings (kdsum.spec), the only config its stages read. Its params are the spec itself:
-    a config change reruns exactly the jobs whose spec changed. DVC's stage reads config.yaml instead (kdsum.dvc)."""
+    """One job's resolved settings (kdsum.config.spec), the only config its stages read. Its params are the spec itself:
+    a config change reruns exactly the jobs whose spec changed. DVC's stage reads config.yaml instead (kdsum.workflow.dvc)."""
     input:
         code=code("spec"),
         schema="schemas/config.schema.yaml",

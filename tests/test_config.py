@@ -11,9 +11,10 @@ import sys
 import pytest
 import yaml
 
-from kdsum.config import grid, load_config, load_schema, resolve, rule_resources, validate_config
-from kdsum.config_files import ConfigError, merged_config
-from kdsum.spec import (
+from kdsum.config.catalog import spec_for, spec_names
+from kdsum.config.files import ConfigError, merged_config
+from kdsum.config.resolve import grid, load_config, load_schema, resolve, rule_resources, validate_config
+from kdsum.config.spec import (
     OWN_TRAIN_FIELDS,
     GenerationArgs,
     Job,
@@ -24,7 +25,6 @@ from kdsum.spec import (
     read_spec,
     to_json,
 )
-from kdsum.spec_files import spec_for, spec_names
 
 
 @pytest.fixture()
@@ -336,7 +336,7 @@ def _changed(value):
 def test_dvc_params_of_each_spec_cover_every_key_it_reads(repo_root):
     """No drift between the engines: a config leaf outside a spec's DVC params (spec_keys) never changes that
     spec, so DVC, which reruns a spec stage only when its params change, can never keep a stale spec file."""
-    from kdsum.spec_files import spec_keys
+    from kdsum.config.catalog import spec_keys
 
     raw = yaml.safe_load((repo_root / "config.yaml").read_text(encoding="utf-8"))
     base = load_config(repo_root / "config.yaml")

@@ -1,4 +1,4 @@
-"""Tests for kdsum.data (ingestion) and the ``kdsum ingest`` stage, on real files on disk.
+"""Tests for kdsum.data.ingest (ingestion) and the ``kdsum ingest`` stage, on real files on disk.
 
 Fixtures live in tests/fixtures/data/: one small malformed file per refusal, plus
 byte-level encoding variants produced by tests/fixtures/data/make_fixtures.py.
@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kdsum.data import (
+from kdsum.config.spec import DataSpec, to_json
+from kdsum.data.ingest import (
     NORMALISATIONS,
     DataError,
     collect_special_tokens,
@@ -31,9 +32,8 @@ from kdsum.data import (
     read_split,
     split_stats,
 )
+from kdsum.data.leakage import NEAR_DUPLICATE_THRESHOLD
 from kdsum.errors import KdsumError
-from kdsum.leakage import NEAR_DUPLICATE_THRESHOLD
-from kdsum.spec import DataSpec, to_json
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = Path(__file__).resolve().parent / "fixtures" / "data"
@@ -257,17 +257,17 @@ def test_collect_special_tokens_ordering() -> None:
         {"dialogue": "#Person1#: z", "summaries": []},
     ]
     # Persons numerically (2 before 10), then masks alphabetically. "#PErson2#" is not a speaker tag (case) but
-    # it is a data token of the one pattern (kdsum.text), which scoring keeps whole: so it is a mask here too.
+    # it is a data token of the one pattern (kdsum.korean.text), which scoring keeps whole: so it is a mask here too.
     assert collect_special_tokens(records) == [
         "#Person1#", "#Person2#", "#Person3#", "#Person10#", "#Alpha#", "#PErson2#", "#Zeta#",
     ]  # fmt: skip
 
 
 def test_special_tokens_are_the_data_tokens_scoring_keeps_whole() -> None:
-    # One pattern (kdsum.text.DATA_TOKEN_PATTERN) for the tokenizer's special tokens and for scoring: a mask with
+    # One pattern (kdsum.korean.text.DATA_TOKEN_PATTERN) for the tokenizer's special tokens and for scoring: a mask with
     # digits such as #Address2# reaches the tokenizer, and "#Person1# :" / "#a b#" / "#1#" are not tokens.
-    from kdsum.metrics import MASK_PATTERN
-    from kdsum.text import DATA_TOKEN_PATTERN
+    from kdsum.korean.text import DATA_TOKEN_PATTERN
+    from kdsum.scoring.metrics import MASK_PATTERN
 
     assert MASK_PATTERN == DATA_TOKEN_PATTERN
     records = [{"dialogue": "#Person1#: #Address2#로 와요 #1# #a b#", "summaries": ["#CardNumber# 확인"]}]
@@ -500,8 +500,8 @@ KNOWN_KO_PAIRS = [
 @pytest.mark.integration
 def test_real_data_near_duplicates(tmp_path: Path) -> None:
     """The calibration of data.near_duplicate_threshold, and the speed of the detection at full scale."""
-    from kdsum.data import _read_validated
-    from kdsum.leakage import find_leakage, similarity
+    from kdsum.data.ingest import _read_validated
+    from kdsum.data.leakage import find_leakage, similarity
 
     ko = {"train": _shared("ko", "train_subset_2500.csv"), "dev": _shared("ko", "dev.csv"),
           "test": _shared("ko", "test.csv")}  # fmt: skip
@@ -553,7 +553,7 @@ def _normalisation(stats: dict[str, Any], split: str = "train") -> dict[str, Any
 
 
 def test_format_chars_cover_every_unicode_format_character() -> None:
-    from kdsum.text import FORMAT_CHARS, normalize_text
+    from kdsum.korean.text import FORMAT_CHARS, normalize_text
 
     cf = [chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cf"]
     assert normalize_text("a" + "".join(cf) + "b") == "ab", f"{len(cf)} Cf characters in unicodedata"
@@ -758,7 +758,7 @@ def test_fname_in_two_splits_is_refused(tmp_path: Path) -> None:
 
 
 def test_similarity_is_exact_jaccard_of_jamo_5_grams() -> None:
-    from kdsum.leakage import _similar_texts, similarity_text
+    from kdsum.data.leakage import _similar_texts, similarity_text
 
     records = [read_split(fx("plain_utf8.csv"), "train")[0], read_split(fx("dev_multi_ref.csv"), "dev")[0]]
     texts = [similarity_text(r) for r in records] + [unicodedata.normalize("NFD", "무엇을도와드릴까요제휴대폰")]
@@ -828,7 +828,7 @@ def test_killed_ingest_leaves_the_old_output_whole_and_its_leftovers_are_removed
     (out / ".gitignore").write_text("/train.jsonl\n")  # DVC keeps one beside its outputs
     # An ingest killed (no clean-up at all: os._exit) after writing the split files, before stats.json
     script = (
-        "import os, sys; import kdsum.data as d\n"
+        "import os, sys; import kdsum.data.ingest as d\n"
         "d.write_json = lambda path, obj: os._exit(137)\n"
         f"d.ingest_splits({{'train': {fx('stats_tiny.csv')!r}, 'test': {fx('test_no_summary.csv')!r}}}, {str(out)!r})\n"
     )

@@ -1,4 +1,4 @@
-"""GPU slots (kdsum.gpu_slots) and multi-GPU training (kdsum.distributed), on a CPU: slots on simulated devices
+"""GPU slots (kdsum.gpu.slots) and multi-GPU training (kdsum.gpu.distributed), on a CPU: slots on simulated devices
 (``KDSUM_GPUS``), DDP as two gloo processes under torchrun, started by ``kdsum train`` itself."""
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from kdsum.checkpoints import last_complete_checkpoint
-from kdsum.config import load_config, resolve
-from kdsum.config_files import ConfigError
-from kdsum.data import ingest_splits, load_split
-from kdsum.distributed import launch_command, per_rank_arguments
-from kdsum.gpu_slots import GpuSlotError, acquire, device_ids
+from kdsum.config.catalog import spec_for
+from kdsum.config.files import ConfigError
+from kdsum.config.resolve import load_config, resolve
+from kdsum.config.spec import BatchError, per_rank_accumulation, to_json
+from kdsum.data.ingest import ingest_splits, load_split
+from kdsum.data.prompts import write_prompt_set
+from kdsum.gpu.distributed import launch_command, per_rank_arguments
+from kdsum.gpu.slots import GpuSlotError, acquire, device_ids
 from kdsum.io import read_json, write_text
-from kdsum.offline_models import build_base_model
-from kdsum.prompts import write_prompt_set
-from kdsum.spec import BatchError, per_rank_accumulation, to_json
-from kdsum.spec_files import spec_for
+from kdsum.models.build import build_base_model
+from kdsum.training.checkpoints import last_complete_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
@@ -36,7 +36,7 @@ HOLDER = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from kdsum.gpu_slots import claim
+    from kdsum.gpu.slots import claim
     with claim(int(sys.argv[1])) as ids:
         print(os.environ["CUDA_VISIBLE_DEVICES"], flush=True)
         while not Path(sys.argv[2]).exists():
@@ -158,7 +158,7 @@ def test_config_refuses_accumulation_that_does_not_divide():
 def test_memory_plan_per_rank_adds_ddp_buckets():
     """Each rank holds the whole model and its own micro-batch (the single-GPU plan) plus DDP's gradient buckets:
     one more copy of the adapters' gradients, 4 bytes each under LoRA, 2 under QLoRA."""
-    from kdsum.memory import GIB, estimate_peak_memory, lora_parameter_count, model_dims
+    from kdsum.gpu.memory import GIB, estimate_peak_memory, lora_parameter_count, model_dims
 
     llama_3b = dict(
         model_type="llama",

@@ -33,9 +33,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdsum.config import load_config
-from kdsum.config_files import merged_config
-from kdsum.train_report import SUMMARY_KEYS
+from kdsum.config.files import merged_config
+from kdsum.config.resolve import load_config
+from kdsum.training.report import SUMMARY_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = "tests/fixtures/config.fast.yaml"
@@ -293,8 +293,8 @@ def test_same_deps_code_included(both_doors):
         assert f"src/kdsum/stages/{stage}.py" in st["deps"], name
         assert "src/kdsum/cli.py" in st["deps"] and "src/kdsum/__init__.py" not in st["deps"], name
     predict = next(st for n, st in both_doors["stages"].items() if n.startswith("predict_"))
-    assert {"src/kdsum/generation.py", "src/kdsum/spec.py"} <= set(predict["deps"])
-    assert "src/kdsum/config.py" not in predict["deps"]  # stages read their spec, never the config
+    assert {"src/kdsum/generation/predict.py", "src/kdsum/config/spec.py"} <= set(predict["deps"])
+    assert "src/kdsum/config/resolve.py" not in predict["deps"]  # stages read their spec, never the config
 
 
 def test_every_stage_but_the_specs_is_free_of_config(both_doors):
@@ -328,7 +328,7 @@ def test_params_are_scoped_to_one_model(both_doors):
 
 def test_code_deps_scan(tmp_path):
     """The import scan: function-level, `from kdsum import x`, relative and transitive imports."""
-    from kdsum.deps import code_deps
+    from kdsum.workflow.deps import code_deps
 
     (tmp_path / "src/kdsum").mkdir(parents=True)
     (tmp_path / "src/kdsum/__init__.py").write_text("")
@@ -346,7 +346,7 @@ def test_code_deps_scan(tmp_path):
 
 
 def test_outputs_metrics_and_plots_are_what_dvc_should_track():
-    from kdsum.config import grid
+    from kdsum.config.resolve import grid
 
     doc = load_yaml(ROOT / "dvc.yaml")
     stages = doc["stages"]

@@ -1,4 +1,4 @@
-"""kdsum.fast_beams: the static-cache beam search gives exactly ``model.generate(num_beams=K)``'s sequences."""
+"""kdsum.generation.engine.beams: the static-cache beam search gives exactly ``model.generate(num_beams=K)``'s sequences."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 from test_fast_decode import KWARGS, PAD, TINY, _job, prompts, tiny_model
 
-from kdsum import fast_beams, fast_decode
+from kdsum.generation.engine import beams as fast_beams
+from kdsum.generation.engine import greedy as fast_decode
 
 torch.set_num_threads(1)
 
@@ -141,7 +142,7 @@ def test_one_prompt_and_an_int_end_id():
 def test_prefill_in_groups(monkeypatch):
     model = ending_model("qwen3")
     ids, mask = prompts()
-    order = mask.sum(1).argsort(descending=True)  # longest first, as kdsum.generation batches them
+    order = mask.sum(1).argsort(descending=True)  # longest first, as kdsum.generation.predict batches them
     ids, mask = ids[order], mask[order]
     ref, _ = both(model, ids, mask)
     monkeypatch.setattr(fast_decode, "PREFILL", "grouped")
@@ -158,7 +159,7 @@ def test_supports_beam_search_only_without_processors_or_penalties():
     assert fast_beams.supports_beams(model, job, beams, None)
     assert fast_beams.supports_beams(model, job, {**beams, "min_new_tokens": 4, "length_penalty": 0.6}, None)
     assert fast_beams.supports_beams(model, job, {**beams, "early_stopping": True}, None)
-    assert not fast_beams.supports_beams(model, job, KWARGS, None)  # greedy: kdsum.fast_decode's
+    assert not fast_beams.supports_beams(model, job, KWARGS, None)  # greedy: kdsum.generation.engine.greedy's
     assert not fast_beams.supports_beams(model, _job(num_beams=4, engine="generate"), beams, None)
     assert not fast_beams.supports_beams(model, job, {**beams, "do_sample": True}, None)
     assert not fast_beams.supports_beams(model, job, {**beams, "no_repeat_ngram_size": 3}, None)
@@ -179,7 +180,7 @@ def test_supports_beam_search_only_without_processors_or_penalties():
 
 
 def test_choose_engine_picks_beams_for_beam_search():
-    from kdsum.generation import choose_engine
+    from kdsum.generation.predict import choose_engine
 
     model = tiny_model("llama")
     assert choose_engine(model, _job(num_beams=4), {**KWARGS, "num_beams": 4}, None) == "beams"

@@ -1,4 +1,4 @@
-"""kdsum.fast_decode: the static-cache greedy engine gives exactly ``model.generate``'s greedy tokens."""
+"""kdsum.generation.engine.greedy: the static-cache greedy engine gives exactly ``model.generate``'s greedy tokens."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdsum import fast_decode
+from kdsum.generation.engine import greedy as fast_decode
 
 torch.set_num_threads(1)
 
@@ -75,7 +75,7 @@ def test_engine_equals_generate(arch):
 def test_prefill_in_groups_padded_to_their_own_longest_row(monkeypatch):
     model = tiny_model("qwen2")
     ids, mask = prompts()
-    order = mask.sum(1).argsort(descending=True)  # longest first, as kdsum.generation batches them
+    order = mask.sum(1).argsort(descending=True)  # longest first, as kdsum.generation.predict batches them
     ids, mask = ids[order], mask[order]
     ref, _ = both(model, ids, mask)
     monkeypatch.setattr(fast_decode, "PREFILL", "grouped")  # the CPU's default is packed (the other tests)
@@ -115,7 +115,7 @@ def test_engine_stops_early_when_every_row_ended():
 
 
 def _job(**generation):
-    from kdsum.config import load_config, resolve
+    from kdsum.config.resolve import load_config, resolve
 
     job = resolve(load_config(Path(__file__).resolve().parents[1] / "config.yaml"), "tiny-llama", "zeroshot")
     return dataclasses.replace(job, generation=dataclasses.replace(job.generation, **generation))
@@ -217,7 +217,7 @@ def _masked_softmax_attention(q, k, v, start, col, scale):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(("groups", "head_dim"), [(3, 128), (4, 64), (1, 16)])
 def test_ragged_attention_kernel_matches_masked_softmax(dtype, groups, head_dim):
-    from kdsum.decode_kernel import ragged_attention
+    from kdsum.generation.engine.kernel import ragged_attention
 
     torch.manual_seed(0)
     b, hkv, s = 6, 2, 300
@@ -233,7 +233,7 @@ def test_ragged_attention_kernel_matches_masked_softmax(dtype, groups, head_dim)
 
 
 def _count_kernel_calls(monkeypatch) -> list:
-    """Record every call of kdsum.decode_kernel's attention made through fast_decode."""
+    """Record every call of kdsum.generation.engine.kernel's attention made through fast_decode."""
     calls: list = []
     kernel = fast_decode.ragged_attention
     monkeypatch.setattr(fast_decode, "ragged_attention", lambda *a: calls.append(1) or kernel(*a))

@@ -1,4 +1,4 @@
-"""Prediction stage: kdsum.generation, kdsum.blocking, kdsum.modeling.load_for_generation, kdsum.baselines and the
+"""Prediction stage: kdsum.generation.predict, kdsum.generation.blocking, kdsum.models.loading.load_for_generation, kdsum.generation.baselines and the
 stages `kdsum predict`, `kdsum baseline`, `kdsum submission`.
 
 The models are tiny (one layer, hidden size 32) and built here in seconds from the sample data with the
@@ -20,12 +20,24 @@ import pandas as pd
 import pytest
 import torch
 
-from kdsum.baselines import BaselineError, lead, longest, run_baseline
-from kdsum.blocking import foreign_token_mask, has_foreign_text
-from kdsum.config import load_config, resolve
-from kdsum.data import ingest_splits, load_split, read_split
-from kdsum.datastats import collect_special_tokens
-from kdsum.fitting import (
+from kdsum.config.catalog import spec_for
+from kdsum.config.resolve import load_config, resolve
+from kdsum.config.spec import to_json
+from kdsum.data.ingest import ingest_splits, load_split, read_split
+from kdsum.data.prompts import format_chat_prompt, format_user_message, write_prompt_set
+from kdsum.data.stats import collect_special_tokens
+from kdsum.generation.baselines import BaselineError, lead, longest, run_baseline
+from kdsum.generation.blocking import foreign_token_mask, has_foreign_text
+from kdsum.generation.predict import (
+    decode_new_tokens,
+    generate_summaries,
+    length_sorted_order,
+    map_sorted_batches,
+    postprocess,
+    read_prompt_rows,
+)
+from kdsum.io import read_jsonl, write_jsonl, write_text
+from kdsum.models.fitting import (
     GenerationError,
     chat_prompt_text,
     chat_text,
@@ -37,19 +49,7 @@ from kdsum.fitting import (
     pad_batch,
     split_user_message,
 )
-from kdsum.generation import (
-    decode_new_tokens,
-    generate_summaries,
-    length_sorted_order,
-    map_sorted_batches,
-    postprocess,
-    read_prompt_rows,
-)
-from kdsum.io import read_jsonl, write_jsonl, write_text
-from kdsum.modeling import load_for_generation
-from kdsum.prompts import format_chat_prompt, format_user_message, write_prompt_set
-from kdsum.spec import to_json
-from kdsum.spec_files import spec_for
+from kdsum.models.loading import load_for_generation
 
 # One thread: on a shared 2-core machine a second OpenMP thread made generation 10x slower (spin-waiting).
 torch.set_num_threads(1)
@@ -138,8 +138,8 @@ def spec_path(work: Path, model: str, variant: str) -> Path:
 def _build(work: Path, config, family: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    from kdsum.modeling import set_seed
-    from kdsum.offline_models import build_config, train_tokenizer
+    from kdsum.models.build import build_config, train_tokenizer
+    from kdsum.models.loading import set_seed
 
     out = work / "base" / family
     if out.exists():
@@ -340,7 +340,7 @@ def test_training_rows_keep_the_summary_and_the_prediction_prompt(causal):
 
 
 def test_fit_seq2seq_counts_the_cut(seq2seq_base):
-    from kdsum.modeling import load_tokenizer
+    from kdsum.models.loading import load_tokenizer
 
     tok = load_tokenizer(str(seq2seq_base), "tiny-bart", "seq2seq")
     text = "#Person1#: 안녕하세요. 내일 회의는 세 시예요. " * 20
@@ -352,7 +352,7 @@ def test_fit_seq2seq_counts_the_cut(seq2seq_base):
 
 
 def test_seq2seq_inputs_are_framed_and_cut_like_training(config, seq2seq_base, work):
-    from kdsum.modeling import load_tokenizer
+    from kdsum.models.loading import load_tokenizer
 
     tok = load_tokenizer(str(seq2seq_base), "tiny-bart", "seq2seq")
     rows = read_prompt_rows(work / "prompts" / "seq2seq" / "dev.jsonl", "seq2seq")[:3]
@@ -437,7 +437,7 @@ def test_generation_left_pads_and_decodes_only_new_tokens(causal, work, monkeypa
 def _auto_against_generate(lm, rows, spec, monkeypatch):
     """``spec`` (engine auto) and the same with engine generate on ``rows``: the summaries and the generated token
     sequences must be equal. Returns both runs' stats."""
-    import kdsum.generation as gen
+    import kdsum.generation.predict as gen
 
     seqs, decode = [], gen.decode_new_tokens
     monkeypatch.setattr(gen, "decode_new_tokens", lambda tok, s, *a: seqs.append(s) or decode(tok, s, *a))
@@ -528,9 +528,9 @@ def test_adapter_with_tokens_added_in_training_loads_identically(config, causal_
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from kdsum.embeddings import add_data_tokens, resize_for_new_tokens
-    from kdsum.modeling import load_tokenizer
-    from kdsum.training import lora_config
+    from kdsum.models.data_tokens import add_data_tokens, resize_for_new_tokens
+    from kdsum.models.loading import load_tokenizer
+    from kdsum.training.trainer import lora_config
 
     spec = job_for(config, "tiny-llama", "default")
     tok = load_tokenizer(str(causal_base), "tiny-llama", "causal")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdsum.config import load_config
-from kdsum.config_files import ConfigError, merged_config
+from kdsum.config.files import ConfigError, merged_config
+from kdsum.config.resolve import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIL_DIR = "data/we ird $(touch PWNED_DIR); x'q\""

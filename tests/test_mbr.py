@@ -1,15 +1,15 @@
-"""MBR ensembles (kdsum.mbr), their config checks, and the paired bootstrap against the best single system."""
+"""MBR ensembles (kdsum.selection.mbr), their config checks, and the paired bootstrap against the best single system."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from kdsum.comparisons import best_of, markdown, paired_against_best
-from kdsum.config import load_config, systems
-from kdsum.config_files import ConfigError
+from kdsum.config.catalog import spec_for
+from kdsum.config.files import ConfigError
+from kdsum.config.resolve import load_config, systems
 from kdsum.errors import KdsumError
-from kdsum.mbr import mbr_predictions, select, utilities
-from kdsum.spec_files import spec_for
+from kdsum.reporting.comparisons import best_of, markdown, paired_against_best
+from kdsum.selection.mbr import mbr_predictions, select, utilities
 
 # The middle candidate shares most with both others: "사과 배 포도" is the consensus of these three.
 LONG, MIDDLE, SHORT = "사과 배 포도 딸기", "사과 배 포도", "사과 배"

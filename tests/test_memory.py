@@ -1,5 +1,5 @@
-"""The GPU-memory planner (kdsum.memory): its arithmetic on known configurations; the pre-flight check and its
-refusal message (kdsum.preflight)."""
+"""The GPU-memory planner (kdsum.gpu.memory): its arithmetic on known configurations; the pre-flight check and its
+refusal message (kdsum.gpu.preflight)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdsum.config import load_config, resolve
-from kdsum.memory import (
+from kdsum.config.resolve import load_config, resolve
+from kdsum.gpu.memory import (
     GIB,
     estimate_peak_memory,
     lora_parameter_count,
@@ -18,7 +18,7 @@ from kdsum.memory import (
     model_dims,
     parameter_counts,
 )
-from kdsum.preflight import MemoryPlanError, check_fits, check_spec_fits, estimate_for_spec, fold_accumulation
+from kdsum.gpu.preflight import MemoryPlanError, check_fits, check_spec_fits, estimate_for_spec, fold_accumulation
 
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 
@@ -181,7 +181,7 @@ def test_suggestions_fit():
 
 
 def test_check_fits_without_cuda_checks_nothing(monkeypatch):
-    import kdsum.preflight as preflight
+    import kdsum.gpu.preflight as preflight
 
     monkeypatch.setattr(preflight, "free_gpu_memory_gb", lambda device=None: None)
     res = check_fits(estimate_peak_memory(LLAMA_3B, "lora", 1, 128, False, False))
@@ -287,7 +287,7 @@ def test_estimate_within_15_percent_of_measured_h100_peaks(
 
 
 def test_training_preflight_refuses_a_job_that_cannot_fit(tmp_path, repo_root):
-    """The training stage's pre-flight check (kdsum.training.build_trainer calls kdsum.preflight.check_spec_fits before loading):
+    """The training stage's pre-flight check (kdsum.training.trainer.build_trainer calls kdsum.gpu.preflight.check_spec_fits before loading):
     a Llama-3.2-3B-shaped LoRA job with a 1,024-token micro-batch of 64 cannot fit a 16 GB card."""
     from transformers import LlamaConfig
 

@@ -1,4 +1,4 @@
-"""Tests for kdsum.metrics (Korean-morpheme ROUGE, guards, bootstrap) and the two scoring stages (evaluate, compare).
+"""Tests for kdsum.scoring.metrics (Korean-morpheme ROUGE, guards, bootstrap) and the two scoring stages (evaluate, compare).
 
 Run: cd /work/main && PYTHONPATH=src python3 -m pytest tests/test_metrics.py -q
 """
@@ -20,9 +20,11 @@ import pytest
 from rouge_score import rouge_scorer, tokenizers
 
 from kdsum.cli import main as kdsum_main
-from kdsum.config import load_config
+from kdsum.config.catalog import spec_for
+from kdsum.config.resolve import load_config
+from kdsum.config.spec import to_json
 from kdsum.errors import KdsumError
-from kdsum.metrics import (
+from kdsum.scoring.metrics import (
     KiwiMorphemeTokenizer,
     TokenizationError,
     bootstrap_ci,
@@ -37,8 +39,6 @@ from kdsum.metrics import (
     prediction_length,
     rouge_scores,
 )
-from kdsum.spec import to_json
-from kdsum.spec_files import spec_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -339,7 +339,7 @@ def test_no_items_gives_an_empty_table():
 
 
 def test_ngram_keys_that_would_overflow_are_refused():
-    from kdsum.rouge import _ngram_table
+    from kdsum.scoring.rouge import _ngram_table
 
     codes = np.array([0, 1], dtype=np.int64)
     with pytest.raises(OverflowError, match="int64"):
@@ -350,7 +350,7 @@ def test_importing_metrics_does_not_import_nltk():
     """rouge_score.tokenizers pulls in nltk and scipy.stats (about 1 s): only the rouge-score
     default tokenizer needs it, so evaluate and predict jobs do not pay for it."""
     code = (
-        "import sys; import kdsum.metrics as m; assert 'nltk' not in sys.modules, 'nltk imported'; "
+        "import sys; import kdsum.scoring.metrics as m; assert 'nltk' not in sys.modules, 'nltk imported'; "
         "m.resolve_tokenizer('rouge-score-default'); assert 'nltk' in sys.modules"
     )
     proc = subprocess.run(
@@ -484,7 +484,7 @@ def test_prediction_length():
 
 
 def _evaluation_spec(tmp: Path, **changes) -> Path:
-    """The config's evaluation spec (kdsum.spec_files.spec_for), with ``changes``, as a spec file."""
+    """The config's evaluation spec (kdsum.config.catalog.spec_for), with ``changes``, as a spec file."""
     spec = dataclasses.replace(spec_for(load_config(ROOT / "config.yaml"), "evaluation"), **changes)
     path = tmp / "specs" / "evaluation.json"
     path.parent.mkdir(parents=True, exist_ok=True)

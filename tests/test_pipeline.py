@@ -77,7 +77,7 @@ def test_every_output_is_there(pipeline_run):
         "results/summary.md",
         "results/plots/scores.png",
         "results/plots/loss.png",
-        # selection on the dev tuning rows (kdsum.tuning, kdsum.selection)
+        # selection on the dev tuning rows (kdsum.selection.tuning, kdsum.selection.select)
         "results/train/tiny-bart/default/candidates/index.json",
         "results/selection/tiny-bart/default/model/config.json",
         "results/selection/tiny-llama/default/model/adapter_config.json",

@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from kdsum.config import load_config
-from kdsum.config_files import ConfigError
-from kdsum.data import normalize_dialogue
+from kdsum.config.catalog import spec_for
+from kdsum.config.files import ConfigError
+from kdsum.config.resolve import load_config
+from kdsum.config.spec import PromptFormat, to_json
+from kdsum.data.ingest import normalize_dialogue
+from kdsum.data.leakage import NEAR_DUPLICATE_THRESHOLD
+from kdsum.data.prompts import PromptError, format_chat_record, format_seq2seq_record, format_split, format_user_message
 from kdsum.errors import KdsumError
-from kdsum.leakage import NEAR_DUPLICATE_THRESHOLD
-from kdsum.prompts import PromptError, format_chat_record, format_seq2seq_record, format_split, format_user_message
-from kdsum.spec import PromptFormat, to_json
-from kdsum.spec_files import spec_for
 
 RECORD = {
     "fname": "t_1",
@@ -75,7 +75,7 @@ def test_a_prompt_format_spec_and_a_mapping_give_the_same_rows():
 
 
 def test_conversation_block_is_the_canonical_dialogue_text():
-    # one rendering of turns (kdsum.text.render_turns) for the ingested dialogue and the prompt, empty turns included
+    # one rendering of turns (kdsum.korean.text.render_turns) for the ingested dialogue and the prompt, empty turns included
     raw = "#Person1#: 안녕하세요.\n#Person2#:\n#Person1#: 네,   반갑습니다."
     turns = [
         {"speaker": "#Person1#", "text": "안녕하세요."},

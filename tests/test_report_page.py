@@ -1,13 +1,13 @@
-"""The examples page of the Snakemake report (kdsum.report_page)."""
+"""The examples page of the Snakemake report (kdsum.reporting.report_page)."""
 
 import json
 
 import pandas as pd
 import pytest
 
+from kdsum.config.spec import ReportSpec, SystemRow
 from kdsum.errors import KdsumError
-from kdsum.report_page import report_page
-from kdsum.spec import ReportSpec, SystemRow
+from kdsum.reporting.report_page import report_page
 
 
 def _files(tmp_path, name, rows, chosen=None):

@@ -1,5 +1,5 @@
-"""The dev set's tuning/report split (kdsum.tuning), selection on tuning rows (kdsum.selection), candidate
-checkpoints (kdsum.candidates), and the report-row score in the summary.
+"""The dev set's tuning/report split (kdsum.selection.tuning), selection on tuning rows (kdsum.selection.select), candidate
+checkpoints (kdsum.training.candidates), and the report-row score in the summary.
 
 Run: PYTHONPATH=src python3 -m pytest tests/test_selection.py -q
 """
@@ -13,15 +13,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kdsum.candidates import CandidateSaver, candidate_models, collect_candidates
 from kdsum.cli import main as kdsum_main
-from kdsum.config import load_config, resolve_decoding
-from kdsum.config_files import ConfigError
-from kdsum.selection import SelectionError, best_index, checkpoint_table, decoding_table, with_selected_decoding
-from kdsum.spec import from_dict, to_dict, to_json
-from kdsum.spec_files import spec_for, spec_names
-from kdsum.summary import SummaryError, SummaryInputs, summary_table
-from kdsum.tuning import REPORT, TUNING, TuningSplitError, part_of, split_fnames, tuning_share
+from kdsum.config.catalog import spec_for, spec_names
+from kdsum.config.files import ConfigError
+from kdsum.config.resolve import load_config, resolve_decoding
+from kdsum.config.spec import from_dict, to_dict, to_json
+from kdsum.reporting.summary import SummaryError, SummaryInputs, summary_table
+from kdsum.selection.select import SelectionError, best_index, checkpoint_table, decoding_table, with_selected_decoding
+from kdsum.selection.tuning import REPORT, TUNING, TuningSplitError, part_of, split_fnames, tuning_share
+from kdsum.training.candidates import CandidateSaver, candidate_models, collect_candidates
 
 ROOT = Path(__file__).resolve().parents[1]
 FNAMES = [f"dev_{i}" for i in range(200)]

@@ -13,19 +13,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdsum.config import load_config, resolve
-from kdsum.data import ingest_splits
-from kdsum.embeddings import add_data_tokens, read_data_tokens
-from kdsum.fitting import encode_rows, end_of_turn_ids, fit_chat_example, input_budget, sequence_limit, template_kwargs
-from kdsum.generation import decode_new_tokens, generation_kwargs, postprocess
+from kdsum.config.catalog import spec_for
+from kdsum.config.resolve import load_config, resolve
+from kdsum.config.spec import PromptFormat
+from kdsum.data.ingest import ingest_splits
+from kdsum.data.prompts import write_prompt_set
+from kdsum.generation.predict import decode_new_tokens, generation_kwargs, postprocess
+from kdsum.gpu.preflight import estimate_for_spec
 from kdsum.io import read_jsonl
-from kdsum.modeling import ADDED_PAD, choose_pad_token, load_tokenizer
-from kdsum.preflight import estimate_for_spec
-from kdsum.prompts import write_prompt_set
-from kdsum.replicas import replica_config, write_replica
-from kdsum.spec import PromptFormat
-from kdsum.spec_files import spec_for
-from kdsum.train_data import encode_chat_rows
+from kdsum.models.data_tokens import add_data_tokens, read_data_tokens
+from kdsum.models.fitting import (
+    encode_rows,
+    end_of_turn_ids,
+    fit_chat_example,
+    input_budget,
+    sequence_limit,
+    template_kwargs,
+)
+from kdsum.models.loading import ADDED_PAD, choose_pad_token, load_tokenizer
+from kdsum.models.replicas import replica_config, write_replica
+from kdsum.training.data import encode_chat_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZERS = ROOT.parent / "shared" / "tokenizers"
@@ -255,7 +262,7 @@ def test_padded_batch_keeps_the_end_of_turn_in_the_loss(config, prompts, replica
     """The SFTTrainer's first padded batch: pad positions hold the pad id (no end id) and are masked; every row's
     labels end with the completion's end of turn, unmasked. The data tokens were added, the model grown to the
     tokenizer where needed, their rows trainable; the memory plan saw the real vocabulary."""
-    import kdsum.training as training
+    import kdsum.training.trainer as training
 
     name, source = replica
     real = REAL[name]
@@ -295,9 +302,9 @@ def test_trained_data_tokens_reload_with_the_same_ids(config, prompts, replica, 
     rows in the merged embeddings, and summaries without template text."""
     from safetensors.torch import load_file
 
-    from kdsum.generation import generate_summaries
-    from kdsum.modeling import load_for_generation
-    from kdsum.training import train
+    from kdsum.generation.predict import generate_summaries
+    from kdsum.models.loading import load_for_generation
+    from kdsum.training.trainer import train
 
     name, source = replica
     real = REAL[name]

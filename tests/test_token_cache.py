@@ -1,4 +1,4 @@
-"""Tests for kdsum.token_cache: reference morphemes kept by content, and the scores made with them.
+"""Tests for kdsum.scoring.token_cache: reference morphemes kept by content, and the scores made with them.
 
 Run: PYTHONPATH=src python -m pytest tests/test_token_cache.py -q
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from rouge_score import rouge_scorer
 
-from kdsum.evaluation import evaluate
-from kdsum.kiwi import KiwiMorphemeTokenizer
-from kdsum.rouge import ROUGE_KEYS, rouge_scores
-from kdsum.token_cache import ReferenceTokens, ServedAhead, TokensAhead, cache_key, cached_tokens, fingerprint
+from kdsum.korean.kiwi import KiwiMorphemeTokenizer
+from kdsum.scoring.evaluate import evaluate
+from kdsum.scoring.rouge import ROUGE_KEYS, rouge_scores
+from kdsum.scoring.token_cache import ReferenceTokens, ServedAhead, TokensAhead, cache_key, cached_tokens, fingerprint
 
 KIWI = KiwiMorphemeTokenizer()
 PREDS = ["#Person1#은 사과를 샀다.", "민수가 학교에 갔다.", "", "Jimmy와 #Person2#는 내일 만난다."]
@@ -113,7 +113,7 @@ def test_fingerprint_names_what_tokens_depend_on():
     import kiwipiepy
 
     print_ = fingerprint(KIWI)
-    assert f"kiwipiepy {kiwipiepy.__version__}" in print_ and "kdsum.kiwi " in print_
+    assert f"kiwipiepy {kiwipiepy.__version__}" in print_ and "kdsum.korean.kiwi " in print_
     assert fingerprint(KiwiMorphemeTokenizer(1)) == print_  # threads do not change tokens
     assert fingerprint(object()) is None  # an unknown tokenizer is never cached
 
@@ -133,7 +133,7 @@ def test_a_damaged_file_is_a_miss_and_is_rewritten(tmp_path):
 def test_an_unwritable_cache_only_costs_time(tmp_path, caplog):
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the directory should be", encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="kdsum.token_cache"):
+    with caplog.at_level(logging.WARNING, logger="kdsum.scoring.token_cache"):
         tokens, status = cached_tokens(KIWI, ["민수가 학교에 갔다."], blocker)
     assert status == "miss" and tokens == [KIWI.tokenize("민수가 학교에 갔다.")]
     assert "not written" in caplog.text

@@ -1,4 +1,4 @@
-"""Experiment tracking of training (kdsum.tracking, train.report_to): a resumed run re-logs its restored history at
+"""Experiment tracking of training (kdsum.training.tracking, train.report_to): a resumed run re-logs its restored history at
 the optimizer steps, DVCLive leaves the repository alone (no dvc.yaml, no `dvc init`), tensorboard and offline wandb
 write into the run's tracking folder (skipped unless the [tracking] extra is installed), unknown or missing trackers
 are refused in one line. DVCLive in a real training run (the default tracker): tests/test_training.py."""
@@ -13,8 +13,8 @@ import pytest
 from test_training import _spec, env  # noqa: F401  (the session fixture: tiny bases, prompts)
 
 from kdsum.io import read_json
-from kdsum.tracking import TrackingError, check_tracker, tracking_callbacks
-from kdsum.training import train
+from kdsum.training.tracking import TrackingError, check_tracker, tracking_callbacks
+from kdsum.training.trainer import train
 
 SHORT = dict(max_steps=4, logging_steps=1)
 

@@ -21,23 +21,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdsum.checkpoints import (
+from kdsum.config.catalog import spec_for
+from kdsum.config.resolve import load_config, resolve
+from kdsum.config.spec import to_json
+from kdsum.data.ingest import ingest_splits, load_split
+from kdsum.data.prompts import write_prompt_set
+from kdsum.io import read_json, read_jsonl, write_json, write_jsonl, write_text
+from kdsum.models.build import build_base_model
+from kdsum.models.loading import load_for_generation, load_tokenizer
+from kdsum.training.checkpoints import (
     FINGERPRINT_FILE,
     checkpoint_problem,
     compute_fingerprint,
     last_complete_checkpoint,
     prepare_checkpoint_dir,
 )
-from kdsum.config import load_config, resolve
-from kdsum.data import ingest_splits, load_split
-from kdsum.io import read_json, read_jsonl, write_json, write_jsonl, write_text
-from kdsum.modeling import load_for_generation, load_tokenizer
-from kdsum.offline_models import build_base_model
-from kdsum.prompts import write_prompt_set
-from kdsum.spec import to_json
-from kdsum.spec_files import spec_for
-from kdsum.train_report import SUMMARY_KEYS
-from kdsum.training import build_trainer, train
+from kdsum.training.report import SUMMARY_KEYS
+from kdsum.training.trainer import build_trainer, train
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC_FIELDS = (
@@ -162,7 +162,7 @@ def test_causal_lora_trains_reloads_and_generates(env, tmp_path):
     missing = [k for k in METRIC_FIELDS if k not in saved]
     assert not missing, missing
     assert saved["method"] == saved["method_effective"] == "lora" and saved["warnings"] == []
-    # train.report_to's default: DVCLive's curve is the log history at the optimizer steps (kdsum.tracking)
+    # train.report_to's default: DVCLive's curve is the log history at the optimizer steps (kdsum.training.tracking)
     logged = [(int(r["step"]), float(r["loss"])) for r in _read_log(out / "log_history.csv") if r["loss"]]
     with open(out / "tracking/dvclive/plots/metrics/loss.tsv", encoding="utf-8") as fh:
         curve = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(fh, delimiter="\t")]
@@ -207,7 +207,7 @@ def test_causal_lora_trains_reloads_and_generates(env, tmp_path):
 def test_seq2seq_full_finetune_trains_reloads_and_generates(env, tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 
-    from kdsum.fitting import encode_seq2seq
+    from kdsum.models.fitting import encode_seq2seq
 
     spec = _spec(env, "tiny-bart")
     out = tmp_path / "train"
@@ -322,7 +322,7 @@ def test_hub_tokenizer_gets_data_tokens_and_trains_only_their_rows(env, tmp_path
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from kdsum.offline_models import train_tokenizer
+    from kdsum.models.build import train_tokenizer
 
     records = load_split(env["root"] / "data" / "train.jsonl")
     tok = train_tokenizer([r["dialogue"] for r in records], 1500, [], "causal")  # no data tokens
@@ -398,8 +398,8 @@ def test_fingerprint_covers_training_settings_only(env):
 
 
 def test_lora_alpha_stays_a_float(env):
-    """lora_alpha is a float (kdsum.spec.LoraArgs): 0.5 must reach LoraConfig as 0.5, not int 0."""
-    from kdsum.training import lora_config
+    """lora_alpha is a float (kdsum.config.spec.LoraArgs): 0.5 must reach LoraConfig as 0.5, not int 0."""
+    from kdsum.training.trainer import lora_config
 
     cfg = lora_config(_with(_spec(env, "tiny-llama"), lora={"lora_alpha": 0.5, "r": 4}))
     assert cfg.lora_alpha == 0.5 and cfg.r == 4
@@ -436,7 +436,7 @@ def test_train_cli_refusals(env, tmp_path, capsys):
 
 
 def _fake_checkpoint(ckpt: Path, step: int) -> None:
-    """A small checkpoint with the files a complete one has (kdsum.checkpoints.checkpoint_problem)."""
+    """A small checkpoint with the files a complete one has (kdsum.training.checkpoints.checkpoint_problem)."""
     from safetensors.torch import save_file
 
     d = ckpt / f"checkpoint-{step}"
@@ -521,7 +521,7 @@ def test_packing_matches_unpacked(env, four_examples, tmp_path):
 
 
 def test_folded_accumulation_trains_like_accumulation(env, four_examples, tmp_path):
-    """What train.fold_accumulation relies on (kdsum.preflight.fold_accumulation): 2 micro-batches of 2 accumulated
+    """What train.fold_accumulation relies on (kdsum.gpu.preflight.fold_accumulation): 2 micro-batches of 2 accumulated
     and one micro-batch of 4 give the same optimizer steps, since the loss is normalised by the tokens of the whole
     accumulated batch. Negative control: accumulation 1 with micro-batches of 2 (twice the steps) does not."""
     common = dict(max_steps=3, logging_steps=1, warmup_steps=0, learning_rate=5e-3, max_length=2048)
@@ -564,11 +564,11 @@ def test_folded_accumulation_trains_like_accumulation(env, four_examples, tmp_pa
     ],
 )
 def test_varlen_attention_matches_separate_sequences(device):
-    """kdsum.attention's varlen path (CPU reference, the flash kernel on CUDA) gives each packed sequence the
+    """kdsum.gpu.attention's varlen path (CPU reference, the flash kernel on CUDA) gives each packed sequence the
     logits it gets alone; a row read as one long sequence (positions 0..T-1) does not."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from kdsum.attention import set_attention
+    from kdsum.gpu.attention import set_attention
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
@@ -608,7 +608,7 @@ def test_varlen_attention_matches_separate_sequences(device):
 def test_varlen_packed_training_matches_unpacked(env, four_examples, tmp_path, monkeypatch):
     """train.attention: varlen through build_trainer: the packed run's losses equal the padded SDPA run's, and the
     varlen kernel (not the SDPA fallback) computed them."""
-    import kdsum.attention as attention
+    import kdsum.gpu.attention as attention
 
     calls = []
     real = attention._flash_varlen
@@ -632,7 +632,7 @@ def test_varlen_packed_training_matches_unpacked(env, four_examples, tmp_path, m
 
 
 def test_attention_auto_resolution(env):
-    from kdsum.attention import resolve_attention
+    from kdsum.gpu.attention import resolve_attention
 
     packed = _spec(env, "tiny-llama", packing=True, attention="auto")
     expected = "varlen" if torch.cuda.is_available() else "sdpa"
@@ -739,7 +739,7 @@ def _repeat_to(text: str, tok, tokens: int, sep: str = "\n") -> str:
 
 
 def _with_conversation(row: dict, conversation: str) -> dict:
-    from kdsum.fitting import split_user_message
+    from kdsum.models.fitting import split_user_message
 
     row = json.loads(json.dumps(row))
     user = next(m for m in row["prompt"] if m["role"] == "user")
@@ -761,7 +761,7 @@ def test_long_chat_rows_cut_the_conversation_never_the_summary(env, tmp_path):
     max_length is dropped; both counted in train_metrics.json, with warnings."""
     from transformers import AutoModelForCausalLM
 
-    from kdsum.fitting import chat_prompt_text, chat_text, encode_rows, input_budget, split_user_message
+    from kdsum.models.fitting import chat_prompt_text, chat_text, encode_rows, input_budget, split_user_message
 
     base = env["bases"]["tiny-llama"]
     tok = load_tokenizer(str(base), "tiny-llama", "causal")
@@ -823,7 +823,7 @@ def test_long_seq2seq_rows_cut_source_and_target_separately(env, tmp_path):
     max_target_length (counted apart), a row without a summary dropped."""
     from transformers import AutoModelForSeq2SeqLM
 
-    from kdsum.fitting import encode_rows, encode_seq2seq, input_budget
+    from kdsum.models.fitting import encode_rows, encode_seq2seq, input_budget
 
     base = env["bases"]["tiny-bart"]
     tok = load_tokenizer(str(base), "tiny-bart", "seq2seq")
@@ -933,7 +933,7 @@ def test_truncated_optimizer_checkpoint_is_skipped(env, tmp_path, caplog):
     assert last_complete_checkpoint(ckpt) == str(ckpt / "checkpoint-2")
 
     first_losses = [float(r["loss"]) for r in _read_log(out / "log_history.csv") if r["loss"]]
-    caplog.set_level(logging.WARNING, logger="kdsum.checkpoints")
+    caplog.set_level(logging.WARNING, logger="kdsum.training.checkpoints")
     # out/ lies outside ./results but holds the first run's train_metrics.json: the pipeline's own, replaced
     again = train(spec, base, prompts, out, ckpt, keep_checkpoints=True, progress=False)
     assert f"removing incomplete checkpoint {last}" in caplog.text and "optimizer.pt" in caplog.text
@@ -978,9 +978,9 @@ def test_local_source_that_is_no_model_is_refused_first(env, tmp_path, monkeypat
 def test_kernels_resolution_and_refusals(env):
     """train.kernels: auto takes Liger only on CUDA with liger-kernel installed; liger refuses, in one line, where
     it cannot run; the memory planner counts what Liger's norms and SwiGLU do not keep."""
-    from kdsum.kernels import KernelError, liger_model_types, resolve_kernels
-    from kdsum.memory import estimate_peak_memory
-    from kdsum.replicas import SEEDS
+    from kdsum.gpu.kernels import KernelError, liger_model_types, resolve_kernels
+    from kdsum.gpu.memory import estimate_peak_memory
+    from kdsum.models.replicas import SEEDS
 
     llama = _spec(env, "tiny-llama", kernels="auto")
     assert resolve_kernels(llama, "llama", cuda=False) == "none"
@@ -1039,13 +1039,13 @@ def test_liger_kernels_and_compile_keep_the_losses(env, four_examples, tmp_path)
 
 
 def test_lora_branches_keep_their_bf16_inputs_under_autocast(monkeypatch):
-    """kdsum.kernels.keep_adapter_inputs_16bit: under bf16 autocast each LoRA branch's lora_A gets the layer's bf16
+    """kdsum.gpu.kernels.keep_adapter_inputs_16bit: under bf16 autocast each LoRA branch's lora_A gets the layer's bf16
     input instead of PEFT's float32 copy, and the outputs stay those of PEFT's own path (autocast rounds that copy
     back to bf16 for the matmul)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from kdsum import kernels
+    from kdsum.gpu import kernels
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,

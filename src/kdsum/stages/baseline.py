@@ -2,7 +2,7 @@
 
     kdsum baseline --name lead|longest --data results/data/S.jsonl --out results/predictions/baseline/NAME/S.csv
 
-CSV ``fname,summary`` in the split's order, whole or not at all. Definitions: kdsum.baselines.
+CSV ``fname,summary`` in the split's order, whole or not at all. Definitions: kdsum.generation.baselines.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdsum.baselines import BASELINES, BaselineError, run_baseline
-from kdsum.data import load_split
+from kdsum.data.ingest import load_split
+from kdsum.generation.baselines import BASELINES, BaselineError, run_baseline
 from kdsum.io import write_csv
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from kdsum.checkpoints import refuse_foreign
-from kdsum.data import load_split
+from kdsum.config.spec import BaseSpec, read_spec
+from kdsum.data.ingest import load_split
 from kdsum.io import atomic_dir, read_json, write_json
-from kdsum.offline_models import build_base_model
-from kdsum.spec import BaseSpec, read_spec
+from kdsum.models.build import build_base_model
+from kdsum.training.checkpoints import refuse_foreign
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kdsum.evaluation import compare_systems
+from kdsum.scoring.evaluate import compare_systems
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""One setting of the decoding search: summaries of the dev set's tuning rows (kdsum.tuning) and their score.
+"""One setting of the decoding search: summaries of the dev set's tuning rows (kdsum.selection.tuning) and their score.
 
     kdsum decode --spec results/specs/decode/M/V/S.json --evaluation-spec results/specs/evaluation.json \\
         --prompts-dir DIR --references results/data/dev.jsonl [--model-dir D] [--base-dir B] \\
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 
-from kdsum import gpu_slots
+from kdsum.config.spec import EvaluationArgs, Job, read_spec
+from kdsum.gpu import slots as gpu_slots
 from kdsum.io import write_json
-from kdsum.selection import score_tuning_rows
-from kdsum.spec import EvaluationArgs, Job, read_spec
+from kdsum.selection.select import score_tuning_rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     job = read_spec(args.spec, Job)
     evaluation = read_spec(args.evaluation_spec, EvaluationArgs)
-    with gpu_slots.claim(1):  # a free device, before torch touches CUDA (kdsum.gpu_slots)
+    with gpu_slots.claim(1):  # a free device, before torch touches CUDA (kdsum.gpu.slots)
         score = score_tuning_rows(
             job, evaluation, args.prompts_dir, args.references, args.model_dir, args.base_dir, args.out_predictions
         )

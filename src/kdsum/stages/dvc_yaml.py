@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kdsum.dvc import CONFIG_FILE, DvcYamlError, dag_listing, render, snakemake_jobs, stale_message
 from kdsum.io import write_text
+from kdsum.workflow.dvc import CONFIG_FILE, DvcYamlError, dag_listing, render, snakemake_jobs, stale_message
 
 
 def main(argv: list[str] | None = None) -> None:

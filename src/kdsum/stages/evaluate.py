@@ -4,14 +4,14 @@
         --out-json S.json --out-items I.csv [--out-metrics M.json] [--part tuning|report] [--threads N]
         [--token-cache DIR]
 
-The spec (kdsum.spec.EvaluationArgs) gives the aggregation over references (mean|max), the bootstrap resamples
+The spec (kdsum.config.spec.EvaluationArgs) gives the aggregation over references (mean|max), the bootstrap resamples
 (0: no CIs) and the seed. P.csv: columns ``fname,summary`` (other columns, e.g. a submission's index, are
 ignored). R.jsonl: one ``{"fname", "summaries": [...], ...}`` object per line. S.json: corpus scores ×100, their
 sum, bootstrap CIs and diagnostics; M.json: final and ROUGE-1/2/L only (the pipeline's DVC metric); I.csv:
 per-item scores ×100. On any input error: ``error: ...`` on stderr, exit status 2, and no output file is written.
 ``--token-cache DIR`` keeps the references' morphemes in DIR, keyed by their content and the tokenizer
-(kdsum.token_cache), so the other systems of the split do not tokenise them again. --part scores one part of the
-dev set only (kdsum.tuning, by the spec's tuning_fraction): ``report`` for the score of a setting that was
+(kdsum.scoring.token_cache), so the other systems of the split do not tokenise them again. --part scores one part of the
+dev set only (kdsum.selection.tuning, by the spec's tuning_fraction): ``report`` for the score of a setting that was
 selected on the ``tuning`` rows.
 """
 
@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kdsum.evaluation import InputError, evaluate, headline_scores
+from kdsum.config.spec import EvaluationArgs, read_spec
 from kdsum.io import write_csv, write_json
-from kdsum.spec import EvaluationArgs, read_spec
-from kdsum.tuning import PARTS, part_fnames
+from kdsum.scoring.evaluate import InputError, evaluate, headline_scores
+from kdsum.selection.tuning import PARTS, part_fnames
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out-json", type=Path, required=True, help="corpus scores (JSON)")
     ap.add_argument("--out-items", type=Path, required=True, help="per-item scores (CSV)")
     ap.add_argument("--out-metrics", type=Path, default=None, help="final and ROUGE-1/2/L only (JSON)")
-    ap.add_argument("--part", choices=PARTS, help="score only this part of the dev set (kdsum.tuning)")
+    ap.add_argument("--part", choices=PARTS, help="score only this part of the dev set (kdsum.selection.tuning)")
     ap.add_argument(
         "--threads",
         type=int,

@@ -2,11 +2,11 @@
 
     kdsum ingest --spec results/specs/data.json --out-dir results/data [--allow-leakage]
 
-The raw paths and settings come from the data spec (kdsum.spec.DataSpec: data.encoding, data.allow_leakage,
+The raw paths and settings come from the data spec (kdsum.config.spec.DataSpec: data.encoding, data.allow_leakage,
 data.near_duplicate_threshold), never from a shell command line. Inputs are competition CSV (UTF-8, UTF-8+BOM,
 CRLF or CP949 with data.encoding: auto; any codec named by data.encoding) or DialogSum-style JSONL, chosen by
-extension. Refused input raises kdsum.data.DataError (``error: <message>``, exit status 2), leaving the output
-directory untouched. All logic lives in :mod:`kdsum.data`.
+extension. Refused input raises kdsum.data.ingest.DataError (``error: <message>``, exit status 2), leaving the output
+directory untouched. All logic lives in :mod:`kdsum.data.ingest`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kdsum.data import ingest_splits
-from kdsum.spec import DataSpec, read_spec
+from kdsum.config.spec import DataSpec, read_spec
+from kdsum.data.ingest import ingest_splits
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,16 +5,16 @@
 
 --candidates: one predictions CSV per member system of the spec, in the spec's order. The output CSV has the
 columns of every predictions file (``fname,summary``) and, per dialogue, the member chosen (``system``) and its
-mean ROUGE against the other candidates (``mbr_utility``, x100). Method: kdsum.mbr.
+mean ROUGE against the other candidates (``mbr_utility``, x100). Method: kdsum.selection.mbr.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from kdsum.config.spec import EnsembleSpec, read_spec
 from kdsum.io import write_csv
-from kdsum.mbr import mbr_predictions
-from kdsum.spec import EnsembleSpec, read_spec
+from kdsum.selection.mbr import mbr_predictions
 
 
 def main(argv: list[str] | None = None) -> None:

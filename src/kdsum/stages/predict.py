@@ -7,7 +7,7 @@ DIR is the job's prompt set (results/prompts/P): DIR/S.jsonl holds the prompts a
 tokens that foreign-script blocking leaves allowed. A fine-tuned job needs --model-dir; the zero-shot variant
 generates with the base alone. --base-dir is the built base of a model built offline (else the spec's source is
 the base). --decoding replaces the spec's generation settings by those the decoding search selected. Writes a CSV ``fname,summary`` in the split's order, whole or not at all; a progress bar and the speed
-(dialogues/s) go to stderr. Loading: kdsum.modeling.load_for_generation; generation: kdsum.generation.
+(dialogues/s) go to stderr. Loading: kdsum.models.loading.load_for_generation; generation: kdsum.generation.predict.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kdsum import gpu_slots
-from kdsum.generation import predict_rows, read_prompt_rows
+from kdsum.config.spec import Job, read_spec
+from kdsum.generation.predict import predict_rows, read_prompt_rows
+from kdsum.gpu import slots as gpu_slots
 from kdsum.io import write_csv
-from kdsum.modeling import LoadedModel
-from kdsum.selection import with_selected_decoding
-from kdsum.spec import Job, read_spec
+from kdsum.models.loading import LoadedModel
+from kdsum.selection.select import with_selected_decoding
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     job = read_spec(args.spec, Job)
-    with gpu_slots.claim(1):  # a free device, before torch touches CUDA (kdsum.gpu_slots)
+    with gpu_slots.claim(1):  # a free device, before torch touches CUDA (kdsum.gpu.slots)
         run(args, job)
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from kdsum.prompts import write_prompt_set
-from kdsum.spec import PromptSetSpec, read_spec
+from kdsum.config.spec import PromptSetSpec, read_spec
+from kdsum.data.prompts import write_prompt_set
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""``kdsum replica NAME --size full|cpu --out DIR``: a hub-shaped local replica of a seed model (kdsum.replicas).
+"""``kdsum replica NAME --size full|cpu --out DIR``: a hub-shaped local replica of a seed model (kdsum.models.replicas).
 
     kdsum replica llama-3.2-3b --size cpu --out results/replicas/llama-3.2-3b-cpu
     kdsum replica kobart-base --size full --train results/data/train.jsonl --out results/replicas/kobart-base-full
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from kdsum.checkpoints import refuse_foreign
-from kdsum.data import load_split
-from kdsum.replicas import SEEDS, SIZES, write_replica
+from kdsum.data.ingest import load_split
+from kdsum.models.replicas import SEEDS, SIZES, write_replica
+from kdsum.training.checkpoints import refuse_foreign
 
 
 def main(argv: list[str] | None = None) -> None:

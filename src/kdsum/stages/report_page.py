@@ -4,16 +4,16 @@
         --predictions P.csv ... --items I.csv ... --out results/report/examples.html
 
 --predictions and --items: one file per system of the spec, in its order. Content and choice of dialogues:
-kdsum.report_page.
+kdsum.reporting.report_page.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from kdsum.config.spec import ReportSpec, read_spec
 from kdsum.io import write_text
-from kdsum.report_page import report_page
-from kdsum.spec import ReportSpec, read_spec
+from kdsum.reporting.report_page import report_page
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,5 @@
-"""Choose a system's checkpoint: each candidate (kdsum.candidates) summarises the dev set's tuning rows
-(kdsum.tuning); the best by ROUGE becomes the system's model.
+"""Choose a system's checkpoint: each candidate (kdsum.training.candidates) summarises the dev set's tuning rows
+(kdsum.selection.tuning); the best by ROUGE becomes the system's model.
 
     kdsum select-checkpoint --spec results/specs/model/M/V.json --evaluation-spec results/specs/evaluation.json \\
         --prompts-dir DIR --references results/data/dev.jsonl --candidates results/train/M/V/candidates \\
@@ -17,11 +17,11 @@ import shutil
 
 import pandas as pd
 
-from kdsum import gpu_slots
-from kdsum.candidates import candidate_models
+from kdsum.config.spec import EvaluationArgs, Job, read_spec
+from kdsum.gpu import slots as gpu_slots
 from kdsum.io import atomic_dir, write_csv
-from kdsum.selection import checkpoint_table, plot_checkpoints, score_tuning_rows
-from kdsum.spec import EvaluationArgs, Job, read_spec
+from kdsum.selection.select import checkpoint_table, plot_checkpoints, score_tuning_rows
+from kdsum.training.candidates import candidate_models
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     job = read_spec(args.spec, Job)
     evaluation = read_spec(args.evaluation_spec, EvaluationArgs)
     candidates = candidate_models(args.candidates, args.final_model)
-    with gpu_slots.claim(1):  # a free device, before torch touches CUDA (kdsum.gpu_slots)
+    with gpu_slots.claim(1):  # a free device, before torch touches CUDA (kdsum.gpu.slots)
         scores = [
             score_tuning_rows(job, evaluation, args.prompts_dir, args.references, path, args.base_dir)
             for _, path in candidates

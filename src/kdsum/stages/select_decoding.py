@@ -1,4 +1,4 @@
-"""Choose a system's decoding setting: the best of the search on the dev set's tuning rows (kdsum.selection).
+"""Choose a system's decoding setting: the best of the search on the dev set's tuning rows (kdsum.selection.select).
 
     kdsum select-decoding --names S1 S2 ... --scores F1 F2 ... --specs J1 J2 ... --out-json decoding.json \\
         --out-csv decoding.csv --out-md decoding.md --plot decoding.png
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from kdsum.selection import write_decoding_selection
-from kdsum.spec import Job, read_spec
+from kdsum.config.spec import Job, read_spec
+from kdsum.selection.select import write_decoding_selection
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,11 +12,11 @@ import json
 
 import yaml
 
-from kdsum.config import load_config
-from kdsum.config_files import ConfigError
+from kdsum.config.catalog import spec_for
+from kdsum.config.files import ConfigError
+from kdsum.config.resolve import load_config
+from kdsum.config.spec import SpecError, from_dict, to_json
 from kdsum.io import write_text
-from kdsum.spec import SpecError, from_dict, to_json
-from kdsum.spec_files import spec_for
 
 
 def parse_overrides(items: list[str]) -> dict:

@@ -3,7 +3,7 @@
     kdsum submission --predictions results/predictions/M/V/test.csv --data results/data/test.jsonl \\
         --out results/predictions/M/V/submission.csv
 
-The layout and the refusals: kdsum.submission. Empty summaries are written (and counted on stderr).
+The layout and the refusals: kdsum.reporting.submission. Empty summaries are written (and counted on stderr).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kdsum.submission import build_submission, write_submission
+from kdsum.reporting.submission import build_submission, write_submission
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 
-from kdsum.spec import SummarySpec, read_spec
-from kdsum.summary import SummaryInputs, markdown_table, write_summary
+from kdsum.config.spec import SummarySpec, read_spec
+from kdsum.reporting.summary import SummaryInputs, markdown_table, write_summary
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,10 +24,11 @@ import sys
 
 import torch
 
-from kdsum import distributed, gpu_slots
-from kdsum.modeling import require_base
-from kdsum.spec import Job, per_rank_accumulation, read_spec
-from kdsum.training import train
+from kdsum.config.spec import Job, per_rank_accumulation, read_spec
+from kdsum.gpu import distributed
+from kdsum.gpu import slots as gpu_slots
+from kdsum.models.loading import require_base
+from kdsum.training.trainer import train
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     job = read_spec(args.spec, Job)
     num_gpus = job.train.num_gpus
     per_rank_accumulation(job.train.gradient_accumulation_steps, num_gpus)  # refused before any launch
-    # before torch touches CUDA: num_gpus free devices, held until the job ends (kdsum.gpu_slots)
+    # before torch touches CUDA: num_gpus free devices, held until the job ends (kdsum.gpu.slots)
     with gpu_slots.claim(num_gpus):
         if distributed.needs_launch(num_gpus):  # this process becomes the launcher of num_gpus ranks
             status = distributed.launch(["train", *argv], num_gpus)

@@ -1,0 +1,1 @@
+"""Reporting: results/summary.csv and summary.md, comparisons, the report's examples page, the submission file."""

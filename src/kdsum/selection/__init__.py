@@ -1,0 +1,1 @@
+"""Selection on the dev set's tuning rows: decoding settings, checkpoints, and MBR ensembles."""

@@ -1,0 +1,85 @@
+"""Code dependencies of a stage: its module and every kdsum module it imports, directly or through others.
+
+The rules list them as inputs (so Snakemake reruns a stage when its code changes), and dvc.yaml, derived from the
+rules, lists the same files: one scan, one list, both engines.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+SRC = "src"
+PACKAGE = "kdsum"
+# A package's __init__.py holds its docstring (and kdsum's the version string), no code: a release bump or a
+# reworded package description must not retrain models (tests/test_dvc.py checks they stay code-free).
+INIT = "__init__.py"
+
+
+def module_file(module: str, root: Path = ROOT) -> str | None:
+    """The repo-relative file of a ``kdsum[.x]`` module, or None when it is not a kdsum module on disk."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = root / SRC / Path(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate.relative_to(root).as_posix()
+    return None
+
+
+def imported_modules(file: Path, module: str | None) -> set[str]:
+    """Names of the modules imported anywhere in ``file`` (top level or inside functions)."""
+    tree = ast.parse(file.read_text(encoding="utf-8"), filename=str(file))
+    package = module.rsplit(".", 1)[0] if module and file.name != "__init__.py" else module
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import inside the package
+                if not package:
+                    continue
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from kdsum import x` imports kdsum.x
+    return found
+
+
+def code_deps(start: str, root: Path = ROOT) -> list[str]:
+    """``start`` (a repo-relative file) and the kdsum modules it imports, transitively; start first."""
+    seen: set[str] = set()
+    todo: list[tuple[str, str | None]] = [(start, _module_name(start))]
+    while todo:
+        rel, module = todo.pop()
+        if rel in seen:
+            continue
+        seen.add(rel)
+        for name in imported_modules(root / rel, module):
+            dep = module_file(name, root)
+            if dep and dep not in seen:
+                todo.append((dep, name))
+    return [start] + sorted(f for f in seen - {start} if not f.endswith(INIT))
+
+
+def _module_name(rel: str) -> str | None:
+    if not rel.startswith(f"{SRC}/{PACKAGE}/"):
+        return None
+    return rel.removeprefix(f"{SRC}/").removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+
+
+@cache
+def stage_code(stage: str) -> list[str]:
+    """The files a ``kdsum <stage>`` run executes: the stage module, the CLI layer and their kdsum imports."""
+    module = module_file(f"{PACKAGE}.stages.{stage.replace('-', '_')}")
+    if module is None:
+        raise ValueError(f"no module for stage '{stage}' (src/kdsum/stages/{stage.replace('-', '_')}.py)")
+    files = code_deps(module)
+    cli = [f for f in code_deps(f"{SRC}/{PACKAGE}/cli.py") if f not in files]
+    return files + cli

@@ -1,0 +1,190 @@
+"""dvc.yaml, derived from the Snakemake DAG: the rules are the one description of every stage.
+
+Each job of ``snakemake --forceall results/summary.csv`` becomes a DVC stage with the job's shell command (less the
+`` > log 2>&1`` that Snakemake adds), its inputs as deps (code files included: the rules list them) and its outputs
+as outs; outputs named ``metrics`` are DVC metrics. The stages that differ by engine:
+
+* ``spec`` jobs: Snakemake hands them the spec it resolved; DVC's resolve it from config.yaml and list the keys
+  they read as params, so ``dvc exp run -S models.M.train.learning_rate=...`` reruns exactly model M's jobs.
+* ``check_dag`` (DVC only, upstream of every spec): reruns when config.yaml, the rules or the config code change
+  and stops ``dvc repro`` with one line when dvc.yaml no longer matches the DAG (say, a model added to run.models).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from kdsum.errors import KdsumError
+from kdsum.workflow.deps import ROOT, stage_code
+
+TARGET = "results/summary.csv"
+DAG_FILE = "results/specs/dag.txt"
+CONFIG_FILE = "config.yaml"
+HEADER = (
+    "# GENERATED from the Snakemake rules by `kdsum dvc-yaml` (docs/DVC.md): do not edit by hand.\n"
+    "# `dvc repro` stops at its first stage, naming that command, when config.yaml changes the DAG.\n"
+)
+_LOG_REDIRECT = re.compile(r"\s*>\s*\S+\s+2>&1\s*$")
+
+
+class DvcYamlError(KdsumError):
+    """dvc.yaml does not match the Snakemake DAG."""
+
+
+@dataclass
+class SnakemakeJob:
+    rule: str
+    wildcards: dict[str, str]
+    inputs: list[str]
+    outputs: dict[str, list[str]]  # output name (or "") -> paths
+    params: dict[str, object] = field(default_factory=dict)
+    shell: str = ""
+
+    @property
+    def stage(self) -> str:
+        values = [str(v).replace("/", "_") for v in self.wildcards.values()]
+        return "_".join([self.rule, *values])
+
+
+def _named(namedlist) -> dict[str, list[str]]:
+    names = {}
+    for name, (start, end) in namedlist._names.items():
+        names[name] = [str(x) for x in list(namedlist)[start : end if end is not None else start + 1]]
+    rest = [str(x) for x in namedlist if not any(str(x) in v for v in names.values())]
+    if rest:
+        names[""] = rest
+    return names
+
+
+def snakemake_jobs(config_file: str = CONFIG_FILE, root: Path = ROOT, target: str = TARGET) -> list[SnakemakeJob]:
+    """The jobs of ``target`` with every job forced, in dependency order, from Snakemake's own DAG."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.enums import Quietness
+    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
+
+    jobs = []
+    with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+        workflow_api = api.workflow(
+            resource_settings=ResourceSettings(cores=1),
+            config_settings=ConfigSettings(configfiles=[root / config_file]),
+            snakefile=root / "Snakefile",
+            workdir=root,
+        )
+        for name in ("snakemake", "snakemake.logging"):  # its INFO lines would drown the one-line verdict
+            logging.getLogger(name).setLevel(logging.WARNING)
+        workflow_api.dag(DAGSettings(targets={target}, forceall=True))
+        workflow = workflow_api._workflow
+        workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
+        workflow._build_dag()
+        for level in workflow.dag.toposorted():
+            for job in sorted(level, key=lambda j: (j.rule.name, str(j.wildcards_dict))):
+                if job.rule.name == "all" or not job.rule.shellcmd:
+                    continue
+                jobs.append(
+                    SnakemakeJob(
+                        rule=job.rule.name,
+                        wildcards={k: str(v) for k, v in job.wildcards_dict.items()},
+                        inputs=[str(f) for f in job.input],
+                        outputs=_named(job.output),
+                        params={k: job.params[k] for k in job.params._names},
+                        shell=job.shellcmd,
+                    )
+                )
+    return jobs
+
+
+def _dvc_cmd(job: SnakemakeJob, config_file: str) -> str:
+    if job.rule == "spec":
+        name, out = job.wildcards["name"], job.outputs[""][0]
+        return shlex.join(["kdsum", "spec", name, "--configfile", config_file, "--out", out])
+    return _LOG_REDIRECT.sub("", job.shell)
+
+
+def dvc_stage(job: SnakemakeJob, config_file: str = CONFIG_FILE) -> dict:
+    stage: dict = {"cmd": _dvc_cmd(job, config_file), "deps": list(dict.fromkeys(job.inputs))}
+    if job.rule == "spec":
+        stage["deps"].append(DAG_FILE)
+        if job.params.get("dvc_params"):
+            stage["params"] = [{config_file: list(job.params["dvc_params"])}]
+    outs = [p for name, paths in job.outputs.items() if name != "metrics" for p in paths]
+    metrics = job.outputs.get("metrics", [])
+    if outs:
+        stage["outs"] = outs
+    if metrics:
+        stage["metrics"] = metrics  # cached: results/ is not in git, so the cache (and a remote) keeps them
+    return stage
+
+
+def check_stage(config_file: str = CONFIG_FILE, root: Path = ROOT) -> dict:
+    rules = sorted(p.relative_to(root).as_posix() for p in (root / "rules").glob("*.smk"))
+    return {
+        "cmd": shlex.join(["kdsum", "dvc-yaml", "--check", "--configfile", config_file, "--dag-out", DAG_FILE]),
+        "deps": [
+            config_file,
+            "Snakefile",
+            *rules,
+            "schemas/config.schema.yaml",
+            *dict.fromkeys([*stage_code("dvc-yaml"), *stage_code("spec")]),
+        ],
+        # persist: a failed check must leave the last good listing in place (DVC deletes outs before a run)
+        "outs": [{DAG_FILE: {"persist": True}}],
+    }
+
+
+def plots(jobs: list[SnakemakeJob]) -> list[dict]:
+    """Every training-loss curve in one chart, and the summary table as bars."""
+    histories = {p: "loss" for j in jobs if j.rule == "train" for p in j.outputs["history"]}
+    out = []
+    if histories:
+        out.append(
+            {
+                "training_loss": {
+                    "template": "linear",
+                    "x": "step",
+                    "y": histories,
+                    "title": "Training loss",
+                    "x_label": "optimizer step",
+                    "y_label": "loss",
+                }
+            }
+        )
+    out.append(
+        {
+            TARGET: {
+                "template": "bar_horizontal",
+                "x": "final",
+                "y": "system",
+                "title": "Final score per system (dev; mean of ROUGE-1/2/L F1)",
+            }
+        }
+    )
+    return out
+
+
+def render(jobs: list[SnakemakeJob], config_file: str = CONFIG_FILE, root: Path = ROOT) -> str:
+    stages = {"check_dag": check_stage(config_file, root)}
+    stages.update({job.stage: dvc_stage(job, config_file) for job in jobs})
+    doc = {"stages": stages, "plots": plots(jobs)}
+    return HEADER + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120)
+
+
+def dag_listing(jobs: list[SnakemakeJob]) -> str:
+    return "".join(f"{job.stage}\n" for job in jobs)
+
+
+def stale_message(current: str, expected: str, path: str, config_file: str) -> str | None:
+    if current == expected:
+        return None
+    have = set(re.findall(r"^  (\S+):$", current, re.M))
+    want = set(re.findall(r"^  (\S+):$", expected, re.M))
+    change = f"{len(want - have)} stage(s) to add, {len(have - want)} to remove" if have != want else "stages changed"
+    return (
+        f"{path} does not match the Snakemake DAG of {config_file} ({change}): "
+        f"run `kdsum dvc-yaml --configfile {config_file}`, then `dvc repro`"
+    )
