@@ -1,39 +1,38 @@
 """The one command-line layer: ``kdsum <stage> ...`` (console script) or ``python -m kdsum <stage> ...``.
 
-Each stage is a module ``kdsum.stages.<name>`` with ``main(argv)``, imported only when called, so a stage's code
+A stage is a module ``kdsum.stages.<name>`` with ``main(argv)``; its docstring's first line is its summary here.
+Modules are found on disk and imported only when called, so ``kdsum --help`` loads no library and a stage's code
 dependencies are its own module's imports. Errors a user can fix (``KdsumError``, a missing file) print one line
 naming the file, row or key and exit with status 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from kdsum.errors import KdsumError
 
-STAGES = {
-    "spec": "write one job's resolved spec (results/specs/NAME.json) from the config",
-    "ingest": "validate and normalise the raw splits",
-    "prompts": "format the prompt dataset of one model family / prompt format",
-    "build-base": "build a small base model offline",
-    "train": "fine-tune one model under one variant",
-    "predict": "summaries of one split by a trained or zero-shot model",
-    "baseline": "a non-neural baseline's summaries",
-    "submission": "the competition's submission file from test predictions",
-    "evaluate": "ROUGE on Kiwi morphemes with bootstrap intervals",
-    "decode": "one decoding setting's summaries and score on the dev set's tuning rows",
-    "select-decoding": "choose a system's decoding setting on the dev set's tuning rows",
-    "select-checkpoint": "choose a system's checkpoint by ROUGE on the dev set's tuning rows",
-    "summary": "results/summary.csv, summary.md and plots",
-    "compare": "paired bootstrap comparison of two systems",
-    "mbr": "an ensemble's summaries: per dialogue, the member summary with the highest mean ROUGE against the others",
-    "report-page": "the examples page of the Snakemake report (results/report/examples.html)",
-    "replica": "write a hub-shaped local replica of a seed model (real tokenizer, random weights)",
-    "dvc-yaml": "write (or --check) dvc.yaml from the Snakemake DAG",
-    "sync-mtimes": "make Snakemake accept the results DVC put in place",
-}
+STAGES_DIR = Path(__file__).parent / "stages"
+
+
+def stage_name(path: Path) -> str:
+    return path.stem.replace("_", "-")
+
+
+def stage_summary(path: Path) -> str:
+    """The first line of a stage module's docstring, read without importing it."""
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+def stages() -> dict[str, str]:
+    """Every stage, by command name, with its summary."""
+    files = sorted(p for p in STAGES_DIR.glob("*.py") if not p.name.startswith("_"))
+    return {stage_name(p): stage_summary(p) for p in files}
 
 
 def stage_module(stage: str) -> str:
@@ -52,17 +51,20 @@ def run_stage(stage: str, argv: list[str]) -> None:
         sys.exit(2)
 
 
+def usage(known: dict[str, str]) -> str:
+    width = max(map(len, known))
+    lines = [f"  {name:<{width}}  {text}" for name, text in known.items()]
+    return "usage: kdsum STAGE [options]   (kdsum STAGE --help for a stage's options)\n\nstages:\n" + "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
-        width = max(map(len, STAGES))
-        lines = [f"  {name:<{width}}  {text}" for name, text in STAGES.items()]
-        print(
-            "usage: kdsum STAGE [options]   (kdsum STAGE --help for a stage's options)\n\nstages:\n" + "\n".join(lines),
-            file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout,
-        )
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"error: unknown stage '{argv[0]}'", file=sys.stderr)
-            sys.exit(2)
+    known = stages()
+    if argv and argv[0] in known:
+        run_stage(argv[0], argv[1:])
         return
-    run_stage(argv[0], argv[1:])
+    asked = not argv or argv[0] in ("-h", "--help")
+    print(usage(known), file=sys.stdout if asked else sys.stderr)
+    if not asked:
+        print(f"error: unknown stage '{argv[0]}'", file=sys.stderr)
+        sys.exit(2)

@@ -1,4 +1,4 @@
-"""Write a non-neural baseline's predictions for one ingested split.
+"""A non-neural baseline's summaries of one ingested split.
 
     kdsum baseline --name lead|longest --data results/data/S.jsonl --out results/predictions/baseline/NAME/S.csv
 

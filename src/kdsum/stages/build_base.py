@@ -1,4 +1,6 @@
-"""Build a small base model offline: a tokenizer trained on the training dialogues, the architecture of the model's
+"""Build a small base model offline (tokenizer, architecture and pretraining on the train split).
+
+Build a small base model offline: a tokenizer trained on the training dialogues, the architecture of the model's
 ``build`` section, a brief pretraining on the dialogue text. The output is an ordinary Hugging Face model directory.
 
     kdsum build-base --spec results/specs/base/M.json --train results/data/train.jsonl \\

@@ -1,4 +1,4 @@
-"""Paired bootstrap comparison of two systems' per-item scores (I.csv files of ``kdsum evaluate``).
+"""Paired bootstrap comparison of two systems' per-item scores.
 
     kdsum compare A_items.csv B_items.csv [--metric rouge_sum] [--n 1000] [--seed 0]
 

@@ -1,4 +1,4 @@
-"""Score a predictions CSV against multi-reference JSONL: ROUGE-1/2/L F1 on Kiwi morphemes.
+"""ROUGE-1/2/L F1 on Kiwi morphemes of a predictions file, with bootstrap intervals.
 
     kdsum evaluate --spec results/specs/evaluation.json --predictions P.csv --references R.jsonl \\
         --out-json S.json --out-items I.csv [--out-metrics M.json] [--part tuning|report] [--threads N]

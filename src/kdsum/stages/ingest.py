@@ -1,4 +1,4 @@
-"""Ingest raw dialogue-summarization splits into normalised JSONL + stats.json.
+"""Validate and normalise the raw splits into JSONL and stats.json.
 
     kdsum ingest --spec results/specs/data.json --out-dir results/data [--allow-leakage]
 

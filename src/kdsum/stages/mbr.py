@@ -1,4 +1,4 @@
-"""An ensemble's predictions by MBR selection among its member systems' predictions of one split.
+"""An ensemble's summaries: per dialogue, the member summary with the highest mean ROUGE against the others.
 
     kdsum mbr --spec results/specs/ensemble/E.json --candidates P1.csv P2.csv P3.csv ... \\
         --out results/predictions/ensemble/E/S.csv

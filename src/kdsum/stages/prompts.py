@@ -1,4 +1,6 @@
-"""Format the ingested splits into the prompt dataset of one prompt set (a model family and, for chat models,
+"""The prompt dataset of one prompt set (a model family and, for chat models, a prompt format).
+
+Format the ingested splits into the prompt dataset of one prompt set (a model family and, for chat models,
 a prompt format).
 
     kdsum prompts --spec results/specs/prompts/P.json --data-dir results/data --out-dir results/prompts/P

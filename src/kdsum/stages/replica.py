@@ -1,4 +1,6 @@
-"""``kdsum replica NAME --size full|cpu --out DIR``: a hub-shaped local replica of a seed model (kdsum.models.replicas).
+"""A hub-shaped local replica of a seed model (real tokenizer, random weights).
+
+``kdsum replica NAME --size full|cpu --out DIR``: a hub-shaped local replica of a seed model (kdsum.models.replicas).
 
     kdsum replica llama-3.2-3b --size cpu --out results/replicas/llama-3.2-3b-cpu
     kdsum replica kobart-base --size full --train results/data/train.jsonl --out results/replicas/kobart-base-full

@@ -1,4 +1,4 @@
-"""The examples page of `snakemake --report`: dialogues, references and every system's summary with its scores.
+"""The examples page of the Snakemake report (results/report/examples.html).
 
     kdsum report-page --spec results/specs/report.json --data results/data/S.jsonl \\
         --predictions P.csv ... --items I.csv ... --out results/report/examples.html

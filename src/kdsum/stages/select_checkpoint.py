@@ -1,4 +1,6 @@
-"""Choose a system's checkpoint: each candidate (kdsum.training.candidates) summarises the dev set's tuning rows
+"""Choose a system's checkpoint by ROUGE on the dev set's tuning rows.
+
+Choose a system's checkpoint: each candidate (kdsum.training.candidates) summarises the dev set's tuning rows
 (kdsum.selection.tuning); the best by ROUGE becomes the system's model.
 
     kdsum select-checkpoint --spec results/specs/model/M/V.json --evaluation-spec results/specs/evaluation.json \\

@@ -1,4 +1,4 @@
-"""Choose a system's decoding setting: the best of the search on the dev set's tuning rows (kdsum.selection.select).
+"""Choose a system's decoding setting on the dev set's tuning rows.
 
     kdsum select-decoding --names S1 S2 ... --scores F1 F2 ... --specs J1 J2 ... --out-json decoding.json \\
         --out-csv decoding.csv --out-md decoding.md --plot decoding.png

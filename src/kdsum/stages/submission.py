@@ -1,4 +1,4 @@
-"""Turn test-split predictions into the competition's submission file.
+"""The competition's submission file from test predictions.
 
     kdsum submission --predictions results/predictions/M/V/test.csv --data results/data/test.jsonl \\
         --out results/predictions/M/V/submission.csv

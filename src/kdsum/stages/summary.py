@@ -1,4 +1,4 @@
-"""Gather scores, training metrics and build metrics into results/summary.csv (+ Markdown and plots).
+"""results/summary.csv, summary.md and plots, gathered from every system's files.
 
     kdsum summary --spec results/specs/summary.json [--scores F ...] [--train-metrics F ...]
         [--log-histories F ...] [--base-metrics F ...] [--items F ...] --out-csv results/summary.csv

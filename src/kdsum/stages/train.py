@@ -1,4 +1,4 @@
-"""Train one (model, variant) job: a full seq2seq fine-tune, or a LoRA / QLoRA adapter for a causal chat model.
+"""Fine-tune one model under one variant: full seq2seq, or LoRA / QLoRA adapters for a causal chat model.
 
     kdsum train --spec results/specs/model/M/V.json --prompts-dir results/prompts/P [--base-dir results/base/M] \\
         --out-dir results/train/M/V --checkpoint-dir results/checkpoints/M/V [--keep-checkpoints]
