@@ -1,9 +1,9 @@
 # kdsum: Korean dialogue summarization, from raw dialogues to results/summary.csv.
 #   snakemake --cores 1 results/summary.csv
 #   snakemake --cores 1 results/summary.csv --configfile my.yaml          (an overlay on config.yaml)
-#   snakemake --cores 1 results/summary.csv --config run.models=[tiny-llama] models.tiny-llama.train.learning_rate=0.05
+#   snakemake --cores 1 results/summary.csv --config models__tiny-llama__train__learning_rate=0.05   (__ for nesting)
 # The rules are the one description of the pipeline: dvc.yaml is derived from them (`kdsum dvc-yaml`).
-# Each rule runs one `kdsum <stage>` command; the logic lives in src/kdsum (docs/ARCHITECTURE.md).
+# Each rule runs one `kdsum <stage>` command (src/kdsum/stages); the logic lives in src/kdsum (docs/ARCHITECTURE.md).
 
 configfile: "config.yaml"
 
