@@ -132,6 +132,27 @@ def test_trainer_kwargs_are_the_fields_marked_for_the_library(repo_root):
     assert sft == {**kwargs, "max_length": job.train.max_length, "packing": job.train.packing}
 
 
+def test_learning_rate_reaches_the_trainer_arguments_through_the_spec_file(repo_root, tmp_path):
+    """The short path: config (+ override) -> spec file -> the job the stage reads -> SFTConfig, field for field."""
+    from kdsum.training.trainer import arguments_class, trainer_arguments
+
+    config = load_config(repo_root / "config.yaml", {"models__tiny-llama__train__learning_rate": 0.0123})
+    path = tmp_path / "default.json"
+    path.write_text(to_json(spec_for(config, "model/tiny-llama/default")), encoding="utf-8")
+    job = read_spec(path, Job)
+    args = arguments_class(job.family)(**trainer_arguments(job, None, str(tmp_path)))
+    assert type(args).__name__ == "SFTConfig" and args.learning_rate == 0.0123
+    t = job.train
+    assert (args.max_length, args.packing, args.warmup_steps) == (t.max_length, t.packing, t.warmup_steps)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (
+        t.per_device_train_batch_size,
+        t.gradient_accumulation_steps,
+    )
+    bart = resolve(config, "tiny-bart")
+    s2s = arguments_class(bart.family)(**trainer_arguments(bart, None, str(tmp_path)))
+    assert type(s2s).__name__ == "Seq2SeqTrainingArguments" and s2s.learning_rate == bart.train.learning_rate != 0.0123
+
+
 def test_committed_schema_is_written_from_the_spec_fields(monkeypatch, tmp_path):
     """The settings sections of the schema file are generated (kdsum.config.schema); a stale file fails the check."""
     from kdsum.config import schema
