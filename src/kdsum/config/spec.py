@@ -46,7 +46,8 @@ def setting(description: str, default: Any = dataclasses.MISSING, *, to: str | N
     ``const``, ``oneOf`` or ``anyOf``; the bounds; the description). ``to``: the library config that takes the field
     as it is (``trainer``: TrainingArguments and so both trainers' arguments; ``sft``: SFTConfig only); None where
     the pipeline maps it itself. Defaults of settings live in config.yaml's ``defaults`` (the schema requires them
-    all there); a dataclass default only reads spec files written before the field existed."""
+    all there); a dataclass default (``select_checkpoints``, ``engine``) only lets a spec file without the field
+    read."""
     return field(default=default, metadata={"description": description, "to": to, "schema": schema})
 
 
