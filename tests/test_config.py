@@ -15,7 +15,6 @@ from kdsum.config.catalog import spec_for, spec_names
 from kdsum.config.files import ConfigError, merged_config
 from kdsum.config.resolve import grid, load_config, load_schema, resolve, rule_resources, validate_config
 from kdsum.config.spec import (
-    OWN_TRAIN_FIELDS,
     GenerationArgs,
     Job,
     LoraArgs,
@@ -96,20 +95,93 @@ def test_schema_and_spec_types_name_the_same_settings():
         assert set(schema[section]["properties"]) == {f.name for f in dataclasses.fields(cls)}, section
 
 
-def test_training_keys_are_the_library_fields():
-    from peft import LoraConfig
-    from transformers import GenerationConfig, TrainingArguments
+def _passed_as_is(cls, to) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.metadata["to"] == to}
 
-    ta = {f.name for f in dataclasses.fields(TrainingArguments)}
-    assert {f.name for f in dataclasses.fields(TrainArgs)} - OWN_TRAIN_FIELDS <= ta
+
+def test_training_keys_are_the_library_fields():
+    """A field marked as a library's own is that library config's field of the same name."""
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig, GenerationConfig, Seq2SeqTrainingArguments, TrainingArguments
+    from trl import SFTConfig
+
+    ta, sft = {f.name for f in dataclasses.fields(TrainingArguments)}, {f.name for f in dataclasses.fields(SFTConfig)}
+    trainer, sft_only = _passed_as_is(TrainArgs, "trainer"), _passed_as_is(TrainArgs, "sft")
+    assert "learning_rate" in trainer and trainer <= ta and sft_only == {"max_length", "packing"} <= sft - ta
+    assert not sft_only & {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}
     assert "gradient_checkpointing" in ta and "bf16" in ta  # own only because the stage maps them
-    assert {f.name for f in dataclasses.fields(LoraArgs)} <= {f.name for f in dataclasses.fields(LoraConfig)}
-    gen = GenerationConfig()
-    assert all(
-        hasattr(gen, f.name)
-        for f in dataclasses.fields(GenerationArgs)
-        if f.name not in ("batch_size", "block_foreign_scripts", "seed", "engine")
+    assert _passed_as_is(LoraArgs, "peft") == {f.name for f in dataclasses.fields(LoraArgs)}
+    assert _passed_as_is(LoraArgs, "peft") <= {f.name for f in dataclasses.fields(LoraConfig)}
+    bnb = BitsAndBytesConfig()
+    assert (
+        all(hasattr(bnb, k) for k in _passed_as_is(QuantizationArgs, "bnb"))
+        and len(dataclasses.fields(QuantizationArgs)) == 3
     )
+    gen = GenerationConfig()
+    assert len(_passed_as_is(GenerationArgs, "generation")) == 8
+    assert all(hasattr(gen, k) for k in _passed_as_is(GenerationArgs, "generation"))
+    assert not any(hasattr(gen, k) for k in ("batch_size", "block_foreign_scripts", "engine"))
+
+
+def test_trainer_kwargs_are_the_fields_marked_for_the_library(repo_root):
+    job = resolve(load_config(repo_root / "config.yaml"), "tiny-llama")
+    kwargs, sft = job.train.trainer_kwargs(), job.train.trainer_kwargs(sft=True)
+    assert (
+        kwargs["learning_rate"] == job.train.learning_rate and "max_length" not in kwargs and "attention" not in kwargs
+    )
+    assert sft == {**kwargs, "max_length": job.train.max_length, "packing": job.train.packing}
+
+
+def test_learning_rate_reaches_the_trainer_arguments_through_the_spec_file(repo_root, tmp_path):
+    """The short path: config (+ override) -> spec file -> the job the stage reads -> SFTConfig, field for field."""
+    from kdsum.training.trainer import arguments_class, trainer_arguments
+
+    config = load_config(repo_root / "config.yaml", {"models__tiny-llama__train__learning_rate": 0.0123})
+    path = tmp_path / "default.json"
+    path.write_text(to_json(spec_for(config, "model/tiny-llama/default")), encoding="utf-8")
+    job = read_spec(path, Job)
+    args = arguments_class(job.family)(**trainer_arguments(job, None, str(tmp_path)))
+    assert type(args).__name__ == "SFTConfig" and args.learning_rate == 0.0123
+    t = job.train
+    assert (args.max_length, args.packing, args.warmup_steps) == (t.max_length, t.packing, t.warmup_steps)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (
+        t.per_device_train_batch_size,
+        t.gradient_accumulation_steps,
+    )
+    bart = resolve(config, "tiny-bart")
+    s2s = arguments_class(bart.family)(**trainer_arguments(bart, None, str(tmp_path)))
+    assert type(s2s).__name__ == "Seq2SeqTrainingArguments" and s2s.learning_rate == bart.train.learning_rate != 0.0123
+
+
+def test_committed_schema_is_written_from_the_spec_fields(monkeypatch, tmp_path):
+    """The settings sections of the schema file are generated (kdsum.config.schema); a stale file fails the check."""
+    from kdsum.config import schema
+
+    text = schema.SCHEMA_PATH.read_text(encoding="utf-8")
+    assert schema.render(text) == text, "run `python3 -m kdsum.config.schema`"
+    done = subprocess.run([sys.executable, "-m", "kdsum.config.schema", "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lr = load_schema()["$defs"]["train"]["properties"]["learning_rate"]
+    assert lr == {"type": "number", "exclusiveMinimum": 0, "description": "the peak learning rate (AdamW)"}
+    stale = tmp_path / "config.schema.yaml"
+    stale.write_text(text.replace("description: the peak learning rate (AdamW)", "description: old"), encoding="utf-8")
+    monkeypatch.setattr(schema, "SCHEMA_PATH", stale)
+    with pytest.raises(SystemExit, match="stale"):
+        schema.main(["--check"])
+    schema.main([])  # rewrites the block, and only the block
+    assert stale.read_text(encoding="utf-8") == text
+
+
+def test_every_setting_has_a_description_and_its_bounds(cfg):
+    """The schema entries carry each field's bounds: one past a bound is refused, naming the key."""
+    for cls in (TrainArgs, LoraArgs, QuantizationArgs, GenerationArgs):
+        for f in dataclasses.fields(cls):
+            assert "\n" not in f.metadata["description"] and len(f.metadata["description"]) > 8, f.name
+    cfg["defaults"]["train"]["learning_rate"] = 0
+    assert "defaults.train.learning_rate" in refused(cfg) and "less than or equal to the minimum of 0" in refused(cfg)
+    cfg["defaults"]["train"]["learning_rate"] = 1e-4
+    cfg["defaults"]["lora"]["lora_dropout"] = 1.5
+    assert "defaults.lora.lora_dropout" in refused(cfg)
 
 
 def test_model_name_must_be_a_slug(cfg):

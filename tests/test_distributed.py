@@ -21,7 +21,7 @@ from kdsum.config.resolve import load_config, resolve
 from kdsum.config.spec import BatchError, per_rank_accumulation, to_json
 from kdsum.data.ingest import ingest_splits, load_split
 from kdsum.data.prompts import write_prompt_set
-from kdsum.gpu.distributed import launch_command, per_rank_arguments
+from kdsum.gpu.distributed import launch_command
 from kdsum.gpu.slots import GpuSlotError, acquire, device_ids
 from kdsum.io import read_json, write_text
 from kdsum.models.build import build_base_model
@@ -135,15 +135,20 @@ def test_a_ddp_training_job_declares_its_gpus_to_snakemake():
 
 
 # --------------------------------------------------------------------------------------------- the global batch
-def test_accumulation_is_divided_and_a_remainder_refused(monkeypatch):
+def test_accumulation_is_divided_and_a_remainder_refused(monkeypatch, tmp_path):
+    from kdsum.training.trainer import arguments_class, trainer_arguments
+
     assert per_rank_accumulation(16, 4) == 4
     with pytest.raises(BatchError, match="'train.gradient_accumulation_steps' \\(3\\).*'train.num_gpus' \\(2\\)"):
         per_rank_accumulation(3, 2)
-    args = {"gradient_accumulation_steps": 8, "learning_rate": 1e-3}
-    assert per_rank_arguments(args) == args
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert per_rank_arguments(args)["gradient_accumulation_steps"] == 4
-    assert per_rank_arguments(args)["ddp_find_unused_parameters"] is False
+    job = resolve(load_config(REPO / "config.yaml"), "tiny-bart")
+    job = dataclasses.replace(job, train=dataclasses.replace(job.train, gradient_accumulation_steps=8))
+    one = arguments_class(job.family)(**trainer_arguments(job, None, str(tmp_path)))
+    assert one.gradient_accumulation_steps == 8 and one.ddp_find_unused_parameters is None
+    monkeypatch.setenv("WORLD_SIZE", "2")  # (arguments built under it would start accelerate's process group)
+    two = trainer_arguments(job, None, str(tmp_path))
+    assert two["gradient_accumulation_steps"] == 4 and two["ddp_find_unused_parameters"] is False
+    assert two["learning_rate"] == one.learning_rate == job.train.learning_rate
     assert launch_command(["train", "--spec", "s"], 2)[-4:] == ["kdsum", "train", "--spec", "s"]
 
 

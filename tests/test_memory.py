@@ -18,7 +18,14 @@ from kdsum.gpu.memory import (
     model_dims,
     parameter_counts,
 )
-from kdsum.gpu.preflight import MemoryPlanError, check_fits, check_spec_fits, estimate_for_spec, fold_accumulation
+from kdsum.gpu.preflight import (
+    MemoryPlanError,
+    RankBatch,
+    check_fits,
+    check_spec_fits,
+    estimate_for_spec,
+    fold_accumulation,
+)
 
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 
@@ -226,27 +233,26 @@ def test_fold_accumulation_only_where_the_planner_fits_it(tmp_path, monkeypatch)
         per_device_train_batch_size=8, gradient_accumulation_steps=2, packing=True, gradient_checkpointing=False
     )
     assert job.train.fold_accumulation == "auto"  # config.yaml's default
-    folded, yes = fold_accumulation(job, src, "lora", attention="varlen", available_gb=141.0)  # an H200
-    assert yes and (folded.train.per_device_train_batch_size, folded.train.gradient_accumulation_steps) == (16, 1)
-    assert folded.train.learning_rate == job.train.learning_rate and folded.lora == job.lora
+    written = RankBatch(micro_batch=8, accumulation=2)
+    assert fold_accumulation(job, src, "lora", attention="varlen", available_gb=141.0) == RankBatch(16, 1, True)  # H200
     # a card that fits 8 bins (~40 GiB planned) but not 16: as written
-    assert fold_accumulation(job, src, "lora", attention="varlen", available_gb=48.0) == (job, False)
+    assert fold_accumulation(job, src, "lora", attention="varlen", available_gb=48.0) == written
     # one that would fit 16 bins with the refusal's 5% spare but not with the fold's 15%: as written
-    need = check_spec_fits(folded, src, "lora", attention="varlen", available_gb=1e4)["estimate_gb"]
-    assert check_spec_fits(folded, src, "lora", attention="varlen", available_gb=need / 0.9)["fits"]
-    assert fold_accumulation(job, src, "lora", attention="varlen", available_gb=need / 0.9) == (job, False)
+    need = check_spec_fits(job, src, "lora", attention="varlen", available_gb=1e4, micro_batch=16)["estimate_gb"]
+    assert need > check_spec_fits(job, src, "lora", attention="varlen", available_gb=1e4)["estimate_gb"]
+    assert check_spec_fits(job, src, "lora", attention="varlen", available_gb=need / 0.9, micro_batch=16)["fits"]
+    assert fold_accumulation(job, src, "lora", attention="varlen", available_gb=need / 0.9) == written
     if not torch.cuda.is_available():  # nothing to plan against: as written
-        assert fold_accumulation(job, src, "lora", attention="varlen") == (job, False)
+        assert fold_accumulation(job, src, "lora", attention="varlen") == written
     off = dataclasses.replace(job, train=dataclasses.replace(job.train, fold_accumulation=False))
-    assert fold_accumulation(off, src, "lora", attention="varlen", available_gb=141.0) == (off, False)
+    assert fold_accumulation(off, src, "lora", attention="varlen", available_gb=141.0) == written
     seq2seq = dataclasses.replace(job, family="seq2seq", method="full")  # not planned: as written
-    assert fold_accumulation(seq2seq, src, "full", available_gb=141.0) == (seq2seq, False)
+    assert fold_accumulation(seq2seq, src, "full", available_gb=141.0) == written
     # DDP: each of 2 ranks accumulates 2 of the 4 micro-batches; folded, each runs one of 16 (the same global batch)
     monkeypatch.setenv("WORLD_SIZE", "2")
     four = dataclasses.replace(job, train=dataclasses.replace(job.train, gradient_accumulation_steps=4))
-    folded, yes = fold_accumulation(four, src, "lora", attention="varlen", available_gb=141.0)
-    assert yes and (folded.train.per_device_train_batch_size, folded.train.gradient_accumulation_steps) == (16, 2)
-    assert fold_accumulation(job, src, "lora", attention="varlen", available_gb=141.0) == (job, False)  # 1 per rank
+    assert fold_accumulation(four, src, "lora", attention="varlen", available_gb=141.0) == RankBatch(16, 1, True)
+    assert fold_accumulation(job, src, "lora", attention="varlen", available_gb=141.0) == RankBatch(8, 1)  # 1 per rank
 
 
 def test_check_spec_fits_skips_seq2seq_and_unreadable_sources(tmp_path):

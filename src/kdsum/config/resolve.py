@@ -3,8 +3,8 @@
 The config is config.yaml, then any overlay files (``--configfile``), then ``key=value`` overrides (Snakemake's
 ``--config``, whose keys cannot hold dots: ``run__models=[tiny-llama]`` reaches ``run.models``, as does
 ``'run={models: [tiny-llama]}'``). The schema
-(schemas/config.schema.yaml) checks every key; the leaves of ``defaults`` are all required there, so each setting
-is defaulted in exactly one place. Only the ``spec`` stage reads the config; every other stage reads its spec.
+(schemas/config.schema.yaml; its settings sections are written from kdsum.config.spec by kdsum.config.schema) checks
+every key; the leaves of ``defaults`` are all required there, so each setting is defaulted in exactly one place. Only the ``spec`` stage reads the config; every other stage reads its spec.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import jsonschema
 import yaml
 
 from kdsum.config.files import ConfigError, deep_merge, merged_config
+from kdsum.config.schema import SCHEMA_PATH, SECTION_TYPES
 from kdsum.config.spec import (
     BASELINE_MODEL,
     ENSEMBLE_MODEL,
@@ -30,22 +31,16 @@ from kdsum.config.spec import (
     BuildArgs,
     GenerationArgs,
     Job,
-    LoraArgs,
     PromptFormat,
-    QuantizationArgs,
     SystemRow,
-    TrainArgs,
     per_rank_accumulation,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-SCHEMA_PATH = REPO_ROOT / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = "config.yaml"
 SLUG_PATTERN = "^[a-z0-9]+(-[a-z0-9]+)*$"
 SETTING_KEYS = ("prompt_format", "train", "lora", "quantization", "generation")
 ZERO_SHOT_KEYS = ("prompt_format", "quantization", "generation")  # a model's own settings that zero-shot reads
 PREDICTION_TRAIN_KEYS = ("max_length", "bf16")  # the training settings that prediction reads
-SECTION_TYPES = {"train": TrainArgs, "lora": LoraArgs, "quantization": QuantizationArgs, "generation": GenerationArgs}
 
 
 def load_schema() -> dict:

@@ -3,7 +3,9 @@
 config change reruns exactly the jobs whose spec changed, under Snakemake and under DVC alike.
 
 Field names of the training, LoRA, quantization and generation settings are those of ``TrainingArguments`` /
-``SFTConfig``, ``peft.LoraConfig``, ``BitsAndBytesConfig`` and ``GenerationConfig``: no renaming table.
+``SFTConfig``, ``peft.LoraConfig``, ``BitsAndBytesConfig`` and ``GenerationConfig``: no renaming table. Each of those
+fields is declared once, here (:func:`setting`): its type, bounds and description, from which kdsum.config.schema
+writes the matching sections of schemas/config.schema.yaml.
 """
 
 from __future__ import annotations
@@ -38,60 +40,83 @@ class PromptFormat:
     enable_thinking: bool
 
 
-# TrainArgs fields that are SFTConfig's or the pipeline's own, not TrainingArguments' (the stage maps them itself)
-OWN_TRAIN_FIELDS = frozenset(
-    {
-        "max_length",
-        "packing",
-        "bf16",
-        "max_target_length",
-        "attention",
-        "kernels",
-        "compile",
-        "fold_accumulation",
-        "gradient_checkpointing",
-        "num_gpus",
-        "report_to",
-        "select_checkpoints",
-    }
-)
+def setting(description: str, default: Any = dataclasses.MISSING, *, to: str | None = None, **schema: Any) -> Any:
+    """A spec field that is also a config setting, declared here once: kdsum.config.schema writes its entry of
+    schemas/config.schema.yaml from it (the JSON type from the annotation unless ``schema`` holds an ``enum``,
+    ``const``, ``oneOf`` or ``anyOf``; the bounds; the description). ``to``: the library config that takes the field
+    as it is (``trainer``: TrainingArguments and so both trainers' arguments; ``sft``: SFTConfig only); None where
+    the pipeline maps it itself. Defaults of settings live in config.yaml's ``defaults`` (the schema requires them
+    all there); a dataclass default (``select_checkpoints``, ``engine``) only lets a spec file without the field
+    read."""
+    return field(default=default, metadata={"description": description, "to": to, "schema": schema})
+
+
+TRAINER, SFT = "trainer", "sft"
+LR_SCHEDULERS = ["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]
+AUTO_OR_BOOL = ["auto", True, False]
 
 
 @dataclass(frozen=True)
 class TrainArgs:
-    # TrainingArguments / SFTConfig fields, same names and meaning
-    seed: int
-    num_train_epochs: float
-    max_steps: int
-    learning_rate: float
-    lr_scheduler_type: str
-    warmup_steps: float  # an int counts steps, a float in [0, 1) is a share of them (transformers 5)
-    weight_decay: float
-    max_grad_norm: float
-    per_device_train_batch_size: int
-    gradient_accumulation_steps: int
-    max_length: int  # prompt + completion tokens (causal) / dialogue tokens (seq2seq)
-    packing: bool
-    gradient_checkpointing: bool
-    logging_steps: int
-    save_steps: int
-    save_total_limit: int
-    bf16: bool | str  # true / false / "auto" (where the hardware has it)
-    # the pipeline's own
-    max_target_length: int  # summary tokens (seq2seq)
-    attention: str  # auto | sdpa | eager | varlen (kdsum.gpu.attention)
-    kernels: str  # auto | liger | none (kdsum.gpu.kernels)
-    compile: bool | str  # true / false / "auto": compiled decoder layers (kdsum.gpu.kernels)
-    fold_accumulation: bool | str  # "auto" / false: accumulation as one micro-batch where it fits (kdsum.gpu.preflight)
-    num_gpus: int  # DDP ranks (kdsum.gpu.distributed); the global batch stays that of one GPU
-    report_to: str  # dvclive | tensorboard | wandb | none (kdsum.training.tracking; the Trainer itself gets "none")
-    # none | epoch | a list of optimizer steps: the checkpoints kept as candidates for selection by ROUGE on the
-    # dev set's tuning rows (kdsum.training.candidates); the final model is always one
-    select_checkpoints: str | list[int] = "none"
+    """Training settings; names and meaning those of ``TrainingArguments`` / ``SFTConfig`` where ``to`` says so."""
 
-    def trainer_kwargs(self) -> dict[str, Any]:
-        """The fields that ``TrainingArguments`` takes as they are."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in OWN_TRAIN_FIELDS}
+    seed: int = setting("seed of the model's initialisation, the data order and dropout", to=TRAINER, minimum=0)
+    num_train_epochs: float = setting("passes over the training rows", to=TRAINER, exclusiveMinimum=0)
+    max_steps: int = setting("optimizer steps; a positive number overrides num_train_epochs", to=TRAINER)
+    learning_rate: float = setting("the peak learning rate (AdamW)", to=TRAINER, exclusiveMinimum=0)
+    lr_scheduler_type: str = setting("the learning-rate schedule", to=TRAINER, enum=LR_SCHEDULERS)
+    warmup_steps: float = setting(
+        "steps (an integer) or a share of the steps (a number below 1), as in TrainingArguments",
+        to=TRAINER,
+        anyOf=[{"type": "integer", "minimum": 0}, {"type": "number", "minimum": 0, "exclusiveMaximum": 1}],
+    )
+    weight_decay: float = setting("AdamW's decoupled weight decay", to=TRAINER, minimum=0)
+    max_grad_norm: float = setting("gradient clipping norm", to=TRAINER, exclusiveMinimum=0)
+    per_device_train_batch_size: int = setting("rows (or packed bins) per micro-batch", to=TRAINER, minimum=1)
+    gradient_accumulation_steps: int = setting(
+        "micro-batches per optimizer step on one GPU (the global batch)", to=TRAINER, minimum=1
+    )
+    max_length: int = setting("prompt + completion tokens (causal) / dialogue tokens (seq2seq)", to=SFT, minimum=8)
+    max_target_length: int = setting("summary tokens (seq2seq)", minimum=4)
+    packing: bool = setting("pack rows into bins of max_length tokens (TRL's best-fit decreasing)", to=SFT)
+    gradient_checkpointing: bool = setting("recompute activations in the backward pass (less memory, slower)")
+    attention: str = setting(
+        "attention kernel (kdsum.gpu.attention); varlen: packed rows without a dense mask",
+        enum=["auto", "sdpa", "eager", "varlen"],
+    )
+    kernels: str = setting("fused training kernels (kdsum.gpu.kernels)", enum=["auto", "liger", "none"])
+    compile: bool | str = setting("compiled decoder layers (kdsum.gpu.kernels)", enum=AUTO_OR_BOOL)
+    fold_accumulation: bool | str = setting(
+        "auto: on CUDA, train each rank's accumulated micro-batches as one where the memory planner says it fits "
+        "(same optimizer steps); false: as written",
+        enum=["auto", False],
+    )
+    num_gpus: int = setting(
+        "GPUs (DDP ranks under torchrun) one training job uses; gradient_accumulation_steps is divided among them",
+        minimum=1,
+    )
+    report_to: str = setting(
+        "experiment tracker of training (kdsum.training.tracking): tensorboard and wandb need the [tracking] extra",
+        enum=["dvclive", "tensorboard", "wandb", "none"],
+    )
+    bf16: bool | str = setting("bfloat16 mixed precision; auto: where the hardware has it", enum=AUTO_OR_BOOL)
+    logging_steps: int = setting("optimizer steps between log entries", to=TRAINER, minimum=1)
+    save_steps: int = setting("optimizer steps between checkpoints (resume)", to=TRAINER, minimum=1)
+    save_total_limit: int = setting("checkpoints kept for resume", to=TRAINER, minimum=1)
+    select_checkpoints: str | list[int] = setting(
+        "none, epoch (every epoch's end) or optimizer steps: checkpoints scored on the dev set's tuning rows; the "
+        "best becomes the model (the final one is always a candidate)",
+        "none",
+        oneOf=[
+            {"enum": ["none", "epoch"]},
+            {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1, "uniqueItems": True},
+        ],
+    )
+
+    def trainer_kwargs(self, sft: bool = False) -> dict[str, Any]:
+        """The fields that ``TrainingArguments`` (``sft``: ``SFTConfig``) takes as they are."""
+        targets = (TRAINER, SFT) if sft else (TRAINER,)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["to"] in targets}
 
 
 class BatchError(SpecError):
@@ -111,38 +136,53 @@ def per_rank_accumulation(gradient_accumulation_steps: int, num_gpus: int) -> in
 
 @dataclass(frozen=True)
 class LoraArgs:
-    # peft.LoraConfig fields
-    r: int
-    lora_alpha: float
-    lora_dropout: float
-    target_modules: str | list[str]
+    """Adapter settings: ``peft.LoraConfig``'s fields."""
+
+    r: int = setting("adapter rank", to="peft", minimum=1)
+    lora_alpha: float = setting("adapter scale numerator (scale = lora_alpha / r)", to="peft", exclusiveMinimum=0)
+    lora_dropout: float = setting("dropout on the adapter's input", to="peft", minimum=0, maximum=1)
+    target_modules: str | list[str] = setting(
+        "the modules that get adapters: all-linear or a list of module names",
+        to="peft",
+        oneOf=[{"const": "all-linear"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
+    )
 
 
 @dataclass(frozen=True)
 class QuantizationArgs:
-    # BitsAndBytesConfig fields (used by method: qlora)
-    bnb_4bit_quant_type: str
-    bnb_4bit_use_double_quant: bool
-    bnb_4bit_compute_dtype: str
+    """4-bit base weights of method qlora: ``BitsAndBytesConfig``'s fields."""
+
+    bnb_4bit_quant_type: str = setting("4-bit data type", to="bnb", enum=["nf4", "fp4"])
+    bnb_4bit_use_double_quant: bool = setting("quantize the quantization constants too", to="bnb")
+    bnb_4bit_compute_dtype: str = setting(
+        "dtype of the matmuls on dequantized weights", to="bnb", enum=["bfloat16", "float16", "float32"]
+    )
 
 
 @dataclass(frozen=True)
 class GenerationArgs:
-    # GenerationConfig fields
-    num_beams: int
-    max_new_tokens: int
-    no_repeat_ngram_size: int
-    repetition_penalty: float
-    length_penalty: float  # beam search only
-    do_sample: bool
-    temperature: float  # sampling only
-    top_p: float  # sampling only
-    # the pipeline's own
-    batch_size: int
-    block_foreign_scripts: bool
-    seed: int  # torch's seed before a sampled generation, so a sampled setting is a reproducible job
-    engine: str = (
-        "auto"  # auto: kdsum.generation.engine.greedy where it applies (greedy, supported model), else generate()
+    """Decoding settings: ``GenerationConfig``'s fields where ``to`` says so, else the pipeline's own."""
+
+    batch_size: int = setting("dialogues per generation batch", minimum=1)
+    num_beams: int = setting("beam width; 1: greedy or sampling", to="generation", minimum=1)
+    max_new_tokens: int = setting("summary tokens generated at most", to="generation", minimum=1)
+    no_repeat_ngram_size: int = setting("n-grams that may not repeat; 0: no limit", to="generation", minimum=0)
+    repetition_penalty: float = setting(
+        "penalty on tokens already present; 1: none", to="generation", exclusiveMinimum=0
+    )
+    length_penalty: float = setting("beam search only: exponent of the length normalisation", to="generation")
+    do_sample: bool = setting("sample instead of searching", to="generation")
+    temperature: float = setting("sampling only: softmax temperature", to="generation", exclusiveMinimum=0)
+    top_p: float = setting("sampling only: nucleus mass", to="generation", exclusiveMinimum=0, maximum=1)
+    block_foreign_scripts: bool = setting(
+        "forbid tokens of scripts foreign to Korean summaries (kdsum.generation.blocking)"
+    )
+    # a sampled setting is a reproducible job only with its own seed
+    seed: int = setting("torch's seed before a sampled generation", minimum=0)
+    engine: str = setting(
+        "auto: kdsum.generation.engine.greedy where it applies (greedy, supported model), else generate()",
+        "auto",
+        enum=["auto", "generate"],
     )
 
 

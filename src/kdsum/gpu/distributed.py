@@ -11,8 +11,8 @@ Each rank (``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` from torchrun) builds the same
 the process group (NCCL on GPUs, gloo on CPUs, which is how the tests run two ranks without a GPU) and shards each
 batch of the dataloader over the ranks. The global batch stays what one GPU trains:
 ``per_device_train_batch_size x gradient_accumulation_steps``, the accumulation divided by the world size
-(:func:`per_rank_arguments`, kdsum.config.spec.per_rank_accumulation; a config where it does not divide is refused,
-naming the key). A 4-bit QLoRA base is loaded by every rank on its own device (kdsum.models.loading uses the current
+(kdsum.gpu.preflight.written_batch, kdsum.config.spec.per_rank_accumulation; a config where it does not divide is
+refused, naming the key). A 4-bit QLoRA base is loaded by every rank on its own device (kdsum.models.loading uses the current
 device, which :func:`setup_rank` sets before the memory planner reads that device's free memory).
 Only rank 0 deletes stale outputs, prepares the checkpoint directory and writes the outputs
 (:func:`rank_zero_first`, :func:`is_main`); the Trainer saves checkpoints from rank 0 with every rank's RNG state,
@@ -21,7 +21,8 @@ so a killed multi-GPU run resumes like a single one.
 Notes (transformers 5.23, accelerate 1.15, TRL 1.16, peft 0.21):
 - ``ddp_find_unused_parameters``: the Trainer turns it on for any model that is not a ``PreTrainedModel`` (a
   ``PeftModel`` is not), which costs a graph traversal each step. Every trainable parameter takes part in each
-  step here (LoRA on the linears, the data-token rows, a full fine-tune), so it is set off.
+  step here (LoRA on the linears, the data-token rows, a full fine-tune), so the training stage sets it off
+  (kdsum.training.trainer.trainer_arguments).
 - Packing (TRL's bfd, padding-free rows with ``position_ids``) happens once on the whole dataset before the
   sampler; each rank gets whole packed rows, so sequences never straddle ranks. Losses are summed over the
   completion tokens of the whole global batch (``average_tokens_across_devices``), so the ranks' different token
@@ -47,8 +48,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-from kdsum.config.spec import per_rank_accumulation
-
 log = logging.getLogger(__name__)
 
 
@@ -66,18 +65,6 @@ def local_rank() -> int:
 
 def is_main() -> bool:
     return rank() == 0
-
-
-def per_rank_arguments(args: dict) -> dict:
-    """TrainingArguments fields for this rank: the accumulation divided by the world size, DDP's settings."""
-    world = world_size()
-    if world == 1:
-        return args
-    return {
-        **args,
-        "gradient_accumulation_steps": per_rank_accumulation(args["gradient_accumulation_steps"], world),
-        "ddp_find_unused_parameters": False,  # every trainable parameter is used each step (module docstring)
-    }
 
 
 def needs_launch(num_gpus: int) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from kdsum.config.spec import Job, per_rank_accumulation
@@ -139,9 +140,11 @@ def estimate_for_spec(
     vocab: int | None = None,
     trainable_tokens: int = 0,
     kernels: str = "none",
+    micro_batch: int | None = None,
 ) -> dict:
     """The estimate of a job (kdsum.config.spec.Job) for a causal model trained by the pipeline (TRL SFTTrainer: fused
-    LM head; transformers' default SDPA attention unless ``attention='varlen'``).
+    LM head; transformers' default SDPA attention unless ``attention='varlen'``), with ``micro_batch`` rows per
+    micro-batch (default: the job's ``per_device_train_batch_size``).
 
     ``vocab``: the tokenizer's length once the data tokens (and a pad token) are added; the model grows to it when
     it exceeds the config's ``vocab_size`` (kdsum.models.data_tokens), so the estimate takes the larger of the two.
@@ -153,7 +156,7 @@ def estimate_for_spec(
     return estimate_peak_memory(
         dims,
         method or job.method,
-        t.per_device_train_batch_size,
+        micro_batch or t.per_device_train_batch_size,
         t.max_length,
         t.gradient_checkpointing,
         t.packing,
@@ -194,6 +197,7 @@ def check_spec_fits(
     trainable_tokens: int = 0,
     kernels: str = "none",
     margin: float = DEFAULT_MARGIN,
+    micro_batch: int | None = None,
 ) -> dict:
     """Check a causal LoRA/QLoRA job before its model is loaded: read the model's config from ``source`` (a local
     directory or a hub id), estimate, compare with the free GPU memory. Skipped (returns ``checked: False``) without
@@ -201,7 +205,7 @@ def check_spec_fits(
     ``attention``: the job's resolved ``train.attention`` (kdsum.gpu.attention); ``eager`` is planned as ``sdpa``
     (the debugging path also keeps the attention probabilities: the plan is low for it). ``vocab``,
     ``trainable_tokens``: :func:`estimate_for_spec` (the training stage passes ``len(tokenizer)`` and the data
-    tokens it added)."""
+    tokens it added); ``micro_batch``: the one the rank trains (:func:`fold_accumulation`), default the job's."""
     method = method or job.method
     if job.family != "causal" or method not in ("lora", "qlora"):
         return {"checked": False, "reason": f"{job.family}/{method}: the planner covers causal LoRA/QLoRA"}
@@ -218,6 +222,7 @@ def check_spec_fits(
         kernels=kernels,
         vocab=vocab,
         trainable_tokens=trainable_tokens,
+        micro_batch=micro_batch,
     )
     result = check_fits(est, available_gb=available_gb, margin=margin)
     result["estimate"] = est
@@ -230,38 +235,50 @@ def check_spec_fits(
     return result
 
 
-def fold_accumulation(job: Job, source: str, method: str | None = None, **plan: Any) -> tuple[Job, bool]:
-    """``job`` with each rank's accumulated micro-batches trained as one micro-batch (``per_device_train_batch_size``
+@dataclass(frozen=True)
+class RankBatch:
+    """What one rank trains per optimizer step: ``accumulation`` micro-batches of ``micro_batch`` rows (packed bins)."""
+
+    micro_batch: int
+    accumulation: int
+    folded: bool = False
+
+
+def written_batch(job: Job) -> RankBatch:
+    """The job's batch as written, on this rank: the one-GPU accumulation divided by the world size (DDP keeps the
+    global batch of one GPU, kdsum.config.spec.per_rank_accumulation)."""
+    t = job.train
+    return RankBatch(t.per_device_train_batch_size, per_rank_accumulation(t.gradient_accumulation_steps, world_size()))
+
+
+def fold_accumulation(job: Job, source: str, method: str | None = None, **plan: Any) -> RankBatch:
+    """This rank's batch: its accumulated micro-batches trained as one micro-batch (``per_device_train_batch_size``
     times the rank's accumulation steps, one step per rank) when ``train.fold_accumulation`` is ``auto`` and the
-    planner says the larger micro-batch fits the card with :data:`FOLD_MARGIN` to spare; else ``job`` as it is.
+    planner says the larger micro-batch fits the card with :data:`FOLD_MARGIN` to spare; else as written
+    (:func:`written_batch`).
 
     Each optimizer step then sees the same rows, and the same loss: transformers / TRL normalise a causal loss by
     the completion tokens of the whole accumulated batch (``num_items_in_batch``), so the gradient is that of the one
     larger batch (``tests/test_training.py::test_folded_accumulation_trains_like_accumulation``). Fewer, larger
     matmuls: 3B LoRA on an H200, 29,585 against 27,809 tokens/s (docs/BENCHMARKS.md section 7). Only where
     :func:`check_spec_fits` plans the job (causal LoRA / QLoRA with CUDA or a given ``available_gb``), so a machine
-    makes the same choice every run. ``plan``: :func:`check_spec_fits`'s keywords. Returns (job, folded)."""
-    t = job.train
-    steps = per_rank_accumulation(t.gradient_accumulation_steps, world_size())
-    if t.fold_accumulation != "auto" or steps <= 1:
-        return job, False
-    train = dataclasses.replace(
-        t,
-        per_device_train_batch_size=t.per_device_train_batch_size * steps,
-        gradient_accumulation_steps=t.gradient_accumulation_steps // steps,  # one step per rank
-    )
-    folded = dataclasses.replace(job, train=train)
+    makes the same choice every run. ``plan``: :func:`check_spec_fits`'s keywords. The decision only: the training
+    stage builds the Trainer's arguments from it (kdsum.training.trainer.trainer_arguments)."""
+    written = written_batch(job)
+    if job.train.fold_accumulation != "auto" or written.accumulation <= 1:
+        return written
+    folded = RankBatch(written.micro_batch * written.accumulation, 1, folded=True)
     try:
-        result = check_spec_fits(folded, source, method, margin=FOLD_MARGIN, **plan)
+        result = check_spec_fits(job, source, method, margin=FOLD_MARGIN, micro_batch=folded.micro_batch, **plan)
     except MemoryPlanError:
-        return job, False
+        return written
     if not result.get("checked"):
-        return job, False
+        return written
     log.info(
         "train.fold_accumulation: %d micro-batches of %d as one of %d (~%.1f GiB planned)",
-        steps,
-        t.per_device_train_batch_size,
-        train.per_device_train_batch_size,
+        written.accumulation,
+        written.micro_batch,
+        folded.micro_batch,
         result["estimate_gb"],
     )
-    return folded, True
+    return folded

@@ -68,7 +68,7 @@ from kdsum.gpu.kernels import (
     resolve_compile,
     resolve_kernels,
 )
-from kdsum.gpu.preflight import check_spec_fits, fold_accumulation
+from kdsum.gpu.preflight import RankBatch, check_spec_fits, fold_accumulation, written_batch
 from kdsum.models.data_tokens import (
     add_data_tokens,
     expose_output_head_bias,
@@ -113,13 +113,29 @@ def checkpointing_args(enabled: bool) -> dict:
     return {f"{prefix}_checkpointing": enabled, f"{prefix}_checkpointing_kwargs": kwargs}
 
 
-def training_arguments(job: Job, output_dir: str, progress: bool = True) -> dict:
-    """TrainingArguments fields shared by both families: the job's own (``TrainArgs.trainer_kwargs``, as they are)
-    and the pipeline's fixed choices."""
+# the pipeline's fixed choices for each trainer's own arguments
+SFT_CHOICES = dict(
+    packing_strategy="bfd",
+    padding_free=False,  # turned on by packing (bfd) only
+    completion_only_loss=True,
+    assistant_only_loss=False,
+    dataset_num_proc=None,
+    shuffle_dataset=False,
+    use_cache=False,
+)
+SEQ2SEQ_CHOICES = dict(predict_with_generate=False, remove_unused_columns=False)
+
+
+def _fixed_arguments(job: Job, batch: RankBatch, output_dir: str, progress: bool) -> dict:
+    """TrainingArguments that the pipeline sets itself: the rank's batch (kdsum.gpu.preflight), the mapped fields
+    (``bf16: auto``, the checkpointing flag's name) and fixed choices."""
     cuda = torch.cuda.is_available()
-    args = dict(
-        **job.train.trainer_kwargs(),
+    ddp = {"ddp_find_unused_parameters": False} if distributed.world_size() > 1 else {}  # kdsum.gpu.distributed
+    return dict(
+        per_device_train_batch_size=batch.micro_batch,
+        gradient_accumulation_steps=batch.accumulation,
         **checkpointing_args(job.train.gradient_checkpointing),
+        **ddp,
         output_dir=str(output_dir),
         bf16=use_bf16(job),
         fp16=False,
@@ -136,7 +152,30 @@ def training_arguments(job: Job, output_dir: str, progress: bool = True) -> dict
         disable_tqdm=not progress,
         dataloader_num_workers=0,
     )
-    return distributed.per_rank_arguments(args)  # DDP: accumulation divided by the world size
+
+
+def trainer_arguments(
+    job: Job, batch: RankBatch | None, output_dir: str, progress: bool = True, liger: bool = False
+) -> dict:
+    """The Trainer's arguments (for :func:`arguments_class`), built in one place: the job's library fields as they are
+    (``TrainArgs.trainer_kwargs``: TrainingArguments', and SFTConfig's for a causal job), then what the pipeline sets
+    (:func:`_fixed_arguments`). ``batch``: the rank's batch as kdsum.gpu.preflight.fold_accumulation decided it (None:
+    as written)."""
+    causal = job.family == "causal"
+    fixed = _fixed_arguments(job, batch or written_batch(job), output_dir, progress)
+    choices = SFT_CHOICES if causal else SEQ2SEQ_CHOICES
+    return {**job.train.trainer_kwargs(sft=causal), **fixed, "use_liger_kernel": liger, **choices}
+
+
+def arguments_class(family: str) -> type:
+    """TRL's ``SFTConfig`` for causal jobs, transformers' ``Seq2SeqTrainingArguments`` for seq2seq ones."""
+    if family == "causal":
+        from trl import SFTConfig
+
+        return SFTConfig
+    from transformers import Seq2SeqTrainingArguments
+
+    return Seq2SeqTrainingArguments
 
 
 def lora_config(job: Job, trainable_token_indices: Any = None):
@@ -155,8 +194,8 @@ def lora_config(job: Job, trainable_token_indices: Any = None):
 
 
 # --------------------------------------------------------------------------------------------- building
-def _seq2seq_trainer(job, base_source, prompts_dir, args_kw, method, callbacks):
-    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
+def _seq2seq_trainer(job, base_source, prompts_dir, args, method, callbacks):
+    from transformers import DataCollatorForSeq2Seq
 
     if method != "full":
         raise TrainingError(f"model '{job.model}': seq2seq models train with method `full`, not {method}")
@@ -167,7 +206,6 @@ def _seq2seq_trainer(job, base_source, prompts_dir, args_kw, method, callbacks):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.use_cache = False
     dataset, report = load_seq2seq_dataset(prompts_dir, tokenizer, job, model)
-    args = Seq2SeqTrainingArguments(**args_kw, predict_with_generate=False, remove_unused_columns=False)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
     trainer = seq2seq_trainer_cls()(
         model=model,
@@ -208,23 +246,9 @@ def _causal_model(job, base_source, tokenizer, new_ids, method, attention):
     return model, info
 
 
-def _causal_trainer(job, base_source, prompts_dir, tokenizer, new_ids, args_kw, method, attention, callbacks):
-    from trl import SFTConfig
-
+def _causal_trainer(job, base_source, prompts_dir, tokenizer, new_ids, args, method, attention, callbacks):
     model, info = _causal_model(job, base_source, tokenizer, new_ids, method, attention)
     dataset, info["fit"] = load_chat_dataset(prompts_dir, tokenizer, job, model)
-    args = SFTConfig(
-        **args_kw,
-        max_length=job.train.max_length,
-        packing=job.train.packing,
-        packing_strategy="bfd",
-        padding_free=False,  # turned on by packing (bfd) only
-        completion_only_loss=True,
-        assistant_only_loss=False,
-        dataset_num_proc=None,
-        shuffle_dataset=False,
-        use_cache=False,
-    )
     trainer = sft_trainer_cls()(
         model=model,
         args=args,
@@ -266,23 +290,24 @@ def build_trainer(
         vocab=len(tokenizer) if tokenizer is not None else None,
         trainable_tokens=len(new_ids or ()),
     )
-    job, folded = fold_accumulation(job, base_source, method, **planning)  # same optimizer steps, larger micro-batches
-    memory_plan = check_spec_fits(job, base_source, method, **planning)
+    batch = fold_accumulation(job, base_source, method, **planning)  # same optimizer steps, larger micro-batches
+    memory_plan = check_spec_fits(job, base_source, method, micro_batch=batch.micro_batch, **planning)
     set_seed(job.train.seed)
-    args_kw = training_arguments(job, str(checkpoint_dir), progress)
-    args_kw["use_liger_kernel"] = kernels == "liger"
+    args = arguments_class(job.family)(
+        **trainer_arguments(job, batch, str(checkpoint_dir), progress, liger=kernels == "liger")
+    )
     tracker = GradNormTracker()
     callbacks = [tracker, *(callbacks or [])]
     if job.family == "seq2seq":
-        trainer, info = _seq2seq_trainer(job, base_source, prompts_dir, args_kw, method, callbacks)
+        trainer, info = _seq2seq_trainer(job, base_source, prompts_dir, args, method, callbacks)
     else:
         trainer, info = _causal_trainer(
-            job, base_source, prompts_dir, tokenizer, new_ids, args_kw, method, attention, callbacks
+            job, base_source, prompts_dir, tokenizer, new_ids, args, method, attention, callbacks
         )
     trainer.kdsum_grad_tracker = tracker
     compiling = job.family == "causal" and resolve_compile(job)
     # compiled layers fuse PEFT's casts already (measured on an H200: no gain there, +11% uncompiled)
-    lora = method in ("lora", "qlora") and args_kw["bf16"] and not compiling
+    lora = method in ("lora", "qlora") and args.bf16 and not compiling
     uncast = keep_adapter_inputs_16bit(trainer.model) if lora else 0
     compiled = compile_decoder_layers(trainer.model) if compiling else 0
     plan = {k: v for k, v in memory_plan.items() if k != "estimate"}
@@ -292,8 +317,8 @@ def build_trainer(
         "attention_effective": attention,
         "kernels_effective": kernels,
         "compiled_layers": compiled,
-        "accumulation_folded": folded,
-        "micro_batch_effective": job.train.per_device_train_batch_size,
+        "accumulation_folded": batch.folded,
+        "micro_batch_effective": batch.micro_batch,
         "adapter_inputs_16bit": uncast,
         "memory_plan": plan,
         "data": fit.metrics(),
