@@ -1,11 +1,12 @@
 """The README's shell commands run as written, in a fresh copy of the repository.
 
-Fenced ```bash blocks run, each command through bash in a copy of the tracked files; a block whose info string
-carries a tag (```bash gpu) needs a GPU, a cluster or the network and is only parsed. A ```yaml block whose
-first line is `# NAME.yaml` is written to the copy first (the overlays the commands name). Commands that would do
-real work run in their dry-run form, the same command with one flag added: `snakemake -n`, `pip install
---dry-run --no-index --no-build-isolation` (offline, installs nothing), `pytest --collect-only`. Any other
-program must be cheap enough to run as written, or the test names the command to tag.
+Fenced ```bash blocks run, each command through bash in a copy of the tracked files. A block whose info string
+carries a tag (```bash gpu, ```bash cluster, ```bash network) needs what the test machine lacks: it is only
+parsed. A ```yaml block whose first line is `# NAME.yaml` is written to the copy first (the overlays the commands
+name). Commands that would do real work run in their dry-run form, the same command with one flag added:
+`snakemake -n`, `pip install --dry-run --no-index --no-build-isolation` (offline, installs nothing),
+`pytest --collect-only`. Any other program must be cheap enough to run as written, or the test names the command
+to tag.
 """
 
 import os
