@@ -126,7 +126,6 @@ def test_readme_command_runs(clone, command):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the Snakefile header's dotted --config example crashes Snakemake")
 def test_the_snakefile_header_commands_run(clone):
     header = [ln[1:].strip() for ln in (ROOT / "Snakefile").read_text().splitlines() if ln.startswith("#   snakemake")]
     assert header
