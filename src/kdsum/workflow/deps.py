@@ -76,10 +76,9 @@ def _module_name(rel: str) -> str | None:
 
 @cache
 def stage_code(stage: str) -> list[str]:
-    """The files a ``kdsum <stage>`` run executes: the stage module, the CLI layer and their kdsum imports."""
+    """The files whose code decides what ``kdsum <stage>`` computes: the stage module and its kdsum imports. Not
+    the command-line layer (cli.py dispatches, computes nothing): a change there reruns no stage."""
     module = module_file(f"{PACKAGE}.stages.{stage.replace('-', '_')}")
     if module is None:
         raise ValueError(f"no module for stage '{stage}' (src/kdsum/stages/{stage.replace('-', '_')}.py)")
-    files = code_deps(module)
-    cli = [f for f in code_deps(f"{SRC}/{PACKAGE}/cli.py") if f not in files]
-    return files + cli
+    return code_deps(module)
