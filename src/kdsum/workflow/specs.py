@@ -38,7 +38,10 @@ def spec_path(name: str, directory: str = SPEC_DIR) -> str:
 
 
 def is_preview(argv: list[str]) -> bool:
-    """Whether a Snakemake command line only plans or describes (no job runs): ``-n``, ``-np``, ``--summary``..."""
+    """Whether a Snakemake command line only plans or describes (no job runs): ``-n``, ``-np``, ``--summary``...
+    False for any other program (say, pytest or `kdsum dvc-yaml` loading the workflow in-process)."""
+    if not argv or Path(argv[0]).name not in ("snakemake", "__main__.py") or "snakemake" not in argv[0]:
+        return False
     flags = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
     short = "".join(a[1:] for a in argv if a[:1] == "-" and a[1:2] != "-" and a[1:].isalpha())
     return bool(flags & PREVIEW_FLAGS) or "n" in short or "S" in short or "D" in short
