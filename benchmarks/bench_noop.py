@@ -2,7 +2,8 @@
 
 WORKDIR is a checkout whose default pipeline has run to the end under both engines (`dvc repro` then
 `kdsum sync-mtimes`, or a Snakemake run then `dvc commit -f` and `kdsum sync-mtimes`). Each command runs once to
-warm the file cache, then N times; the JSON holds every wall time, the median, and the machine's load average.
+warm the file cache, then N times; the JSON holds every wall time and CPU time (user + sys: less sensitive to a busy machine), their medians, and
+the machine's load average.
 A run that does not report "nothing to do" fails the benchmark (it would time a real run).
 
     python benchmarks/bench_noop.py WORKDIR --runs 5 --out results/bench_noop.json
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,21 +29,30 @@ COMMANDS = {
 }
 
 
-def timed(cmd: list[str], workdir: Path, expect: str) -> float:
+def timed(cmd: list[str], workdir: Path, expect: str) -> tuple[float, float]:
+    """Wall and CPU (user + sys) seconds of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     if proc.returncode != 0 or expect not in proc.stdout + proc.stderr:
         sys.exit(f"`{' '.join(cmd[1:])}` in {workdir} is not a no-op: {(proc.stdout + proc.stderr)[-1500:]}")
-    return wall
+    return round(wall, 3), round(cpu, 3)
 
 
 def measure(workdir: Path, runs: int) -> dict:
     out = {}
     for name, (cmd, expect) in COMMANDS.items():
         timed(cmd, workdir, expect)  # warm-up
-        walls = [round(timed(cmd, workdir, expect), 3) for _ in range(runs)]
-        out[name] = {"median_s": statistics.median(walls), "runs_s": walls}
+        walls, cpus = zip(*(timed(cmd, workdir, expect) for _ in range(runs)), strict=True)
+        out[name] = {
+            "median_s": statistics.median(walls),
+            "median_cpu_s": statistics.median(cpus),
+            "runs_s": list(walls),
+            "runs_cpu_s": list(cpus),
+        }
     return out
 
 
