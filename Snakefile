@@ -12,7 +12,6 @@ report: "docs/report/workflow.rst"
 
 
 include: "rules/common.smk"
-include: "rules/spec.smk"
 include: "rules/data.smk"
 include: "rules/prompts.smk"
 include: "rules/models.smk"

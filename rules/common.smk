@@ -1,13 +1,14 @@
 # The merged config, its typed job specs and the input functions of the rules.
 import os
 import re
+import sys
 from pathlib import Path
 
 from kdsum.config.resolve import ZERO_SHOT, BASELINE_MODEL, ENSEMBLE_MODEL, REPLICAS, decoding_settings, grid, load_config, predict_splits, rule_resources, scored_splits, systems
-from kdsum.config.catalog import spec_for, spec_keys
+from kdsum.config.catalog import spec_for
 from kdsum.config.files import ConfigError
 from kdsum.workflow.deps import stage_code
-from kdsum.config.spec import to_json
+from kdsum.workflow.specs import is_preview, spec_path, unsynced, write_specs
 
 # config.yaml, then --configfile overlays, then --config key=value overrides (dotted keys reach nested settings);
 # validated against schemas/config.schema.yaml, every error naming the key.
@@ -17,6 +18,13 @@ MODELS = CFG["run"]["models"]
 GRID = grid(CFG)
 # the decoding search's settings; selection needs the dev set's references (kdsum.selection.tuning)
 DECODING = decoding_settings(CFG) if scored_splits(CFG) else []
+# DVC-made results need Snakemake's records first (one line naming `kdsum sync-mtimes`); then every job's spec is
+# written, each file only when its content changed: the rules take them as plain inputs, so a changed setting
+# reruns exactly the jobs whose spec changed, whichever engine ran them before (kdsum.workflow.specs).
+# A preview (`snakemake -n` ...) leaves results/specs as it is: a changed spec goes to a file of its own.
+if message := unsynced():
+    sys.exit(message)  # stderr, exit 1: one line, before anything is planned
+SPECS = write_specs(CFG, preview=is_preview(sys.argv))
 
 
 def one_of(names):
@@ -46,12 +54,22 @@ def resources_for(rule):
     return rule_resources(CFG, rule)[1]
 
 
-def spec_file(name):
-    return f"results/specs/{name}.json"
+def spec_input(name):
+    """The spec file a job reads (the preview's copy where a preview changed it)."""
+    return SPECS.get(name, spec_path(name))
+
+
+def spec_file(pattern):
+    """An input function: the spec called ``pattern`` with the job's wildcards filled in."""
+    return lambda wildcards: spec_input(pattern.format(**dict(wildcards.items())))
+
+
+def decode_specs(wildcards):
+    return [spec_input(f"decode/{wildcards.model}/{wildcards.variant}/{s}") for s in DECODING]
 
 
 def model_spec(wildcards):
-    return spec_file(f"model/{wildcards.model}/{wildcards.variant}")
+    return spec_input(f"model/{wildcards.model}/{wildcards.variant}")
 
 
 def job(wildcards):
@@ -165,7 +183,7 @@ def summary_inputs(wildcards):
 
 
 def ensemble_spec(wildcards):
-    return spec_file(f"{ENSEMBLE_MODEL}/{wildcards.ensemble}")
+    return spec_input(f"{ENSEMBLE_MODEL}/{wildcards.ensemble}")
 
 
 def ensemble_members(wildcards):

@@ -37,7 +37,7 @@ rule select_checkpoint:
 
 
 rule decode:
-    """One decoding setting: the system's summaries of the dev tuning rows and their score (its own job)."""
+    """One decoding setting: the system's summaries of the dev tuning rows (its own job; scored by evaluate_decoding)."""
     input:
         prompts=prompts_dir,
         weights=weights,
@@ -47,7 +47,6 @@ rule decode:
         code=code("decode"),
     output:
         predictions="results/selection/{model}/{variant}/decoding/{setting}/tuning.csv",
-        score="results/selection/{model}/{variant}/decoding/{setting}/score.json",
     params:
         weights=weights_args,
     wildcard_constraints:
@@ -63,15 +62,37 @@ rule decode:
         "../envs/kdsum.yaml"
     shell:
         "kdsum decode --spec {input.spec:q} --evaluation-spec {input.evaluation:q} --prompts-dir {input.prompts:q} "
-        "--references {input.references:q} {params.weights:q} --out-predictions {output.predictions:q} "
-        "--out-score {output.score:q} > {log:q} 2>&1"
+        "--references {input.references:q} {params.weights:q} --out-predictions {output.predictions:q} > {log:q} 2>&1"
+
+
+rule evaluate_decoding:
+    """The score of one decoding setting on the dev tuning rows (a change of the scorer reruns this, not decode)."""
+    input:
+        predictions="results/selection/{model}/{variant}/decoding/{setting}/tuning.csv",
+        references="results/data/dev.jsonl",
+        spec=spec_file("evaluation"),
+        code=code("evaluate"),
+    output:
+        score="results/selection/{model}/{variant}/decoding/{setting}/score.json",
+        per_item="results/selection/{model}/{variant}/decoding/{setting}/items.csv",
+    wildcard_constraints:
+        setting=one_of(DECODING) or "none",
+    log:
+        "results/logs/evaluate_decoding/{model}/{variant}/{setting}.log",
+    benchmark:
+        "results/benchmarks/evaluate_decoding/{model}/{variant}/{setting}.tsv"
+    conda:
+        "../envs/kdsum.yaml"
+    shell:
+        "kdsum evaluate --spec {input.spec:q} --predictions {input.predictions:q} --part tuning "
+        "--references {input.references:q} --out-json {output.score:q} --out-items {output.per_item:q} > {log:q} 2>&1"
 
 
 rule select_decoding:
     """The best decoding setting on the dev tuning rows: used for the system's dev and test predictions."""
     input:
         scores=expand("results/selection/{{model}}/{{variant}}/decoding/{setting}/score.json", setting=DECODING),
-        specs=expand("results/specs/decode/{{model}}/{{variant}}/{setting}.json", setting=DECODING),
+        specs=decode_specs,
         code=code("select-decoding"),
     output:
         choice="results/selection/{model}/{variant}/decoding.json",

@@ -17,6 +17,7 @@ an edit of one training summary (exactly the stages whose inputs changed rerun),
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import io
@@ -33,8 +34,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kdsum.config.catalog import spec_for, spec_keys, spec_names
 from kdsum.config.files import merged_config
 from kdsum.config.resolve import load_config
+from kdsum.config.spec import to_json
 from kdsum.training.report import SUMMARY_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +45,6 @@ FAST = "tests/fixtures/config.fast.yaml"
 TARGET = "results/summary.csv"
 KDSUM = [sys.executable, "-m", "kdsum"]
 RULES = [
-    "spec",
     "ingest",
     "format_prompts",
     "build_base",
@@ -54,11 +56,20 @@ RULES = [
     "evaluate",
     "select_checkpoint",
     "decode",
+    "evaluate_decoding",
     "select_decoding",
     "evaluate_report",
     "summary",
 ]
-TWO_WORD_RULES = ("build_base", "format_prompts", "select_checkpoint", "select_decoding", "evaluate_report")
+TWO_WORD_RULES = (
+    "build_base",
+    "format_prompts",
+    "select_checkpoint",
+    "evaluate_decoding",
+    "select_decoding",
+    "evaluate_report",
+)
+DVC_OWN = ("check_dag", "specs")  # stages of DVC's own: the DAG check and the one spec command
 ENV = {
     **os.environ,
     "DVC_NO_ANALYTICS": "1",
@@ -199,6 +210,11 @@ def nothing_to_do(cwd: Path, *args: str) -> tuple[bool, str, float]:
     return "Nothing to be done" in text, text, wall
 
 
+def assert_stops_naming_sync(cwd: Path) -> None:
+    proc = smk(cwd, TARGET, "--dry-run", check=False)
+    assert proc.returncode != 0 and "run `kdsum sync-mtimes` first" in proc.stderr, proc.stderr[-2000:]
+
+
 def planned_jobs(text: str) -> int:
     m = re.search(r"^total\s+(\d+)", text, re.M)
     return int(m.group(1)) if m else 0
@@ -247,7 +263,7 @@ def both_doors(request, structure_copy) -> dict:
 
 
 def _dvc_only(stages: dict) -> dict:
-    return {n: st for n, st in stages.items() if n != "check_dag"}
+    return {n: st for n, st in stages.items() if n not in DVC_OWN}
 
 
 def test_same_outputs(both_doors):
@@ -255,7 +271,8 @@ def test_same_outputs(both_doors):
     stages = _dvc_only(both_doors["stages"])
     dvc_outs = [o for st in stages.values() for o in dvc_outputs(st)]
     assert len(smk_outs) == len(set(smk_outs)) and len(dvc_outs) == len(set(dvc_outs))
-    assert set(smk_outs) | {"results/specs/dag.txt"} == both_doors["dag_outs"], {
+    spec_outs = set(dvc_outputs(both_doors["stages"]["specs"]))
+    assert set(smk_outs) | spec_outs | {"results/specs/dag.txt"} == both_doors["dag_outs"], {
         "only snakemake": sorted(set(smk_outs) - both_doors["dag_outs"]),
         "only dvc dag": sorted(both_doors["dag_outs"] - set(smk_outs)),
     }
@@ -265,19 +282,15 @@ def test_same_outputs(both_doors):
 
 
 def test_same_commands(both_doors):
-    """Every stage runs its rule's command; a spec stage resolves from config.yaml instead of the engine's JSON."""
+    """Every stage runs its rule's command; the specs stage runs the one spec command on config.yaml."""
     by_outs = {frozenset(dvc_outputs(st)): (name, st) for name, st in _dvc_only(both_doors["stages"]).items()}
     for job in both_doors["jobs"]:
         name, st = by_outs[frozenset(job["output"])]
-        if job["rule"] == "spec":
-            spec = re.match(r"^kdsum spec (\S+) --json ", job["cmd"]).group(1)
-            assert st["cmd"] == f"kdsum spec {spec} --configfile config.yaml --out {job['output'][0]}", name
-        else:
-            assert st["cmd"] == without_log(job), name
-    assert Counter(j["rule"] for j in both_doors["jobs"] if j["rule"] != "spec") == Counter(
+        assert st["cmd"] == without_log(job), name
+    assert both_doors["stages"]["specs"]["cmd"] == "kdsum spec --configfile config.yaml"
+    assert Counter(j["rule"] for j in both_doors["jobs"]) == Counter(
         n.split("_")[0] if not n.startswith(TWO_WORD_RULES) else "_".join(n.split("_")[:2])
         for n in _dvc_only(both_doors["stages"])
-        if not n.startswith("spec_")
     )
 
 
@@ -287,11 +300,12 @@ def test_same_deps_code_included(both_doors):
     by_outs = {frozenset(dvc_outputs(st)): (name, st) for name, st in _dvc_only(both_doors["stages"]).items()}
     for job in both_doors["jobs"]:
         name, st = by_outs[frozenset(job["output"])]
-        extra = {"results/specs/dag.txt"} if job["rule"] == "spec" else set()
-        assert set(st["deps"]) == set(job["input"]) | extra, (name, set(st["deps"]) ^ set(job["input"]))
-        stage = {"format_prompts": "prompts", "evaluate_report": "evaluate"}.get(job["rule"], job["rule"])
+        assert set(st["deps"]) == set(job["input"]), (name, set(st["deps"]) ^ set(job["input"]))
+        stage = {"format_prompts": "prompts", "evaluate_report": "evaluate", "evaluate_decoding": "evaluate"}.get(
+            job["rule"], job["rule"]
+        )
         assert f"src/kdsum/stages/{stage}.py" in st["deps"], name
-        assert "src/kdsum/cli.py" in st["deps"] and "src/kdsum/__init__.py" not in st["deps"], name
+        assert "src/kdsum/cli.py" not in st["deps"] and "src/kdsum/__init__.py" not in st["deps"], name
     predict = next(st for n, st in both_doors["stages"].items() if n.startswith("predict_"))
     assert {"src/kdsum/generation/predict.py", "src/kdsum/config/spec.py"} <= set(predict["deps"])
     assert "src/kdsum/config/resolve.py" not in predict["deps"]  # stages read their spec, never the config
@@ -299,7 +313,7 @@ def test_same_deps_code_included(both_doors):
 
 def test_every_stage_but_the_specs_is_free_of_config(both_doors):
     for name, st in both_doors["stages"].items():
-        if name.startswith("spec_"):
+        if name == "specs":
             assert "results/specs/dag.txt" in st["deps"], name
         elif name != "check_dag":
             assert "params" not in st and "config.yaml" not in st["cmd"], name
@@ -311,17 +325,22 @@ def _stage_params(stage: dict) -> list[str]:
 
 
 def test_params_are_scoped_to_one_model(both_doors):
-    """A hyperparameter of one model reaches exactly that model's spec stages."""
+    """Only the specs stage reads config.yaml, every key a spec reads among its params; a hyperparameter of one
+    model changes exactly that model's spec files (so DVC reruns exactly the stages reading them)."""
     cfg, stages = both_doors["cfg"], both_doors["stages"]
+    assert [n for n, st in stages.items() if "params" in st] == ["specs"]
+    params = _stage_params(stages["specs"])
+    for name in spec_names(cfg):
+        for key in spec_keys(cfg, name):
+            assert any(key == k or key.startswith(k + ".") for k in params), (name, key)
     for model in cfg["run"]["models"]:
-        key = f"models.{model}.train.learning_rate"
-        hit = {n for n, st in stages.items() if any(key == k or key.startswith(k + ".") for k in _stage_params(st))}
-        expected = {f"spec_model_{model}_{v}" for v in cfg["run"]["variants"]}  # zero-shot reads no lr
+        changed = copy.deepcopy(cfg)
+        changed["models"][model]["train"]["learning_rate"] = 0.05
+        hit = {n for n in spec_names(cfg) if to_json(spec_for(cfg, n)) != to_json(spec_for(changed, n))}
+        expected = {f"model/{model}/{v}" for v in cfg["run"]["variants"]}  # zero-shot reads no lr
         # the decoding search's jobs are the model's job with other generation settings
-        expected |= {f"spec_decode_{model}_{v}_{d}" for v in cfg["run"]["variants"] for d in cfg["decoding"]["grid"]}
+        expected |= {f"decode/{model}/{v}/{d}" for v in cfg["run"]["variants"] for d in cfg["decoding"]["grid"]}
         assert hit == expected, model
-    assert _stage_params(stages["spec_data"]) == ["data"]
-    assert _stage_params(stages["spec_evaluation"]) == ["evaluation"]
     for st in stages.values():
         assert all(list(entry) == ["config.yaml"] for entry in st.get("params", []))
 
@@ -370,8 +389,10 @@ def test_outputs_metrics_and_plots_are_what_dvc_should_track():
     assert {f"results/train/{m}/{v}/tracking" for m, v in jobs} <= set(outs)  # DVCLive's folder is declared
     for name, st in stages.items():  # every output is cached: results/ is git-ignored
         for key in ("outs", "metrics"):
-            assert all(isinstance(e, str) for e in st.get(key, [])) or name == "check_dag", st
+            assert all(isinstance(e, str) for e in st.get(key, [])) or name in DVC_OWN, st
     assert stages["check_dag"]["outs"] == [{"results/specs/dag.txt": {"persist": True}}]
+    # cached, and kept in place during the run: only a spec whose content changed is rewritten
+    assert all(list(e.values()) == [{"persist": True}] for e in stages["specs"]["outs"])
     plots = {next(iter(p)): next(iter(p.values())) for p in doc["plots"]}
     assert set(plots["training_loss"]["y"]) == {f"results/train/{m}/{v}/log_history.csv" for m, v in jobs}
     assert plots["results/summary.csv"]["x"] == "final"
@@ -480,8 +501,7 @@ def test_metrics_and_plots(dvc_repo, tmp_path):
 
 @pytest.mark.slow
 def test_snakemake_agrees_after_dvc_run_and_lint_is_clean(dvc_repo):
-    ok, text, _ = nothing_to_do(dvc_repo)
-    FIGURES["snakemake jobs planned right after dvc repro (before sync_mtimes)"] = 0 if ok else planned_jobs(text)
+    assert_stops_naming_sync(dvc_repo)  # right after dvc repro: the workflow stops before planning
     sync = sh([*KDSUM, "sync-mtimes"], dvc_repo)
     assert "nothing to be done" in sync.stdout
     ok, text, wall = nothing_to_do(dvc_repo)
@@ -554,10 +574,9 @@ def test_push_pull_round_trip_restores_data_and_models(dvc_repo, tmp_path):
     assert {p: md5(dvc_repo / p) for p in before_files} == before_files
     assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
 
-    # DVC restored the files with new mtimes in no particular order: Snakemake would rebuild; the documented
-    # step (scripts/sync_mtimes.py) makes it see the results as current
-    ok, text, _ = nothing_to_do(dvc_repo)
-    FIGURES["snakemake jobs planned after dvc pull (before sync_mtimes)"] = 0 if ok else planned_jobs(text)
+    # DVC restored the files with new mtimes in no particular order: the workflow stops before planning on them,
+    # naming the step that makes Snakemake see the results as current
+    assert_stops_naming_sync(dvc_repo)
     sh([*KDSUM, "sync-mtimes"], dvc_repo)
     ok, text, _ = nothing_to_do(dvc_repo)
     assert ok, text[-3000:]
@@ -581,19 +600,19 @@ def test_exp_run_on_one_models_learning_rate_reruns_that_model_only(dvc_repo):
     after = lock_hashes(load_yaml(dvc_repo / "dvc.lock"))
     # exactly the stages at least one of whose deps or params changed reran (DVC compares content) ...
     assert set(ran) == _changed_by(before, after), (ran, sorted(_changed_by(before, after)))
-    # ... among them the model's spec and training, and the summary ...
-    assert {"check_dag", "spec_model_tiny-llama_default", "train_tiny-llama_default", "summary"} <= set(ran), ran
+    # ... among them the specs, the model's training, and the summary ...
+    assert {"check_dag", "specs", "train_tiny-llama_default", "summary"} <= set(ran), ran
     # ... and nothing of another model: only tiny-llama/default's jobs (its predictions, decoding search, checkpoint
     # selection, scores, submission) and the ensemble it is a member of
-    gathering = ("check_dag", "summary")
+    gathering = ("check_dag", "specs", "summary")
     others = [n for n in ran if "tiny-llama_default" not in n and n not in gathering and "ensemble_mbr" not in n]
     assert not [n for n in others if not n.startswith("mbr_mbr_")], ran
     assert len(ran) == len(set(ran))
     assert load_yaml(dvc_repo / "config.yaml")["models"]["tiny-llama"]["train"]["learning_rate"] == 0.05
     assert (
-        load_yaml(dvc_repo / "dvc.lock")["stages"]["spec_model_tiny-llama_default"]["params"]["config.yaml"][
-            "models.tiny-llama"
-        ]["train"]["learning_rate"]
+        load_yaml(dvc_repo / "dvc.lock")["stages"]["specs"]["params"]["config.yaml"]["models.tiny-llama"]["train"][
+            "learning_rate"
+        ]
         == 0.05
     )
     assert (

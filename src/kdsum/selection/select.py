@@ -21,12 +21,12 @@ from typing import Any
 
 import pandas as pd
 
-from kdsum.config.spec import EvaluationArgs, GenerationArgs, Job
-from kdsum.errors import KdsumError
-from kdsum.generation.predict import predict_rows, read_prompt_rows
+from kdsum.config.spec import EvaluationArgs, Job
 from kdsum.io import read_json, write_csv, write_json, write_text
 from kdsum.plots import pyplot, save_png
 from kdsum.scoring.evaluate import evaluate
+from kdsum.selection.choice import SelectionError, predict_tuning_rows
+from kdsum.selection.choice import with_selected_decoding as with_selected_decoding  # re-exported
 from kdsum.selection.tuning import TUNING, part_fnames
 
 METRIC = "rouge_sum"  # what selection maximises: final x3, the same order
@@ -44,10 +44,6 @@ DECODING_COLUMNS = (
 )
 
 
-class SelectionError(KdsumError):
-    """Selection inputs that do not fit together (counts, parts, systems)."""
-
-
 # --------------------------------------------------------------------------------------------- scoring
 def score_tuning_rows(
     job: Job,
@@ -62,14 +58,9 @@ def score_tuning_rows(
     """Summarise the dev set's tuning rows with ``job`` (its model: ``model_dir`` / ``base_dir``), score them;
     the score dict of ``kdsum evaluate`` (with ``part: tuning``). Writes the predictions to ``out_predictions``
     when given."""
-    rows = read_prompt_rows(Path(prompts_dir) / "dev.jsonl", job.family)
-    tuning = set(part_fnames([r["fname"] for r in rows], evaluation.tuning_fraction, TUNING, str(references)))
-    rows = [r for r in rows if r["fname"] in tuning]
-    summaries, _ = predict_rows(job, rows, prompts_dir, model_dir, base_dir, progress=progress)
-    frame = pd.DataFrame({"fname": [r["fname"] for r in rows], "summary": summaries})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(out_predictions) if out_predictions else Path(tmp) / "tuning.csv"
-        write_csv(path, frame)
+        predict_tuning_rows(job, evaluation, prompts_dir, references, model_dir, base_dir, path, progress)
         result, _ = evaluate(
             path,
             Path(references),
@@ -131,18 +122,6 @@ def decoding_choice(df: pd.DataFrame, jobs: Sequence[Job]) -> dict[str, Any]:
         "tuning_n": int(df.loc[i, "n"]),
         "generation": dataclasses.asdict(job.generation),
     }
-
-
-def with_selected_decoding(job: Job, path: str | Path) -> Job:
-    """``job`` with the generation settings the decoding search chose (``decoding.json``)."""
-    choice = read_json(path)
-    if choice.get("system") != job.name:
-        raise SelectionError(f"{path}: the decoding choice of {choice.get('system')!r}, not of {job.name!r}")
-    try:
-        generation = GenerationArgs(**choice["generation"])
-    except (KeyError, TypeError) as exc:
-        raise SelectionError(f"{path}: no complete generation settings ({exc}); rerun the selection") from None
-    return dataclasses.replace(job, generation=generation)
 
 
 def markdown(df: pd.DataFrame, title: str) -> str:

@@ -1,12 +1,13 @@
-"""One setting of the decoding search: summaries of the dev set's tuning rows (kdsum.selection.tuning) and their score.
+"""One setting of the decoding search: summaries of the dev set's tuning rows (kdsum.selection.tuning).
 
     kdsum decode --spec results/specs/decode/M/V/S.json --evaluation-spec results/specs/evaluation.json \\
         --prompts-dir DIR --references results/data/dev.jsonl [--model-dir D] [--base-dir B] \\
-        --out-predictions results/selection/M/V/decoding/S/tuning.csv --out-score .../S/score.json
+        --out-predictions results/selection/M/V/decoding/S/tuning.csv
 
 The spec is the system's job with the setting's generation overrides (``decoding.grid.S``); the model is the
-one the system's predictions use (its selected checkpoint where ``train.select_checkpoints`` is set). The score
-file is that of ``kdsum evaluate`` with ``part: tuning``; ``kdsum select-decoding`` reads it.
+one the system's predictions use (its selected checkpoint where ``train.select_checkpoints`` is set). The rule
+``evaluate_decoding`` scores the file (``kdsum evaluate --part tuning``), so a change of the scorer reruns that
+score, not this generation; ``kdsum select-decoding`` reads the scores.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import argparse
 
 from kdsum.config.spec import EvaluationArgs, Job, read_spec
 from kdsum.gpu import slots as gpu_slots
-from kdsum.io import write_json
-from kdsum.selection.select import score_tuning_rows
+from kdsum.selection.choice import predict_tuning_rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,17 +26,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--spec", required=True, help="the setting's job (results/specs/decode/M/V/S.json)")
     ap.add_argument("--evaluation-spec", required=True, help="results/specs/evaluation.json (tuning_fraction)")
     ap.add_argument("--prompts-dir", required=True)
-    ap.add_argument("--references", required=True, help="results/data/dev.jsonl")
+    ap.add_argument("--references", required=True, help="results/data/dev.jsonl (which rows are tuning rows)")
     ap.add_argument("--model-dir")
     ap.add_argument("--base-dir")
     ap.add_argument("--out-predictions", required=True)
-    ap.add_argument("--out-score", required=True)
     args = ap.parse_args(argv)
     job = read_spec(args.spec, Job)
     evaluation = read_spec(args.evaluation_spec, EvaluationArgs)
     with gpu_slots.claim(1):  # a free device, before torch touches CUDA (kdsum.gpu.slots)
-        score = score_tuning_rows(
+        n = predict_tuning_rows(
             job, evaluation, args.prompts_dir, args.references, args.model_dir, args.base_dir, args.out_predictions
         )
-    write_json(args.out_score, score)
-    print(f"{job.name}: final {score['rouge_sum'] / 3:.2f} on {score['n']} dev tuning rows; wrote {args.out_score}")
+    print(f"{job.name}: {n} dev tuning rows summarised; wrote {args.out_predictions}")

@@ -24,7 +24,7 @@ from kdsum.generation.predict import predict_rows, read_prompt_rows
 from kdsum.gpu import slots as gpu_slots
 from kdsum.io import write_csv
 from kdsum.models.loading import LoadedModel
-from kdsum.selection.select import with_selected_decoding
+from kdsum.selection.choice import with_selected_decoding
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,22 +1,24 @@
-"""``kdsum spec NAME --out results/specs/NAME.json``: one job's resolved settings, the only config a stage reads.
+"""``kdsum spec``: write the spec files (results/specs/NAME.json), each job's resolved settings, the only config a
+stage reads. The same function writes them when the Snakemake workflow loads and in DVC's ``specs`` stage
+(kdsum.workflow.specs); a file is rewritten only when its content changed, so an unchanged setting reruns nothing.
 
-Under Snakemake the engine hands over the spec it resolved (``--json``, its ``--configfile`` overlays and
-``--config`` overrides included); under DVC the stage resolves it from the config file itself (``--configfile``).
-Both write the same file for the same config. NAME: data | evaluation | summary | prompts/P | base/M | model/M/V.
+    kdsum spec --configfile config.yaml                           every spec of the config (only the changed ones)
+    kdsum spec NAME --configfile config.yaml --out FILE            one spec, to FILE
+NAME: data | evaluation | summary | report | prompts/P | base/M | model/M/V | decode/M/V/S | ensemble/E.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 
 import yaml
 
 from kdsum.config.catalog import spec_for
 from kdsum.config.files import ConfigError
 from kdsum.config.resolve import load_config
-from kdsum.config.spec import SpecError, from_dict, to_json
+from kdsum.config.spec import to_json
 from kdsum.io import write_text
+from kdsum.workflow.specs import write_specs
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -34,20 +36,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         prog="kdsum spec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("name")
-    ap.add_argument("--out", required=True)
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--json", help="the spec as the engine resolved it")
-    src.add_argument("--configfile", action="append", help="config files, merged in order")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides (with --configfile)")
+    ap.add_argument("name", nargs="?", help="one spec (with --out); default: every spec under results/specs")
+    ap.add_argument("--out", help="with NAME: the file to write")
+    ap.add_argument("--configfile", action="append", help="config files, merged in order (default: config.yaml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides")
     args = ap.parse_args(argv)
-
-    if args.configfile:
-        spec = spec_for(load_config(args.configfile, parse_overrides(args.set)), args.name)
-    else:
-        try:
-            spec = from_dict(json.loads(args.json))
-        except (ValueError, TypeError) as exc:
-            raise SpecError(f"spec '{args.name}': the engine's --json is not a spec ({exc})") from None
-    write_text(args.out, to_json(spec))
-    print(f"wrote {args.out} ({type(spec).__name__})")
+    if bool(args.name) != bool(args.out):
+        ap.error("NAME and --out go together")
+    config = load_config(args.configfile or ["config.yaml"], parse_overrides(args.set))
+    if args.name:
+        write_text(args.out, to_json(spec_for(config, args.name)))
+        print(f"wrote {args.out}")
+        return
+    changed = write_specs(config)
+    print(f"{len(changed)} spec file(s) changed" + "".join(f"\n  {p}" for p in changed.values()))

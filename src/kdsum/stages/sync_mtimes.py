@@ -13,6 +13,7 @@ What it does:
 2. `snakemake --touch results/summary.csv`: Snakemake marks the outputs up to date in DAG order and records its
    metadata (params, code, inputs) for them, without running anything.
 3. `snakemake --dry-run` must then plan no job (exit 1 otherwise, with its plan).
+Until it succeeds, the workflow refuses to plan on results DVC changed (kdsum.workflow.specs.unsynced).
 
     kdsum sync-mtimes                 # config file: the one dvc.yaml was generated for
     kdsum sync-mtimes --configfile my.yaml --target results/summary.csv
@@ -30,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from kdsum.errors import KdsumError
+from kdsum.workflow.specs import SYNC_STAMP
 
 NOTHING_TO_DO = "Nothing to be done"
 
@@ -54,6 +56,16 @@ def run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise SyncError(f"`{' '.join(cmd)}` failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-3000:]}")
     return proc
+
+
+def stamp(synced: bool) -> None:
+    """Record (or withdraw) that Snakemake's records match dvc.lock."""
+    path = Path(SYNC_STAMP)
+    if synced:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    else:
+        path.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,11 +95,17 @@ def main(argv: list[str] | None = None) -> None:
         print("dvc status: clean (every output matches dvc.lock by hash)")
 
     smk = [sys.executable, "-m", "snakemake", args.target, "--cores", "1"]
-    touched = run(smk + ["--touch", "--configfile", config])
+    stamp(True)  # before Snakemake loads the workflow, whose guard would stop it
+    try:
+        touched = run(smk + ["--touch", "--configfile", config])
+    except SyncError:
+        stamp(False)
+        raise
     total = re.search(r"^total\s+(\d+)", touched.stdout + touched.stderr, re.M)
     print(f"snakemake --touch: marked the outputs of {total.group(1) if total else 0} job(s) up to date")
     dry = run(smk + ["--dry-run", "--configfile", config], check=False)
     if dry.returncode != 0 or NOTHING_TO_DO not in dry.stdout + dry.stderr:
         print(f"{dry.stdout[-4000:]}{dry.stderr[-4000:]}", file=sys.stderr)
+        stamp(False)
         raise SyncError(f"snakemake still plans jobs for {args.target} (its plan is above)")
     print(f"snakemake --dry-run {args.target}: nothing to be done")

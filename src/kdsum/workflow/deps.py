@@ -7,8 +7,13 @@ rules, lists the same files: one scan, one list, both engines.
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
+import os
 from functools import cache
 from pathlib import Path
+
+from kdsum.io import write_text
 
 ROOT = Path(__file__).resolve().parents[3]
 SRC = "src"
@@ -16,6 +21,9 @@ PACKAGE = "kdsum"
 # A package's __init__.py holds its docstring (and kdsum's the version string), no code: a release bump or a
 # reworded package description must not retrain models (tests/test_dvc.py checks they stay code-free).
 INIT = "__init__.py"
+# stage -> files, valid while no file under src/kdsum changed (path, size, mtime): the scan parses every module,
+# the slowest part of loading the workflow, and its answer only changes with the code
+CACHE = ".snakemake/kdsum-code-deps.json"
 
 
 def module_file(module: str, root: Path = ROOT) -> str | None:
@@ -32,8 +40,13 @@ def module_file(module: str, root: Path = ROOT) -> str | None:
 
 def imported_modules(file: Path, module: str | None) -> set[str]:
     """Names of the modules imported anywhere in ``file`` (top level or inside functions)."""
-    tree = ast.parse(file.read_text(encoding="utf-8"), filename=str(file))
-    package = module.rsplit(".", 1)[0] if module and file.name != "__init__.py" else module
+    return set(_imported(str(file), module, file.stat().st_mtime_ns))
+
+
+@cache
+def _imported(file: str, module: str | None, mtime_ns: int) -> frozenset[str]:
+    tree = ast.parse(Path(file).read_text(encoding="utf-8"), filename=file)
+    package = module.rsplit(".", 1)[0] if module and Path(file).name != "__init__.py" else module
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -49,7 +62,7 @@ def imported_modules(file: Path, module: str | None) -> set[str]:
                 base = node.module or ""
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from kdsum import x` imports kdsum.x
-    return found
+    return frozenset(found)
 
 
 def code_deps(start: str, root: Path = ROOT) -> list[str]:
@@ -74,12 +87,48 @@ def _module_name(rel: str) -> str | None:
     return rel.removeprefix(f"{SRC}/").removesuffix(".py").removesuffix("/__init__").replace("/", ".")
 
 
+def code_fingerprint(root: Path = ROOT) -> str:
+    """A digest of every file's path, size and mtime under src/kdsum: it moves when any module changes."""
+    entries = []
+    for folder, dirs, files in os.walk(root / SRC / PACKAGE):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(f for f in files if f.endswith(".py")):
+            st = os.stat(os.path.join(folder, name))
+            entries.append(f"{folder}/{name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha1("\n".join(entries).encode()).hexdigest()
+
+
+@cache
+def _cached_stages() -> dict:
+    """The cache file's stage lists when it matches the code on disk (read once per process)."""
+    fingerprint = code_fingerprint()
+    try:
+        cached = json.loads((ROOT / CACHE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cached = {}
+    stages = cached.get("stages", {}) if cached.get("fingerprint") == fingerprint else {}
+    return {"fingerprint": fingerprint, "stages": stages}
+
+
+def _remember(stage: str, files: list[str]) -> None:
+    state = _cached_stages()
+    state["stages"][stage] = files
+    try:  # a cache: a read-only checkout just scans again next time
+        (ROOT / CACHE).parent.mkdir(parents=True, exist_ok=True)
+        write_text(ROOT / CACHE, json.dumps(state))
+    except OSError:
+        pass
+
+
 @cache
 def stage_code(stage: str) -> list[str]:
-    """The files a ``kdsum <stage>`` run executes: the stage module, the CLI layer and their kdsum imports."""
+    """The files whose code decides what ``kdsum <stage>`` computes: the stage module and its kdsum imports. Not
+    the command-line layer (cli.py dispatches, computes nothing): a change there reruns no stage."""
+    if stage in _cached_stages()["stages"]:
+        return list(_cached_stages()["stages"][stage])
     module = module_file(f"{PACKAGE}.stages.{stage.replace('-', '_')}")
     if module is None:
         raise ValueError(f"no module for stage '{stage}' (src/kdsum/stages/{stage.replace('-', '_')}.py)")
     files = code_deps(module)
-    cli = [f for f in code_deps(f"{SRC}/{PACKAGE}/cli.py") if f not in files]
-    return files + cli
+    _remember(stage, files)
+    return files

@@ -2,12 +2,13 @@
 
 Each job of ``snakemake --forceall results/summary.csv`` becomes a DVC stage with the job's shell command (less the
 `` > log 2>&1`` that Snakemake adds), its inputs as deps (code files included: the rules list them) and its outputs
-as outs; outputs named ``metrics`` are DVC metrics. The stages that differ by engine:
+as outs; outputs named ``metrics`` are DVC metrics. Two stages are DVC's own:
 
-* ``spec`` jobs: Snakemake hands them the spec it resolved; DVC's resolve it from config.yaml and list the keys
-  they read as params, so ``dvc exp run -S models.M.train.learning_rate=...`` reruns exactly model M's jobs.
-* ``check_dag`` (DVC only, upstream of every spec): reruns when config.yaml, the rules or the config code change
-  and stops ``dvc repro`` with one line when dvc.yaml no longer matches the DAG (say, a model added to run.models).
+* ``check_dag``: reruns when config.yaml, the rules or the config code change and stops ``dvc repro`` with one line
+  when dvc.yaml no longer matches the DAG (say, a model added to run.models).
+* ``specs``: ``kdsum spec`` writes the spec files, as the Snakemake workflow does when it loads, each only when its
+  content changed. Its params are the config keys the specs read, so ``dvc exp run -S
+  models.M.train.learning_rate=...`` reruns it, and then exactly the stages whose spec file changed (model M's).
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ from pathlib import Path
 
 import yaml
 
+from kdsum.config.catalog import spec_names
+from kdsum.config.resolve import load_config
 from kdsum.errors import KdsumError
+from kdsum.workflow import specs
 from kdsum.workflow.deps import ROOT, stage_code
+from kdsum.workflow.specs import spec_params, spec_path
 
 TARGET = "results/summary.csv"
 DAG_FILE = "results/specs/dag.txt"
@@ -69,6 +74,7 @@ def snakemake_jobs(config_file: str = CONFIG_FILE, root: Path = ROOT, target: st
     from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
 
     jobs = []
+    specs.GUARD["on"] = False  # reading the DAG plans nothing on the results
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         workflow_api = api.workflow(
             resource_settings=ResourceSettings(cores=1),
@@ -99,19 +105,8 @@ def snakemake_jobs(config_file: str = CONFIG_FILE, root: Path = ROOT, target: st
     return jobs
 
 
-def _dvc_cmd(job: SnakemakeJob, config_file: str) -> str:
-    if job.rule == "spec":
-        name, out = job.wildcards["name"], job.outputs[""][0]
-        return shlex.join(["kdsum", "spec", name, "--configfile", config_file, "--out", out])
-    return _LOG_REDIRECT.sub("", job.shell)
-
-
-def dvc_stage(job: SnakemakeJob, config_file: str = CONFIG_FILE) -> dict:
-    stage: dict = {"cmd": _dvc_cmd(job, config_file), "deps": list(dict.fromkeys(job.inputs))}
-    if job.rule == "spec":
-        stage["deps"].append(DAG_FILE)
-        if job.params.get("dvc_params"):
-            stage["params"] = [{config_file: list(job.params["dvc_params"])}]
+def dvc_stage(job: SnakemakeJob) -> dict:
+    stage: dict = {"cmd": _LOG_REDIRECT.sub("", job.shell), "deps": list(dict.fromkeys(job.inputs))}
     outs = [p for name, paths in job.outputs.items() if name != "metrics" for p in paths]
     metrics = job.outputs.get("metrics", [])
     if outs:
@@ -134,6 +129,18 @@ def check_stage(config_file: str = CONFIG_FILE, root: Path = ROOT) -> dict:
         ],
         # persist: a failed check must leave the last good listing in place (DVC deletes outs before a run)
         "outs": [{DAG_FILE: {"persist": True}}],
+    }
+
+
+def specs_stage(config_file: str = CONFIG_FILE, root: Path = ROOT) -> dict:
+    """Every spec file, written by the one spec command; persist: DVC must not delete them before the run, or
+    every file would be rewritten and its mtime moved (Snakemake's trigger)."""
+    config = load_config(root / config_file)
+    return {
+        "cmd": shlex.join(["kdsum", "spec", "--configfile", config_file]),
+        "deps": [DAG_FILE, "schemas/config.schema.yaml", *stage_code("spec")],
+        "params": [{config_file: spec_params(config)}],
+        "outs": [{spec_path(name): {"persist": True}} for name in spec_names(config)],
     }
 
 
@@ -168,8 +175,8 @@ def plots(jobs: list[SnakemakeJob]) -> list[dict]:
 
 
 def render(jobs: list[SnakemakeJob], config_file: str = CONFIG_FILE, root: Path = ROOT) -> str:
-    stages = {"check_dag": check_stage(config_file, root)}
-    stages.update({job.stage: dvc_stage(job, config_file) for job in jobs})
+    stages = {"check_dag": check_stage(config_file, root), "specs": specs_stage(config_file, root)}
+    stages.update({job.stage: dvc_stage(job) for job in jobs})
     doc = {"stages": stages, "plots": plots(jobs)}
     return HEADER + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120)
 
