@@ -1,4 +1,4 @@
-"""One setting of the decoding search: summaries of the dev set's tuning rows (kdsum.selection.tuning).
+"""One setting of the decoding search: summaries of the dev set's tuning rows.
 
     kdsum decode --spec results/specs/decode/M/V/S.json --evaluation-spec results/specs/evaluation.json \\
         --prompts-dir DIR --references results/data/dev.jsonl [--model-dir D] [--base-dir B] \\

@@ -1,5 +1,6 @@
-"""``kdsum dvc-yaml``: write dvc.yaml from the Snakemake DAG of the default target (or, with --check, refuse a
-stale one in one line naming the command to run). dvc.yaml's first stage runs the check, so `dvc repro` stops
+"""Write (or --check) dvc.yaml from the Snakemake DAG.
+
+With --check, a stale dvc.yaml is refused in one line naming the command to run. dvc.yaml's first stage runs the check, so `dvc repro` stops
 before anything else when config.yaml changed the DAG."""
 
 from __future__ import annotations

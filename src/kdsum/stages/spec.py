@@ -1,5 +1,6 @@
-"""``kdsum spec``: write the spec files (results/specs/NAME.json), each job's resolved settings, the only config a
-stage reads. The same function writes them when the Snakemake workflow loads and in DVC's ``specs`` stage
+"""Write the spec files (results/specs/NAME.json): each job's resolved settings, the only config a stage reads.
+
+The same function writes them when the Snakemake workflow loads and in DVC's ``specs`` stage
 (kdsum.workflow.specs); a file is rewritten only when its content changed, so an unchanged setting reruns nothing.
 
     kdsum spec --configfile config.yaml                           every spec of the config (only the changed ones)

@@ -1,5 +1,6 @@
-"""``kdsum sync-mtimes``: Make Snakemake accept the results DVC put in place: run after `dvc pull`, `dvc checkout`, `dvc exp apply`
-or `dvc repro`, before the next `snakemake`.
+"""Make Snakemake accept the results DVC put in place (after dvc pull, checkout or repro).
+
+Run after `dvc pull`, `dvc checkout`, `dvc exp apply` or `dvc repro`, before the next `snakemake`.
 
 Why: Snakemake decides what to rerun from file modification times (and its own records of params and code);
 DVC decides from content hashes. `dvc pull`/`dvc checkout` restore files with fresh mtimes in no particular
