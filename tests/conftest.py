@@ -23,6 +23,10 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: a test that tries to download must fail loudly
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # each xdist worker gets its share of the cores for torch (tests/test_training.py, test_templates.py): OpenMP
+    # threads beyond the cores were measured to slow the tiny models down up to ~10x
+    os.environ.setdefault("KDSUM_TEST_THREADS", str(max(1, len(os.sched_getaffinity(0)) // int(workers))))
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "kdsum-test",
     "GIT_AUTHOR_EMAIL": "test@example.invalid",
