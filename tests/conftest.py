@@ -24,9 +24,13 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: a test that tries to download must fail loudly
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    # each xdist worker gets its share of the cores for torch (tests/test_training.py, test_templates.py): OpenMP
-    # threads beyond the cores were measured to slow the tiny models down up to ~10x
-    os.environ.setdefault("KDSUM_TEST_THREADS", str(max(1, len(os.sched_getaffinity(0)) // int(workers))))
+    # each xdist worker gets its share of the cores for torch, in the tests (tests/test_training.py,
+    # test_templates.py) and in the stages they start (`dvc repro` passes no thread count): OpenMP threads beyond
+    # the cores slow the tiny models down many times over
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = str(max(1, cores // int(workers)))
+    os.environ.setdefault("KDSUM_TEST_THREADS", share)
+    os.environ.setdefault("OMP_NUM_THREADS", share)
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "kdsum-test",
     "GIT_AUTHOR_EMAIL": "test@example.invalid",
