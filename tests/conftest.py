@@ -1,14 +1,42 @@
+"""Fixtures and helpers shared by the test files: repo copies, and pipelines built once per test run.
+
+Tiers (markers registered in pyproject.toml): the default selection (`python -m pytest`) is the fast unit tier;
+`slow` (whole pipelines under Snakemake / DVC), `cluster` (SLURM), `integration` (../shared) and `gpu` run with
+`-m ""` or their own `-m`, as .ci/run does.
+"""
+
+from __future__ import annotations
+
 import os
+import shutil
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: a test that tries to download must fail loudly
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # each xdist worker gets its share of the cores for torch, in the tests (tests/test_training.py,
+    # test_templates.py) and in the stages they start (`dvc repro` passes no thread count): OpenMP threads beyond
+    # the cores slow the tiny models down many times over
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = str(max(1, cores // int(workers)))
+    os.environ.setdefault("KDSUM_TEST_THREADS", share)
+    os.environ.setdefault("OMP_NUM_THREADS", share)
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "kdsum-test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "kdsum-test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +49,82 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"real data not found at {SHARED_DATA} (a user's clone has no ../shared)")
     return SHARED_DATA
+
+
+def copy_repo(dst: Path, src: Path = ROOT) -> Path:
+    """A fresh checkout in ``dst``: the tracked and untracked-but-not-ignored files of ``src`` (no results/, no
+    caches)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=src, capture_output=True, check=True
+    )
+    for rel in filter(None, listed.stdout.decode().split("\0")):
+        if (src / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, dst / rel)
+    return dst
+
+
+def git_commit_all(work: Path, message: str) -> None:
+    """Commit every file of ``work`` (a new repository if it is none yet): DVC experiments need a commit."""
+    env = {**os.environ, **GIT_ENV}
+    if not (work / ".git").exists():
+        subprocess.run(["git", "init", "-q"], cwd=work, env=env, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=work, env=env, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", message], cwd=work, env=env, check=True)
+
+
+def copy_built(src: Path, dst: Path) -> Path:
+    """A private copy of a built pipeline, mtimes and Snakemake's records kept, for a test that changes it."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """``build(dir)`` once per test run however many xdist workers ask for it: the first one builds under a file
+    lock, the others wait and get the same directory. Read it only; ``copy_built`` it to change it."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's temp root, common to its workers (not to other runs)
+    work, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            _build_or_record(build, work, done)
+    if failure := done.read_text(encoding="utf-8"):
+        pytest.fail(f"building {name} failed (once for the whole run):\n{failure}")
+    return work
+
+
+def _build_or_record(build: Callable[[Path], None], work: Path, done: Path) -> None:
+    try:
+        build(work)
+    except BaseException as exc:  # a failed build fails every test that needs it, without a second try
+        done.write_text(f"{type(exc).__name__}: {exc}"[-20000:] or "failed", encoding="utf-8")
+        raise
+    done.write_text("", encoding="utf-8")
+
+
+def run_snakemake(work: Path, *args: str, timeout: int = 3600) -> float:
+    """``snakemake *args`` in ``work``; fails the test with the job logs if it fails. Returns the wall time."""
+    start = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args], cwd=work, capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((work / "results/logs").rglob("*.log")))
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.stderr[-5000:]}\n{logs[-20000:]}")
+    return time.time() - start
+
+
+def _build_default_pipeline(work: Path) -> None:
+    copy_repo(work)
+    wall = run_snakemake(work, "--cores", "1", "results/summary.csv")
+    (work.parent / f"{work.name}.wall").write_text(f"{wall:.1f}", encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def default_pipeline(tmp_path_factory) -> Path:
+    """A fresh copy of the repo after `snakemake --cores 1 results/summary.csv` on config.yaml, built once per test
+    run and shared: read it only (``copy_built`` it to change it)."""
+    work = built_once(tmp_path_factory, "default-pipeline", _build_default_pipeline)
+    print(f"\nfull default pipeline: {(work.parent / 'default-pipeline.wall').read_text()} s")
+    return work

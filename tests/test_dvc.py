@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import copy_repo, git_commit_all
 
 from kdsum.config.catalog import spec_for, spec_keys, spec_names
 from kdsum.config.files import merged_config
@@ -106,29 +107,17 @@ def git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return sh(["git", *args], cwd)
 
 
-def copy_repo(dst: Path) -> Path:
-    """A fresh checkout in ``dst``: tracked and untracked-but-not-ignored files (no results/, no cache), committed
-    to a new git repository (DVC experiments need a commit)."""
-    files = (
-        subprocess.run(
-            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for rel in filter(None, files):
-        if (ROOT / rel).is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dst / rel)
-    git(dst, "init", "-q")
-    git(dst, "add", "-A")
-    git(dst, "commit", "-q", "-m", "copy")
-    return dst
+def committed_copy(dst: Path) -> Path:
+    """A fresh checkout in ``dst`` (no results/, no cache), committed to a new git repository (DVC experiments
+    need a commit)."""
+    work = copy_repo(dst)
+    git_commit_all(work, "copy")
+    return work
 
 
 def fast_copy(dst: Path) -> Path:
     """A copy whose config.yaml is the fast config (DVC's params file is one file), dvc.yaml derived for it."""
-    work = copy_repo(dst)
+    work = committed_copy(dst)
     merged = merged_config([ROOT / "config.yaml", ROOT / FAST])
     (work / "config.yaml").write_text(yaml.safe_dump(merged, allow_unicode=True, sort_keys=False), encoding="utf-8")
     sh([*KDSUM, "dvc-yaml"], work)
@@ -241,7 +230,7 @@ def test_check_refuses_a_stale_file_in_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def structure_copy(tmp_path_factory) -> Path:
     """A copy of the repo, no results: the dry runs and `dvc dag` run there, never in the working tree."""
-    return copy_repo(tmp_path_factory.mktemp("structure") / "kdsum")
+    return committed_copy(tmp_path_factory.mktemp("structure") / "kdsum")
 
 
 @pytest.fixture(scope="module", params=["config.yaml", FAST])
@@ -415,7 +404,7 @@ def test_rulegraph_in_docs_shows_every_rule():
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz (dot) is not installed")
 def test_dag_rule_renders_pictures(tmp_path):
     """`snakemake --cores 1 dag` (rules/dag.smk) writes the rule graph (SVG, PNG) and the job DAG (SVG)."""
-    work = copy_repo(tmp_path / "kdsum")
+    work = committed_copy(tmp_path / "kdsum")
     smk(work, "--cores", "1", "dag")
     d = work / "results/dag"
     assert (d / "rulegraph.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,53 +6,18 @@ competition format, and that a second run has nothing to do.
 
 import json
 import re
-import shutil
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import copy_built
 
 pytestmark = pytest.mark.slow
 
 
-def _copy_repo(src: Path, dst: Path) -> Path:
-    """A fresh checkout: the tracked and untracked-but-not-ignored files, nothing from results/."""
-    files = (
-        subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=src, capture_output=True, check=True)
-        .stdout.decode()
-        .split("\0")
-    )
-    for rel in filter(None, files):
-        target = dst / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if (src / rel).is_file():
-            shutil.copy2(src / rel, target)
-    return dst
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(repo_root, tmp_path_factory):
-    work = _copy_repo(repo_root, tmp_path_factory.mktemp("clone") / "kdsum")
-    start = time.time()
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "1", "results/summary.csv"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-    )
-    wall = time.time() - start
-    if proc.returncode != 0:
-        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((work / "results/logs").rglob("*.log")))
-        pytest.fail(f"snakemake failed:\n{proc.stderr[-5000:]}\n{logs[-20000:]}")
-    print(f"\nfull default pipeline: {wall:.0f} s")
-    return work, wall
-
-
-def test_every_output_is_there(pipeline_run):
-    work, _ = pipeline_run
+def test_every_output_is_there(default_pipeline):
+    work = default_pipeline
     for rel in [
         "results/data/stats.json",
         "results/prompts/seq2seq/special_tokens.json",
@@ -94,8 +59,8 @@ def test_every_output_is_there(pipeline_run):
     assert len(list((work / "results/logs").rglob("*.log"))) >= 20
 
 
-def test_summary_has_every_system_and_fine_tuning_helps(pipeline_run):
-    work, _ = pipeline_run
+def test_summary_has_every_system_and_fine_tuning_helps(default_pipeline):
+    work = default_pipeline
     df = pd.read_csv(work / "results/summary.csv")
     assert set(df["system"]) == {
         "tiny-bart/default",
@@ -150,8 +115,8 @@ def test_summary_has_every_system_and_fine_tuning_helps(pipeline_run):
     assert set(mbr["system"]) <= {"tiny-bart/default", "tiny-llama/default", "baseline/lead"}
 
 
-def test_submission_matches_competition_format(pipeline_run, shared_data):
-    work, _ = pipeline_run
+def test_submission_matches_competition_format(default_pipeline, shared_data):
+    work = default_pipeline
     sub = pd.read_csv(work / "results/predictions/tiny-llama/default/submission.csv", index_col=0)
     sample = pd.read_csv(shared_data / "ko/sample_submission.csv", index_col=0)
     assert list(sub.columns) == list(sample.columns) == ["fname", "summary"]
@@ -159,8 +124,8 @@ def test_submission_matches_competition_format(pipeline_run, shared_data):
     assert list(sub["fname"]) == test and list(sub.index) == list(range(len(test)))
 
 
-def test_second_run_has_nothing_to_do(pipeline_run):
-    work, _ = pipeline_run
+def test_second_run_has_nothing_to_do(default_pipeline):
+    work = default_pipeline
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "results/summary.csv"],
         cwd=work,
@@ -176,8 +141,8 @@ def test_lint_is_clean(repo_root):
     assert proc.returncode == 0 and "good condition" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
-def test_html_report_has_summary_plots_and_rule_graph(pipeline_run):
-    work, _ = pipeline_run
+def test_html_report_has_summary_plots_and_rule_graph(default_pipeline, tmp_path):
+    work = copy_built(default_pipeline, tmp_path / "kdsum")  # it builds more outputs: a private copy
     # the examples page is in `all`, not in the summary's DAG: build it, then the report
     page = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "1", "results/report/examples.html"],
@@ -195,10 +160,10 @@ def test_html_report_has_summary_plots_and_rule_graph(pipeline_run):
         assert needle in html, needle
 
 
-def test_a_config_override_reruns_exactly_that_models_jobs(pipeline_run):
+def test_a_config_override_reruns_exactly_that_models_jobs(default_pipeline, tmp_path):
     """`snakemake --config models__tiny-llama__train__learning_rate=...` after a complete run plans that model's
     training and what depends on its model, and nothing of the other model or the zero-shot rows."""
-    work, _ = pipeline_run
+    work = copy_built(default_pipeline, tmp_path / "kdsum")  # a changed config may rewrite specs: a copy
     proc = subprocess.run(
         [
             sys.executable,
@@ -238,10 +203,10 @@ def test_a_config_override_reruns_exactly_that_models_jobs(pipeline_run):
     assert "tiny-llama/default" in outputs and "tiny-bart" not in outputs and "zeroshot" not in outputs
 
 
-def test_selection_reports_the_chosen_settings_on_report_rows(pipeline_run):
+def test_selection_reports_the_chosen_settings_on_report_rows(default_pipeline):
     """Checkpoints and decoding chosen on the dev tuning rows; the summary's final_report is the chosen
     setting's score on the other rows, never the tuning ones."""
-    work, _ = pipeline_run
+    work = default_pipeline
     df = pd.read_csv(work / "results/summary.csv").set_index("system")
     for system in ("tiny-bart/default", "tiny-llama/default"):
         choice = json.loads((work / f"results/selection/{system}/decoding.json").read_text())
@@ -257,10 +222,10 @@ def test_selection_reports_the_chosen_settings_on_report_rows(pipeline_run):
         assert len(checkpoints) >= 2 and checkpoints["chosen"].sum() == 1
 
 
-def test_adding_a_decoding_setting_plans_only_it(pipeline_run):
+def test_adding_a_decoding_setting_plans_only_it(default_pipeline, tmp_path):
     """One more setting: its spec and decode job per system, then the selection and what follows it; no other
     setting's decode job, no training."""
-    work, _ = pipeline_run
+    work = copy_built(default_pipeline, tmp_path / "kdsum")  # a changed config may rewrite specs: a copy
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "results/summary.csv"]
         + ["--config", "decoding__grid__beam2={num_beams: 2}"],

@@ -5,13 +5,13 @@ template makes (think blocks, headers, end-of-turn tokens) in any summary or sub
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import copy_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZERS = ROOT.parent / "shared" / "tokenizers"
@@ -39,17 +39,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def replica_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("replicas") / "kdsum"
-    files = (
-        subprocess.run(
-            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for rel in filter(None, files):
-        if (ROOT / rel).is_file():
-            (work / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, work / rel)
+    copy_repo(work)
     proc = subprocess.run(
         [
             sys.executable,

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_pipeline import _copy_repo
+from conftest import copy_repo
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 ROOT = Path(__file__).resolve().parents[1]
 START = ROOT / ".ci" / "slurm" / "start.sh"
@@ -66,7 +66,7 @@ def _finished(proc: subprocess.Popen, work: Path) -> str:
 @pytest.fixture(scope="module")
 def runs(slurm, repo_root, tmp_path_factory):
     base = tmp_path_factory.mktemp("slurm")
-    local, on_slurm = _copy_repo(repo_root, base / "local"), _copy_repo(repo_root, base / "slurm")
+    local, on_slurm = copy_repo(base / "local"), copy_repo(base / "slurm")
     # the two runs at once: the local one on this machine's cores, the other as SLURM jobs on the same node
     start = time.time()
     local_run = _snakemake(local, "--cores", "2")

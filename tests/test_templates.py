@@ -66,10 +66,13 @@ REAL = {
 THREADS = int(os.environ.get("KDSUM_TEST_THREADS", "2"))
 torch.set_num_threads(THREADS)
 
-pytestmark = pytest.mark.skipif(
-    not all((TOKENIZERS / n / "tokenizer.json").is_file() for n in REAL),
-    reason=f"the real tokenizers are not at {TOKENIZERS} (../shared/tokenizers; README there)",
-)
+pytestmark = [
+    pytest.mark.integration,  # the real tokenizers in ../shared
+    pytest.mark.skipif(
+        not all((TOKENIZERS / n / "tokenizer.json").is_file() for n in REAL),
+        reason=f"the real tokenizers are not at {TOKENIZERS} (../shared/tokenizers; README there)",
+    ),
+]
 
 
 # --------------------------------------------------------------------------------------------- fixtures

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import built_once
 
 from kdsum.config.catalog import spec_for
 from kdsum.config.resolve import load_config, resolve
@@ -94,24 +95,29 @@ def _with(job, train=None, lora=None, generation=None, **fields):
 # --------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def env(tmp_path_factory):
-    """Sample data ingested and formatted, tiny bases built with a short pretraining."""
-    root = tmp_path_factory.mktemp("training")
+    """Sample data ingested and formatted, tiny bases built with a short pretraining (once per test run, shared by
+    the xdist workers: read only)."""
+    return _env(built_once(tmp_path_factory, "training", _build_env))
+
+
+def _env(root: Path) -> dict:
     config = load_config(REPO / "config.yaml")
+    prompts = {"seq2seq": root / "prompts" / "seq2seq", "causal": root / "prompts" / "chat-plain"}
+    bases = {name: root / "base" / name for name in ("tiny-bart", "tiny-llama")}
+    return {"root": root, "config": config, "prompts": prompts, "bases": bases}
+
+
+def _build_env(root: Path) -> None:
+    env = _env(root)
     data = root / "data"
     ingest_splits({s: REPO / "data" / "sample" / f"{s}.csv" for s in ("train", "dev", "test")}, data)
     records = load_split(data / "train.jsonl")
-    prompts = {"seq2seq": root / "prompts" / "seq2seq", "causal": root / "prompts" / "chat-plain"}
-    for d in prompts.values():
-        write_prompt_set(spec_for(config, f"prompts/{d.name}"), data, d)
-    tokens = read_json(prompts["causal"] / "special_tokens.json")["tokens"]
-    env = {"root": root, "config": config, "prompts": prompts, "bases": {}}
-    for name in ("tiny-bart", "tiny-llama"):
+    for d in env["prompts"].values():
+        write_prompt_set(spec_for(env["config"], f"prompts/{d.name}"), data, d)
+    tokens = read_json(env["prompts"]["causal"] / "special_tokens.json")["tokens"]
+    for name, base in env["bases"].items():
         job = _spec(env, name)
-        env["bases"][name] = root / "base" / name
-        build_base_model(
-            job.family, job.build, [r["dialogue"] for r in records], tokens, env["bases"][name], progress=False
-        )
-    return env
+        build_base_model(job.family, job.build, [r["dialogue"] for r in records], tokens, base, progress=False)
 
 
 def _spec(env, model, **train_overrides):
