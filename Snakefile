@@ -5,6 +5,7 @@
 # The rules are the one description of the pipeline: dvc.yaml is derived from them (`kdsum dvc-yaml`).
 # Each rule runs one `kdsum <stage>` command (src/kdsum/stages); the logic lives in src/kdsum (docs/ARCHITECTURE.md).
 
+
 configfile: "config.yaml"
 
 
@@ -27,7 +28,7 @@ include: "rules/dag.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/summary.csv",
         report_targets(),
-    default_target: True

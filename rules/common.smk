@@ -4,7 +4,19 @@ import re
 import sys
 from pathlib import Path
 
-from kdsum.config.resolve import ZERO_SHOT, BASELINE_MODEL, ENSEMBLE_MODEL, REPLICAS, decoding_settings, grid, load_config, predict_splits, rule_resources, scored_splits, systems
+from kdsum.config.resolve import (
+    ZERO_SHOT,
+    BASELINE_MODEL,
+    ENSEMBLE_MODEL,
+    REPLICAS,
+    decoding_settings,
+    grid,
+    load_config,
+    predict_splits,
+    rule_resources,
+    scored_splits,
+    systems,
+)
 from kdsum.config.catalog import spec_for
 from kdsum.config.files import ConfigError
 from kdsum.workflow.deps import stage_code
@@ -123,7 +135,11 @@ def base_args(wildcards):
 
 def selects_checkpoint(wildcards):
     """A fine-tuned system whose model is its best checkpoint on the dev tuning rows (train.select_checkpoints)."""
-    return wildcards.variant != ZERO_SHOT and bool(scored_splits(CFG)) and job(wildcards).train.select_checkpoints != "none"
+    return (
+        wildcards.variant != ZERO_SHOT
+        and bool(scored_splits(CFG))
+        and job(wildcards).train.select_checkpoints != "none"
+    )
 
 
 def weights(wildcards):
@@ -166,16 +182,18 @@ def summary_inputs(wildcards):
         "base_metrics": [f"results/base/{s.model}.json" for s in spec.systems if s.kind == "zero-shot" and s.built],
         "item_scores": [f"results/scores/{s.model}/{s.variant}/{spec.split}_items.csv" for s in scored],
         # selection on the dev tuning rows, scores on its report rows (kdsum.selection.tuning)
-        "report_scores": [f"results/scores/{s.model}/{s.variant}/{spec.split}-report.json" for s in tuned]
-        if spec.split
-        else [],
+        "report_scores": (
+            [f"results/scores/{s.model}/{s.variant}/{spec.split}-report.json" for s in tuned] if spec.split else []
+        ),
         "decodings": [f"results/selection/{s.model}/{s.variant}/decoding.json" for s in tuned] if spec.decoding else [],
     }
     if "test" in predict_splits(CFG):  # zero-shot rows are reference points, not submitted (buildable on demand)
         inputs["submissions"] = [
-            f"results/predictions/{s.model}/{s.variant}/submission.csv"
-            if s.kind not in ("baseline", "ensemble")
-            else f"results/predictions/{s.model}/{s.variant}/test.csv"
+            (
+                f"results/predictions/{s.model}/{s.variant}/submission.csv"
+                if s.kind not in ("baseline", "ensemble")
+                else f"results/predictions/{s.model}/{s.variant}/test.csv"
+            )
             for s in spec.systems
             if s.kind != "zero-shot"
         ]

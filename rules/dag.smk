@@ -23,12 +23,12 @@ rule draw_dag:
         rulegraph_svg="{dagdir}/rulegraph.svg",
         rulegraph_png="{dagdir}/rulegraph.png",
         jobs_svg="{dagdir}/jobs.svg",
-    wildcard_constraints:
-        dagdir="results/dag|docs",
     log:
         "results/logs/dag/{dagdir}.log",
     benchmark:
         "results/benchmarks/dag/{dagdir}.tsv"
+    wildcard_constraints:
+        dagdir="results/dag|docs",
     conda:
         "../envs/kdsum.yaml"
     shell:

@@ -10,17 +10,17 @@ rule evaluate:
         scores="results/scores/{system}/{split}.json",
         metrics="results/scores/{system}/{split}_metrics.json",
         per_item="results/scores/{system}/{split}_items.csv",
-    wildcard_constraints:
-        system=f"({one_of(CFG['models'])})/({one_of([*CFG['variants'], ZERO_SHOT])})|{BASELINE_MODEL}/[a-z]+|{ENSEMBLE_MODEL}/({one_of(CFG['ensembles']) or 'none'})",
-    params:
-        # not an output: content-keyed reference morphemes shared by the split's jobs (kdsum.scoring.token_cache)
-        token_cache="results/cache/morphemes",
     log:
         "results/logs/evaluate/{system}/{split}.log",
     benchmark:
         "results/benchmarks/evaluate/{system}/{split}.tsv"
+    wildcard_constraints:
+        system=f"({one_of(CFG['models'])})/({one_of([*CFG['variants'], ZERO_SHOT])})|{BASELINE_MODEL}/[a-z]+|{ENSEMBLE_MODEL}/({one_of(CFG['ensembles']) or 'none'})",
     conda:
         "../envs/kdsum.yaml"
+    params:
+        # not an output: content-keyed reference morphemes shared by the split's jobs (kdsum.scoring.token_cache)
+        token_cache="results/cache/morphemes",
     shell:
         "kdsum evaluate --spec {input.spec:q} --predictions {input.predictions:q} "
         "--references {input.references:q} --out-json {output.scores:q} --out-metrics {output.metrics:q} "

@@ -12,11 +12,11 @@ rule build_base:
         "results/logs/build_base/{model}.log",
     benchmark:
         "results/benchmarks/build_base/{model}.tsv"
+    conda:
+        "../envs/kdsum.yaml"
     threads: threads_for("build_base")
     resources:
         **resources_for("build_base"),
-    conda:
-        "../envs/kdsum.yaml"
     shell:
         "kdsum build-base --spec {input.spec:q} --train {input.train:q} "
         "--special-tokens {input.prompts:q}/special_tokens.json --out-dir {output.model:q} "

@@ -9,18 +9,18 @@ rule predict:
         code=code("predict"),
     output:
         "results/predictions/{model}/{variant}/{split}.csv",
-    params:
-        weights=weights_args,
-        decoding=decoding_args,
     log:
         "results/logs/predict/{model}/{variant}/{split}.log",
     benchmark:
         "results/benchmarks/predict/{model}/{variant}/{split}.tsv"
+    conda:
+        "../envs/kdsum.yaml"
     threads: threads_for("predict")
     resources:
         **resources_for("predict"),
-    conda:
-        "../envs/kdsum.yaml"
+    params:
+        weights=weights_args,
+        decoding=decoding_args,
     shell:
         "kdsum predict --spec {input.spec:q} --split {wildcards.split:q} --prompts-dir {input.prompts:q} "
         "{params.weights:q} {params.decoding:q} --out {output:q} > {log:q} 2>&1"

@@ -7,17 +7,17 @@ rule replica:
         code=code("replica"),
     output:
         directory("results/replicas/{seed}-{size}"),
-    params:
-        tokenizers=CFG["replicas"]["tokenizers"],
-    wildcard_constraints:
-        seed="kobart-base|llama-3.2-3b|qwen3-4b|qwen2.5-7b|llama-3-8b",
-        size="full|cpu",
     log:
         "results/logs/replica/{seed}-{size}.log",
     benchmark:
         "results/benchmarks/replica/{seed}-{size}.tsv"
+    wildcard_constraints:
+        seed="kobart-base|llama-3.2-3b|qwen3-4b|qwen2.5-7b|llama-3-8b",
+        size="full|cpu",
     conda:
         "../envs/kdsum.yaml"
+    params:
+        tokenizers=CFG["replicas"]["tokenizers"],
     shell:
         "kdsum replica {wildcards.seed:q} --size {wildcards.size:q} --tokenizers {params.tokenizers:q} "
         "--train {input.train:q} --out {output:q} > {log:q} 2>&1"

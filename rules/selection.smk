@@ -18,17 +18,17 @@ rule select_checkpoint:
         model=directory("results/selection/{model}/{variant}/model"),
         table="results/selection/{model}/{variant}/checkpoints.csv",
         plot=report("results/selection/{model}/{variant}/checkpoints.png", category="Selection"),
-    params:
-        base=base_args,
     log:
         "results/logs/select_checkpoint/{model}/{variant}.log",
     benchmark:
         "results/benchmarks/select_checkpoint/{model}/{variant}.tsv"
+    conda:
+        "../envs/kdsum.yaml"
     threads: threads_for("predict")
     resources:
         **resources_for("predict"),
-    conda:
-        "../envs/kdsum.yaml"
+    params:
+        base=base_args,
     shell:
         "kdsum select-checkpoint --spec {input.spec:q} --evaluation-spec {input.evaluation:q} "
         "--prompts-dir {input.prompts:q} --references {input.references:q} --candidates {input.candidates:q} "
@@ -47,19 +47,19 @@ rule decode:
         code=code("decode"),
     output:
         predictions="results/selection/{model}/{variant}/decoding/{setting}/tuning.csv",
-    params:
-        weights=weights_args,
-    wildcard_constraints:
-        setting=one_of(DECODING) or "none",
     log:
         "results/logs/decode/{model}/{variant}/{setting}.log",
     benchmark:
         "results/benchmarks/decode/{model}/{variant}/{setting}.tsv"
+    wildcard_constraints:
+        setting=one_of(DECODING) or "none",
+    conda:
+        "../envs/kdsum.yaml"
     threads: threads_for("predict")
     resources:
         **resources_for("predict"),
-    conda:
-        "../envs/kdsum.yaml"
+    params:
+        weights=weights_args,
     shell:
         "kdsum decode --spec {input.spec:q} --evaluation-spec {input.evaluation:q} --prompts-dir {input.prompts:q} "
         "--references {input.references:q} {params.weights:q} --out-predictions {output.predictions:q} > {log:q} 2>&1"
@@ -75,12 +75,12 @@ rule evaluate_decoding:
     output:
         score="results/selection/{model}/{variant}/decoding/{setting}/score.json",
         per_item="results/selection/{model}/{variant}/decoding/{setting}/items.csv",
-    wildcard_constraints:
-        setting=one_of(DECODING) or "none",
     log:
         "results/logs/evaluate_decoding/{model}/{variant}/{setting}.log",
     benchmark:
         "results/benchmarks/evaluate_decoding/{model}/{variant}/{setting}.tsv"
+    wildcard_constraints:
+        setting=one_of(DECODING) or "none",
     conda:
         "../envs/kdsum.yaml"
     shell:
@@ -99,14 +99,14 @@ rule select_decoding:
         table="results/selection/{model}/{variant}/decoding.csv",
         md="results/selection/{model}/{variant}/decoding.md",
         plot=report("results/selection/{model}/{variant}/decoding.png", category="Selection"),
-    params:
-        names=DECODING,
     log:
         "results/logs/select_decoding/{model}/{variant}.log",
     benchmark:
         "results/benchmarks/select_decoding/{model}/{variant}.tsv"
     conda:
         "../envs/kdsum.yaml"
+    params:
+        names=DECODING,
     shell:
         "kdsum select-decoding --names {params.names:q} --scores {input.scores:q} --specs {input.specs:q} "
         "--out-json {output.choice:q} --out-csv {output.table:q} --out-md {output.md:q} --plot {output.plot:q} "

@@ -14,18 +14,18 @@ rule train:
         metrics="results/train/{model}/{variant}/train_summary.json",
         history="results/train/{model}/{variant}/log_history.csv",
         tracking=directory("results/train/{model}/{variant}/tracking"),
-    params:
-        base=base_args,
     log:
         "results/logs/train/{model}/{variant}.log",
     benchmark:
         "results/benchmarks/train/{model}/{variant}.tsv"
+    conda:
+        "../envs/kdsum.yaml"
     threads: threads_for("train")
     resources:
         **train_resources(),
         gpu=train_gpus,
-    conda:
-        "../envs/kdsum.yaml"
+    params:
+        base=base_args,
     shell:
         "kdsum train --spec {input.spec:q} --prompts-dir {input.prompts:q} {params.base:q} "
         "--out-dir results/train/{wildcards.model:q}/{wildcards.variant:q} "
