@@ -142,12 +142,27 @@ def selects_checkpoint(wildcards):
     )
 
 
+def checkpoint_choice(wildcards):
+    return f"results/selection/{wildcards.model}/{wildcards.variant}/checkpoint.json"
+
+
 def weights(wildcards):
+    """The model a system generates with: the base, the final model, or the training candidates (the checkpoint
+    search's choice, checkpoint_input, names the one to load, where training wrote it)."""
     if wildcards.variant == ZERO_SHOT:
         return base_dir(wildcards)
+    train = f"results/train/{wildcards.model}/{wildcards.variant}"
     if selects_checkpoint(wildcards):
-        return [f"results/selection/{wildcards.model}/{wildcards.variant}/model"]
-    return [f"results/train/{wildcards.model}/{wildcards.variant}/model"]
+        return [f"{train}/candidates", f"{train}/model"]
+    return [f"{train}/model"]
+
+
+def checkpoint_input(wildcards):
+    """checkpoint_choice through the Snakemake checkpoint: the readers are decided again after the selection ran,
+    by the choice's content (an input of its own: the other inputs stay known while the selection is pending)."""
+    if not selects_checkpoint(wildcards):
+        return []
+    return [checkpoints.select_checkpoint.get(**wildcards).output.choice]
 
 
 def decoding_choice(wildcards):
@@ -157,6 +172,13 @@ def decoding_choice(wildcards):
     return [f"results/selection/{wildcards.model}/{wildcards.variant}/decoding.json"]
 
 
+def decoding_input(wildcards):
+    """decoding_choice through the checkpoint: a rerun search that chooses the same setting reruns no prediction."""
+    if not decoding_choice(wildcards):
+        return []
+    return [checkpoints.select_decoding.get(**wildcards).output.choice]
+
+
 def decoding_args(wildcards):
     return ["--decoding", *decoding_choice(wildcards)] if decoding_choice(wildcards) else []
 
@@ -164,6 +186,8 @@ def decoding_args(wildcards):
 def weights_args(wildcards):
     if wildcards.variant == ZERO_SHOT:
         return base_args(wildcards)
+    if selects_checkpoint(wildcards):
+        return ["--checkpoint", checkpoint_choice(wildcards)]
     return ["--model-dir", *weights(wildcards)]
 
 

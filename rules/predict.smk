@@ -4,7 +4,8 @@ rule predict:
     input:
         prompts=prompts_dir,
         weights=weights,
-        decoding=decoding_choice,
+        checkpoint=checkpoint_input,
+        decoding=decoding_input,
         spec=model_spec,
         code=code("predict"),
     output:

@@ -1,9 +1,13 @@
 # Selection on the dev set's tuning rows (kdsum.selection.tuning), reported on its report rows: checkpoints
 # (train.select_checkpoints) and decoding settings (decoding.grid). kdsum.selection.select.
+# The two choices are Snakemake checkpoints: the jobs reading a choice (predict, decode) are decided again after it
+# is written, by its content, so a rerun of the selection (e.g. after a change of the scorer) that makes the same
+# choice reruns no generation. DVC compares content anyway.
 
 
-rule select_checkpoint:
-    """Score every candidate checkpoint on the dev tuning rows; the best becomes the system's model."""
+checkpoint select_checkpoint:
+    """Score every candidate checkpoint on the dev tuning rows; the best becomes the system's model (checkpoint.json
+    names it among the training outputs: no copy, so a rerun choosing the same one rewrites the same small file)."""
     input:
         prompts=prompts_dir,
         base=base_dir,
@@ -15,7 +19,7 @@ rule select_checkpoint:
         evaluation=spec_file("evaluation"),
         code=code("select-checkpoint"),
     output:
-        model=directory("results/selection/{model}/{variant}/model"),
+        choice="results/selection/{model}/{variant}/checkpoint.json",
         table="results/selection/{model}/{variant}/checkpoints.csv",
         plot=report("results/selection/{model}/{variant}/checkpoints.png", category="Selection"),
     log:
@@ -33,7 +37,7 @@ rule select_checkpoint:
         "kdsum select-checkpoint --spec {input.spec:q} --evaluation-spec {input.evaluation:q} "
         "--prompts-dir {input.prompts:q} --references {input.references:q} --candidates {input.candidates:q} "
         "--final-model {input.final:q} --log-history {input.history:q} {params.base:q} "
-        "--out-model {output.model:q} --out-csv {output.table:q} --plot {output.plot:q} > {log:q} 2>&1"
+        "--out-choice {output.choice:q} --out-csv {output.table:q} --plot {output.plot:q} > {log:q} 2>&1"
 
 
 rule decode:
@@ -41,6 +45,7 @@ rule decode:
     input:
         prompts=prompts_dir,
         weights=weights,
+        checkpoint=checkpoint_input,
         references="results/data/dev.jsonl",
         spec=spec_file("decode/{model}/{variant}/{setting}"),
         evaluation=spec_file("evaluation"),
@@ -88,7 +93,7 @@ rule evaluate_decoding:
         "--references {input.references:q} --out-json {output.score:q} --out-items {output.per_item:q} > {log:q} 2>&1"
 
 
-rule select_decoding:
+checkpoint select_decoding:
     """The best decoding setting on the dev tuning rows: used for the system's dev and test predictions."""
     input:
         scores=expand("results/selection/{{model}}/{{variant}}/decoding/{setting}/score.json", setting=DECODING),

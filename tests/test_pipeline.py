@@ -44,8 +44,8 @@ def test_every_output_is_there(default_pipeline):
         "results/plots/loss.png",
         # selection on the dev tuning rows (kdsum.selection.tuning, kdsum.selection.select)
         "results/train/tiny-bart/default/candidates/index.json",
-        "results/selection/tiny-bart/default/model/config.json",
-        "results/selection/tiny-llama/default/model/adapter_config.json",
+        "results/selection/tiny-bart/default/checkpoint.json",
+        "results/selection/tiny-llama/default/checkpoint.json",
         "results/selection/tiny-llama/default/checkpoints.csv",
         "results/selection/tiny-llama/default/checkpoints.png",
         "results/selection/tiny-bart/default/decoding/sample/score.json",
@@ -220,6 +220,13 @@ def test_selection_reports_the_chosen_settings_on_report_rows(default_pipeline):
         assert abs(df.loc[system, "final_report"] - report["rouge_sum"] / 3) < 1e-9
         checkpoints = pd.read_csv(work / f"results/selection/{system}/checkpoints.csv")
         assert len(checkpoints) >= 2 and checkpoints["chosen"].sum() == 1
+        # the choice names the chosen candidate where training wrote it (no copy)
+        chosen = json.loads((work / f"results/selection/{system}/checkpoint.json").read_text())
+        assert chosen["step"] == checkpoints.loc[checkpoints["chosen"], "step"].iloc[0]
+        final = chosen["step"] == checkpoints["step"].max()
+        assert chosen["path"] == f"results/train/{system}/" + (
+            "model" if final else f"candidates/step-{chosen['step']}"
+        )
 
 
 def test_adding_a_decoding_setting_plans_only_it(default_pipeline, tmp_path):

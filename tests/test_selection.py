@@ -1,5 +1,6 @@
 """The dev set's tuning/report split (kdsum.selection.tuning), selection on tuning rows (kdsum.selection.select), candidate
-checkpoints (kdsum.training.candidates), and the report-row score in the summary.
+checkpoints (kdsum.training.candidates) and the checkpoint choice (kdsum.selection.choice), and the report-row score
+in the summary.
 
 Run: PYTHONPATH=src python3 -m pytest tests/test_selection.py -q
 """
@@ -7,6 +8,7 @@ Run: PYTHONPATH=src python3 -m pytest tests/test_selection.py -q
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from kdsum.config.files import ConfigError
 from kdsum.config.resolve import load_config, resolve_decoding
 from kdsum.config.spec import from_dict, to_dict, to_json
 from kdsum.reporting.summary import SummaryError, SummaryInputs, summary_table
+from kdsum.selection.choice import checkpoint_choice, chosen_model_dir
 from kdsum.selection.select import SelectionError, best_index, checkpoint_table, decoding_table, with_selected_decoding
 from kdsum.selection.tuning import REPORT, TUNING, TuningSplitError, part_of, split_fnames, tuning_share
 from kdsum.training.candidates import CandidateSaver, candidate_models, collect_candidates
@@ -194,6 +197,31 @@ def test_candidate_saver_saves_listed_steps_and_collect_indexes_them(tmp_path):
     epoch = CandidateSaver("epoch", "causal", tmp_path / "e")
     assert epoch.on_epoch_end(None, _state(3), _control()).should_save is True
     assert epoch.on_step_end(None, _state(3), _control()).should_save is False
+
+
+def test_the_checkpoint_choice_names_the_candidate_and_refuses_a_changed_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the choice names the directory as the workflow does: relative to the repo root
+    model = Path("results/train/tiny-bart/default/candidates/step-2")
+    (model / "sub").mkdir(parents=True)
+    (model / "config.json").write_text('{"a": 1}')
+    (model / "sub/w.bin").write_bytes(b"\x00weights")
+    expected = hashlib.sha256(b"config.json\0" + b'{"a": 1}' + b"\0" + b"sub/w.bin\0" + b"\x00weights" + b"\0")
+    choice = checkpoint_choice("tiny-bart/default", 2, model)
+    assert choice == {
+        "system": "tiny-bart/default",
+        "step": 2,
+        "path": model.as_posix(),
+        "sha256": expected.hexdigest(),
+    }
+    path = tmp_path / "checkpoint.json"
+    path.write_text(json.dumps(choice))
+    cfg = load_config(ROOT / "config.yaml")
+    assert chosen_model_dir(spec_for(cfg, "model/tiny-bart/default"), path) == model
+    with pytest.raises(SelectionError, match="not of 'tiny-llama/default'"):
+        chosen_model_dir(spec_for(cfg, "model/tiny-llama/default"), path)
+    (model / "sub/w.bin").write_bytes(b"\x01weights")  # retrained under the same name: not the chosen model
+    with pytest.raises(SelectionError, match="not the chosen model; rerun select-checkpoint"):
+        chosen_model_dir(spec_for(cfg, "model/tiny-bart/default"), path)
 
 
 def test_checkpoint_table_pairs_loss_and_rouge_and_marks_the_best():

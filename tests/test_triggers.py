@@ -4,7 +4,8 @@ match what a stage computes.
 Fast: no stage depends on cli.py; predict/train/decode depend on no scorer, by the import scan and by what Python
 really loads; in Snakemake's DAG a scorer change reaches only scoring jobs and what follows a selection.
 
-Slow (`-m slow`; the fast config, `--cores 2`): a `dvc repro` copy, a `dvc pull` into a fresh clone and a Snakemake
+Slow (`-m slow`; the fast config, `--cores 2`): a real run after an edit of the ROUGE code runs no prediction
+(the selections' choices are Snakemake checkpoints, decided by content) and keeps the summary; a `dvc repro` copy, a `dvc pull` into a fresh clone and a Snakemake
 run, each followed, with no other command in between, by a learning-rate change of one model; the jobs planned
 (or the stages rerun) are compared with those computed from the DAG: the jobs reading a spec file whose content
 changes, and everything downstream of them.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +74,7 @@ def expected_jobs(work: Path, changed_files: set[str]) -> list[SnakemakeJob]:
 
 def planned(text: str) -> set[frozenset]:
     """The jobs of a `snakemake -n` listing, by their outputs."""
-    blocks = re.findall(r"^(?:local)?rule (\w+):\n((?:[ \t]+.*\n)*)", text, re.M)
+    blocks = re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):\n((?:[ \t]+.*\n)*)", text, re.M)
     outs = [re.search(r"^\s+output: (.*)$", body, re.M) for rule, body in blocks if rule != "all"]
     return {frozenset(m.group(1).split(", ")) for m in outs if m}
 
@@ -242,6 +244,34 @@ def test_a_scorer_change_plans_scoring_never_train_and_a_cli_change_nothing(smk_
             continue
         assert_plans_exactly(smk_made, proc, downstream(jobs, readers))
         assert not re.search(r"^rule train:", proc.stdout, re.M)
+
+
+def ran_rules(output: str) -> list[str]:
+    """The rules a Snakemake run executed (checkpoints included), from its log."""
+    return re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", output, re.M)
+
+
+@pytest.mark.slow
+def test_a_scorer_change_runs_no_prediction_and_keeps_the_summary(smk_made, tmp_path):
+    """A real run after an edit of the ROUGE code, on a copy of the finished run: the scoring and selection jobs
+    run; their choices come out the same, so no predict or decode job runs (the choices are Snakemake
+    checkpoints: their readers are decided again, by the choice's content), and the summaries stay the same."""
+    work = tmp_path / "copy"
+    shutil.copytree(smk_made, work, symlinks=True)  # mtimes kept: Snakemake sees the finished run
+    sh([*KDSUM, "sync-mtimes"], work)  # dvc.lock was written after Snakemake's run
+    # what predict and baseline write (MBR is a selection by ROUGE, a submission reformats: both may rerun)
+    made = sorted((work / "results/predictions").rglob("*.csv"))
+    predictions = [p for p in made if p.name != "submission.csv" and p.parent.parent.name != "ensemble"]
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in [*predictions, work / TARGET]}
+    assert [p for p in predictions if "/tiny-bart/default/" in str(p)]
+    (work / SCORER).write_bytes((work / SCORER).read_bytes() + b"\n# an edit\n")
+    proc = smk(work, TARGET, "--cores", "2")
+    ran = ran_rules(proc.stdout + proc.stderr)
+    assert {"evaluate", "select_checkpoint", "select_decoding", "summary"} <= set(ran), ran
+    assert not set(ran) & set(GENERATING), ran
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in predictions} == {p: before[p] for p in predictions}
+    assert (work / TARGET).read_bytes() == before[work / TARGET][1]
+    assert nothing_planned(work)
 
 
 @pytest.mark.slow

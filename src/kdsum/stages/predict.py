@@ -1,10 +1,12 @@
 """Generate one summary per dialogue of a split with a trained (or zero-shot) model.
 
     kdsum predict --spec results/specs/model/M/V.json --split S --prompts-dir DIR \\
-        [--model-dir results/train/M/V/model] [--base-dir results/base/M] --out results/predictions/M/V/S.csv
+        [--model-dir results/train/M/V/model | --checkpoint results/selection/M/V/checkpoint.json] \\
+        [--base-dir results/base/M] --out results/predictions/M/V/S.csv
 
 DIR is the job's prompt set (results/prompts/P): DIR/S.jsonl holds the prompts and DIR/special_tokens.json the data
-tokens that foreign-script blocking leaves allowed. A fine-tuned job needs --model-dir; the zero-shot variant
+tokens that foreign-script blocking leaves allowed. A fine-tuned job needs --model-dir, or --checkpoint: the checkpoint search's choice, naming the
+training candidate to load (kdsum.selection.choice.chosen_model_dir); the zero-shot variant
 generates with the base alone. --base-dir is the built base of a model built offline (else the spec's source is
 the base). --decoding replaces the spec's generation settings by those the decoding search selected. Writes a CSV ``fname,summary`` in the split's order, whole or not at all; a progress bar and the speed
 (dialogues/s) go to stderr. Loading: kdsum.models.loading.load_for_generation; generation: kdsum.generation.predict.
@@ -24,7 +26,7 @@ from kdsum.generation.predict import predict_rows, read_prompt_rows
 from kdsum.gpu import slots as gpu_slots
 from kdsum.io import write_csv
 from kdsum.models.loading import LoadedModel
-from kdsum.selection.choice import with_selected_decoding
+from kdsum.selection.choice import chosen_model_dir, with_selected_decoding
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--spec", required=True, help="the job's spec (results/specs/model/M/V.json)")
     ap.add_argument("--split", required=True)
     ap.add_argument("--prompts-dir", required=True)
-    ap.add_argument("--model-dir", help="the trained model (results/train/M/V/model); not for zero-shot")
+    model = ap.add_mutually_exclusive_group()
+    model.add_argument("--model-dir", help="the trained model (results/train/M/V/model); not for zero-shot")
+    model.add_argument("--checkpoint", help="the checkpoint search's choice (results/selection/M/V/checkpoint.json)")
     ap.add_argument("--base-dir", help="the built base model (results/base/M), for a model built offline")
     ap.add_argument("--decoding", help="the decoding search's choice (results/selection/M/V/decoding.json)")
     ap.add_argument("--out", required=True)
@@ -72,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace, job: Job) -> None:
     prompts_dir = Path(args.prompts_dir)
     rows = read_prompt_rows(prompts_dir / f"{args.split}.jsonl", job.family)
+    if args.checkpoint:  # the candidate the checkpoint search chose, where training wrote it
+        args.model_dir = chosen_model_dir(job, args.checkpoint)
     if args.decoding:  # the setting the decoding search selected on the dev set's tuning rows
         job = with_selected_decoding(job, args.decoding)
     stats: dict = {}

@@ -6,22 +6,23 @@ Choose a system's checkpoint: each candidate (kdsum.training.candidates) summari
     kdsum select-checkpoint --spec results/specs/model/M/V.json --evaluation-spec results/specs/evaluation.json \\
         --prompts-dir DIR --references results/data/dev.jsonl --candidates results/train/M/V/candidates \\
         --final-model results/train/M/V/model --log-history results/train/M/V/log_history.csv [--base-dir B] \\
-        --out-model results/selection/M/V/model --out-csv .../checkpoints.csv --plot .../checkpoints.png
+        --out-choice results/selection/M/V/checkpoint.json --out-csv .../checkpoints.csv --plot .../checkpoints.png
 
-Writes a copy of the chosen model, a table (step, training loss, tuning-row scores, chosen) and a plot of loss
+Writes the choice (``checkpoint.json``: the chosen candidate's step, its directory under the training outputs
+and its hash; ``kdsum predict --checkpoint`` and ``kdsum decode --checkpoint`` load that directory), a table (step, training loss, tuning-row scores, chosen) and a plot of loss
 and ROUGE per checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 
 import pandas as pd
 
 from kdsum.config.spec import EvaluationArgs, Job, read_spec
 from kdsum.gpu import slots as gpu_slots
-from kdsum.io import atomic_dir, write_csv
+from kdsum.io import write_csv, write_json
+from kdsum.selection.choice import checkpoint_choice
 from kdsum.selection.select import checkpoint_table, plot_checkpoints, score_tuning_rows
 from kdsum.training.candidates import candidate_models
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--final-model", required=True, help="results/train/M/V/model")
     ap.add_argument("--log-history", required=True, help="results/train/M/V/log_history.csv")
     ap.add_argument("--base-dir")
-    for option in ("--out-model", "--out-csv", "--plot"):
+    for option in ("--out-choice", "--out-csv", "--plot"):
         ap.add_argument(option, required=True)
     args = ap.parse_args(argv)
     job = read_spec(args.spec, Job)
@@ -52,9 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     history = pd.read_csv(args.log_history)
     df = checkpoint_table([s for s, _ in candidates], scores, history)
     step, path = candidates[int(df.index[df["chosen"]][0])]
-    with atomic_dir(args.out_model) as tmp:
-        shutil.copytree(path, tmp, dirs_exist_ok=True)
     plot_checkpoints(df, history, job.name, args.plot)
     write_csv(args.out_csv, df)
+    write_json(args.out_choice, checkpoint_choice(job.name, step, path))
     print(df.to_string(index=False))
-    print(f"{job.name}: chose the checkpoint of step {step} ({path}); wrote {args.out_model}")
+    print(f"{job.name}: chose the checkpoint of step {step} ({path}); wrote {args.out_choice}")
