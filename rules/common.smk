@@ -19,7 +19,7 @@ from kdsum.config.resolve import (
 )
 from kdsum.config.catalog import spec_for
 from kdsum.config.files import ConfigError
-from kdsum.workflow.deps import stage_code
+from kdsum.workflow.deps import code_path, write_code_files
 from kdsum.workflow.specs import is_preview, spec_path, unsynced, write_specs
 
 # config.yaml, then --configfile overlays, then --config key=value overrides (dotted keys reach nested settings);
@@ -37,6 +37,8 @@ DECODING = decoding_settings(CFG) if scored_splits(CFG) else []
 if message := unsynced():
     sys.exit(message)  # stderr, exit 1: one line, before anything is planned
 SPECS = write_specs(CFG, preview=is_preview(sys.argv))
+# each stage's code file (the files it runs, with their hashes), by the same rule (kdsum.workflow.deps)
+CODE = write_code_files(preview=is_preview(sys.argv))
 
 
 def one_of(names):
@@ -53,8 +55,9 @@ wildcard_constraints:
 
 
 def code(stage):
-    """The files `kdsum <stage>` runs: a rule input, so a code change reruns the stage (and DVC lists the same)."""
-    return stage_code(stage)
+    """The code file of `kdsum <stage>` (the files it runs, with their hashes): a rule input, so a change of that
+    code reruns the stage (and DVC lists the same file)."""
+    return CODE.get(stage, code_path(stage))
 
 
 def threads_for(rule):

@@ -283,21 +283,29 @@ def test_same_commands(both_doors):
     )
 
 
-def test_same_deps_code_included(both_doors):
-    """Each stage lists exactly its job's inputs: the pipeline files it consumes and the code it runs (the stage
-    module and every kdsum module it imports), so a code edit reruns the same stages under both engines."""
+def test_same_deps_code_included(both_doors, structure_copy):
+    """Each stage lists exactly its job's inputs: the pipeline files it consumes and its one code file, which lists
+    the code it runs (the stage module and every kdsum module it imports), so a code edit reruns the same stages
+    under both engines."""
     by_outs = {frozenset(dvc_outputs(st)): (name, st) for name, st in _dvc_only(both_doors["stages"]).items()}
+    runs = {}
     for job in both_doors["jobs"]:
         name, st = by_outs[frozenset(job["output"])]
         assert set(st["deps"]) == set(job["input"]), (name, set(st["deps"]) ^ set(job["input"]))
         stage = {"format_prompts": "prompts", "evaluate_report": "evaluate", "evaluate_decoding": "evaluate"}.get(
             job["rule"], job["rule"]
         )
-        assert f"src/kdsum/stages/{stage}.py" in st["deps"], name
-        assert "src/kdsum/cli.py" not in st["deps"] and "src/kdsum/__init__.py" not in st["deps"], name
-    predict = next(st for n, st in both_doors["stages"].items() if n.startswith("predict_"))
-    assert {"src/kdsum/generation/predict.py", "src/kdsum/config/spec.py"} <= set(predict["deps"])
-    assert "src/kdsum/config/resolve.py" not in predict["deps"]  # stages read their spec, never the config
+        code = [d for d in st["deps"] if d.startswith("results/code/")]
+        assert code == [f"results/code/{stage.replace('_', '-')}.json"] and not [
+            d for d in st["deps"] if d.startswith("src/")
+        ]
+        runs[name] = json.loads((structure_copy / code[0]).read_text(encoding="utf-8"))["files"]
+        assert f"src/kdsum/stages/{stage}.py" in runs[name], name
+        assert "src/kdsum/cli.py" not in runs[name] and "src/kdsum/__init__.py" not in runs[name], name
+    predict = next(files for n, files in runs.items() if n.startswith("predict_"))
+    assert {"src/kdsum/generation/predict.py", "src/kdsum/config/spec.py"} <= set(predict)
+    assert "src/kdsum/config/resolve.py" not in predict  # stages read their spec, never the config
+    assert "src/kdsum" in both_doors["stages"]["specs"]["deps"]  # the code files' writer reruns on any code change
 
 
 def test_every_stage_but_the_specs_is_free_of_config(both_doors):
@@ -412,7 +420,7 @@ def test_dag_rule_renders_pictures(tmp_path):
     assert all(f">{rule}<" in rulegraph for rule in RULES)
     jobs = (d / "jobs.svg").read_text(encoding="utf-8")
     stages = load_yaml(ROOT / "dvc.yaml")["stages"]
-    assert jobs.count('class="node"') == len(stages) - 2  # a node per job; check_dag and specs are DVC's own
+    assert jobs.count('class="node"') == len(stages) - len(DVC_OWN)  # a node per job; DVC_OWN are DVC's own
     assert (work / "results/benchmarks/dag/results/dag.tsv").exists()
     assert (work / "results/logs/dag/results/dag.log").exists()
 

@@ -13,6 +13,7 @@ changes, and everything downstream of them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -27,7 +28,7 @@ from test_dvc import KDSUM, TARGET, _changed_by, dvc, fast_copy, git, load_yaml,
 from kdsum.config.catalog import spec_for, spec_names
 from kdsum.config.resolve import load_config
 from kdsum.config.spec import to_json
-from kdsum.workflow.deps import stage_code
+from kdsum.workflow.deps import CODE_DIR, code_path, stage_code, write_code_files
 from kdsum.workflow.dvc import SnakemakeJob, snakemake_jobs
 from kdsum.workflow.specs import spec_path
 
@@ -52,6 +53,13 @@ def downstream(jobs: list[SnakemakeJob], seeds: list[SnakemakeJob]) -> list[Snak
                 out[id(job)] = job
                 todo.append(job)
     return list(out.values())
+
+
+def runs(job: SnakemakeJob) -> set[str]:
+    """The source files a job runs: those listed in its code file (its one code input)."""
+    files = [i for i in job.inputs if i.startswith(f"{CODE_DIR}/")]
+    assert len(files) == 1, (job.rule, files)
+    return set(stage_code(Path(files[0]).stem))
 
 
 def keys(jobs: list[SnakemakeJob]) -> set[frozenset]:
@@ -109,12 +117,32 @@ def test_generating_stages_depend_on_no_scorer():
     assert set(loaded) - packages <= scanned, sorted(set(loaded) - packages - scanned)
 
 
+def test_a_code_file_lists_the_stage_code_with_hashes_and_moves_only_with_it(tmp_path):
+    """A stage's code file names each file it runs with that file's sha256 (computed here), and is rewritten
+    exactly when one of them changes: a preview writes the changed file aside, leaving results/code as it is."""
+    shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    assert {"evaluate", "train"} <= set(write_code_files(tmp_path))
+    listed = json.loads((tmp_path / code_path("evaluate")).read_text())["files"]
+    assert list(listed) == stage_code("evaluate") and SCORER in listed
+    assert listed[SCORER] == hashlib.sha256((ROOT / SCORER).read_bytes()).hexdigest()
+    assert write_code_files(tmp_path) == {}
+    (tmp_path / CLI).write_text("# an edit\n")
+    assert write_code_files(tmp_path) == {}  # no stage runs cli.py
+    (tmp_path / SCORER).write_bytes((ROOT / SCORER).read_bytes() + b"# an edit\n")
+    before = (tmp_path / code_path("evaluate")).read_text()
+    preview = write_code_files(tmp_path, preview=True)
+    assert "evaluate" in preview and "train" not in preview and not preview["evaluate"].startswith(CODE_DIR)
+    assert (tmp_path / code_path("evaluate")).read_text() == before
+    assert "evaluate" in write_code_files(tmp_path) and "train" not in write_code_files(tmp_path)
+    assert json.loads((tmp_path / code_path("evaluate")).read_text())["files"][SCORER] != listed[SCORER]
+
+
 def test_a_scorer_change_reaches_scoring_and_what_follows_a_selection():
     """In the DAG of config.yaml: the jobs running the ROUGE code are scoring and selection jobs; downstream of
     them, a generating job only where it reads a selection's choice (a new scorer may choose another checkpoint or
     decoding setting). cli.py is no job's input."""
     jobs = snakemake_jobs("config.yaml", root=ROOT)
-    readers = [j for j in jobs if SCORER in j.inputs]
+    readers = [j for j in jobs if SCORER in runs(j)]
     assert readers and not {j.rule for j in readers} & set(GENERATING)
     assert {"evaluate", "evaluate_decoding", "evaluate_report"} <= {j.rule for j in readers}
     for job in downstream(jobs, readers):
@@ -123,7 +151,7 @@ def test_a_scorer_change_reaches_scoring_and_what_follows_a_selection():
     assert "train" not in {j.rule for j in downstream(jobs, readers)}
     zero_shot = [j for j in jobs if j.rule == "predict" and j.wildcards.get("variant") == "zeroshot"]
     assert zero_shot and not keys(zero_shot) & keys(downstream(jobs, readers))
-    assert not [j for j in jobs if CLI in j.inputs]
+    assert not [j for j in jobs if CLI in runs(j)]
 
 
 # ------------------------------------------------------------------------------------------------ slow
@@ -229,7 +257,7 @@ def test_no_change_plans_nothing_under_either_engine(smk_made):
 @pytest.mark.slow
 def test_a_scorer_change_plans_scoring_never_train_and_a_cli_change_nothing(smk_made):
     jobs = snakemake_jobs("config.yaml", root=smk_made)
-    for path, readers in ((CLI, []), (SCORER, [j for j in jobs if SCORER in j.inputs])):
+    for path, readers in ((CLI, []), (SCORER, [j for j in jobs if SCORER in runs(j)])):
         file = smk_made / path
         saved, text = file.stat(), file.read_bytes()
         # an edit: Snakemake compares a small input's checksum with its record, so a touch alone would not do

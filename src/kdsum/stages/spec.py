@@ -3,7 +3,7 @@
 The same function writes them when the Snakemake workflow loads and in DVC's ``specs`` stage
 (kdsum.workflow.specs); a file is rewritten only when its content changed, so an unchanged setting reruns nothing.
 
-    kdsum spec --configfile config.yaml                           every spec of the config (only the changed ones)
+    kdsum spec --configfile config.yaml                           every spec and code file (only the changed ones)
     kdsum spec NAME --configfile config.yaml --out FILE            one spec, to FILE
 NAME: data | evaluation | summary | report | prompts/P | base/M | model/M/V | decode/M/V/S | ensemble/E.
 """
@@ -19,6 +19,7 @@ from kdsum.config.files import ConfigError
 from kdsum.config.resolve import load_config
 from kdsum.config.spec import to_json
 from kdsum.io import write_text
+from kdsum.workflow.deps import write_code_files
 from kdsum.workflow.specs import write_specs
 
 
@@ -49,5 +50,5 @@ def main(argv: list[str] | None = None) -> None:
         write_text(args.out, to_json(spec_for(config, args.name)))
         print(f"wrote {args.out}")
         return
-    changed = write_specs(config)
-    print(f"{len(changed)} spec file(s) changed" + "".join(f"\n  {p}" for p in changed.values()))
+    changed = [*write_specs(config).values(), *write_code_files().values()]
+    print(f"{len(changed)} spec/code file(s) changed" + "".join(f"\n  {p}" for p in changed))

@@ -1,7 +1,8 @@
 """Code dependencies of a stage: its module and every kdsum module it imports, directly or through others.
 
-The rules list them as inputs (so Snakemake reruns a stage when its code changes), and dvc.yaml, derived from the
-rules, lists the same files: one scan, one list, both engines.
+Each stage's list, with the sha256 of each file, goes into one small code file (results/code/STAGE.json), rewritten
+only when its content changed: the rule's one code input and the DVC stage's one code dep, so its mtime (Snakemake's
+trigger) and its hash (DVC's) move exactly when that stage's code does, and dvc.lock stays small.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from functools import cache
 from pathlib import Path
 
 from kdsum.io import write_text
+from kdsum.workflow.specs import write_if_changed
 
 ROOT = Path(__file__).resolve().parents[3]
 SRC = "src"
@@ -24,6 +26,9 @@ INIT = "__init__.py"
 # stage -> files, valid while no file under src/kdsum changed (path, size, mtime): the scan parses every module,
 # the slowest part of loading the workflow, and its answer only changes with the code
 CACHE = ".snakemake/kdsum-code-deps.json"
+CODE_DIR = "results/code"
+# where a preview puts a code file whose content would change (as kdsum.workflow.specs does for the specs)
+PREVIEW_CODE_DIR = ".snakemake/kdsum-preview/code"
 
 
 def module_file(module: str, root: Path = ROOT) -> str | None:
@@ -132,3 +137,30 @@ def stage_code(stage: str) -> list[str]:
     files = code_deps(module)
     _remember(stage, files)
     return files
+
+
+def stages(root: Path = ROOT) -> list[str]:
+    """Every ``kdsum <stage>`` with a module under src/kdsum/stages."""
+    found = (root / SRC / PACKAGE / "stages").glob("*.py")
+    return sorted(p.stem.replace("_", "-") for p in found if p.name != INIT)
+
+
+def code_path(stage: str, directory: str = CODE_DIR) -> str:
+    return f"{directory}/{stage}.json"
+
+
+def code_listing(stage: str, root: str | os.PathLike = ".") -> str:
+    """The code file's text: each file ``kdsum <stage>`` runs (:func:`stage_code`) with its sha256 under ``root``."""
+    files = {rel: hashlib.sha256((Path(root) / rel).read_bytes()).hexdigest() for rel in stage_code(stage)}
+    return json.dumps({"stage": stage, "files": files}, indent=1) + "\n"
+
+
+def write_code_files(root: str | os.PathLike = ".", preview: bool = False) -> dict[str, str]:
+    """Write every stage's code file, each only when its content changed; stage -> the (repo-relative) path
+    written. A preview writes a changed file that exists under :data:`PREVIEW_CODE_DIR` instead."""
+    written = {}
+    for stage in stages():
+        path = write_if_changed(root, code_path(stage), code_listing(stage, root), preview, PREVIEW_CODE_DIR)
+        if path:
+            written[stage] = path
+    return written

@@ -1,13 +1,13 @@
 """dvc.yaml, derived from the Snakemake DAG: the rules are the one description of every stage.
 
 Each job of ``snakemake --forceall results/summary.csv`` becomes a DVC stage with the job's shell command (less the
-`` > log 2>&1`` that Snakemake adds), its inputs as deps (code files included: the rules list them) and its outputs
+`` > log 2>&1`` that Snakemake adds), its inputs as deps (its one code file included: the rules list it) and its outputs
 as outs; outputs named ``metrics`` are DVC metrics. Two stages are DVC's own:
 
 * ``check_dag``: reruns when config.yaml, the rules or the config code change and stops ``dvc repro`` with one line
   when dvc.yaml no longer matches the DAG (say, a model added to run.models).
-* ``specs``: ``kdsum spec`` writes the spec files, as the Snakemake workflow does when it loads, each only when its
-  content changed. Its params are the config keys the specs read, so ``dvc exp run -S
+* ``specs``: ``kdsum spec`` writes the spec files and the code files (kdsum.workflow.deps), as the Snakemake
+  workflow does when it loads, each only when its content changed. Its params are the config keys the specs read, so ``dvc exp run -S
   models.M.train.learning_rate=...`` reruns it, and then exactly the stages whose spec file changed (model M's).
 """
 
@@ -25,7 +25,7 @@ from kdsum.config.catalog import spec_names
 from kdsum.config.resolve import load_config
 from kdsum.errors import KdsumError
 from kdsum.workflow import specs
-from kdsum.workflow.deps import ROOT, stage_code
+from kdsum.workflow.deps import PACKAGE, ROOT, SRC, code_path, stage_code, stages
 from kdsum.workflow.specs import spec_params, spec_path
 
 TARGET = "results/summary.csv"
@@ -133,14 +133,16 @@ def check_stage(config_file: str = CONFIG_FILE, root: Path = ROOT) -> dict:
 
 
 def specs_stage(config_file: str = CONFIG_FILE, root: Path = ROOT) -> dict:
-    """Every spec file, written by the one spec command; persist: DVC must not delete them before the run, or
-    every file would be rewritten and its mtime moved (Snakemake's trigger)."""
+    """Every spec file and every stage's code file, written by the one spec command; it depends on the whole
+    package, whose changes reach a stage only through that stage's code file. persist: DVC must not delete them
+    before the run, or every file would be rewritten and its mtime moved (Snakemake's trigger)."""
     config = load_config(root / config_file)
+    written = [spec_path(name) for name in spec_names(config)] + [code_path(s) for s in stages(root)]
     return {
         "cmd": shlex.join(["kdsum", "spec", "--configfile", config_file]),
-        "deps": [DAG_FILE, "schemas/config.schema.yaml", *stage_code("spec")],
+        "deps": [DAG_FILE, "schemas/config.schema.yaml", f"{SRC}/{PACKAGE}"],
         "params": [{config_file: spec_params(config)}],
-        "outs": [{spec_path(name): {"persist": True}} for name in spec_names(config)],
+        "outs": [{path: {"persist": True}} for path in written],
     }
 
 

@@ -57,18 +57,26 @@ def _write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
+def write_if_changed(root: str | os.PathLike, path: str, text: str, preview: bool, preview_dir: str) -> str | None:
+    """Write ``text`` to ``path`` only when its content changed; the path written, or None. A preview writes a
+    changed file that exists under ``preview_dir`` instead, always (newer than every result: the plan reruns them)."""
+    target = Path(root) / path
+    if preview and target.is_file():
+        if target.read_text(encoding="utf-8") == text:
+            return None
+        path = f"{preview_dir}/{path.split('/', 2)[2]}"  # results/<kind>/NAME -> preview_dir/NAME
+        write_text(Path(root) / path, text)
+        return path
+    return path if _write_if_changed(target, text) else None
+
+
 def write_specs(config: dict, root: str | os.PathLike = ".", preview: bool = False) -> dict[str, str]:
     """Write every spec the config's default target needs, each only when its content changed; name -> the
     (repo-relative) path written. A preview writes a changed spec that exists under :data:`PREVIEW_DIR` instead."""
     written = {}
     for name in spec_names(config):
-        path, text = spec_path(name), to_json(spec_for(config, name))
-        if preview and (Path(root) / path).is_file():
-            if (Path(root) / path).read_text(encoding="utf-8") != text:
-                path = spec_path(name, PREVIEW_DIR)
-                write_text(Path(root) / path, text)  # always: newer than every result, so the plan reruns them
-                written[name] = path
-        elif _write_if_changed(Path(root) / path, text):
+        path = write_if_changed(root, spec_path(name), to_json(spec_for(config, name)), preview, PREVIEW_DIR)
+        if path:
             written[name] = path
     return written
 
