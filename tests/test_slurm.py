@@ -109,7 +109,7 @@ def test_every_job_ran_as_a_slurm_job(runs):
     for _, sid, path in submitted:
         slurm_log = Path(path)
         assert slurm_log.name == f"{sid}.log" and slurm_log.is_file(), path
-        assert re.search(r"^rule \w+:$", slurm_log.read_text(), re.M), path
+        assert re.search(r"^(?:rule|checkpoint) \w+:$", slurm_log.read_text(), re.M), path
     # and slurmctld knows them all, finished (it keeps finished jobs MinJobAge = 600 s: .ci/slurm/slurm.conf.in)
     states = subprocess.run(
         ["squeue", "--states=all", "-h", "-o", "%i|%T", "-j", ",".join(slurm_ids)], capture_output=True, text=True

@@ -61,6 +61,8 @@ def write_if_changed(root: str | os.PathLike, path: str, text: str, preview: boo
     """Write ``text`` to ``path`` only when its content changed; the path written, or None. A preview writes a
     changed file that exists under ``preview_dir`` instead, always (newer than every result: the plan reruns them)."""
     target = Path(root) / path
+    if not GUARD["on"] and target.is_file():  # only reading the DAG (kdsum dvc-yaml): no result's file changes
+        return None
     if preview and target.is_file():
         if target.read_text(encoding="utf-8") == text:
             return None
