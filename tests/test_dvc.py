@@ -240,6 +240,7 @@ def both_doors(request, structure_copy) -> dict:
         merged = merged_config([ROOT / "config.yaml", ROOT / FAST])
         (structure_copy / "config.yaml").write_text(yaml.safe_dump(merged, allow_unicode=True), encoding="utf-8")
         sh([*KDSUM, "dvc-yaml"], structure_copy)
+        sh([*KDSUM, "spec", "--configfile", "config.yaml"], structure_copy)  # what DVC's specs stage runs
     doc = load_yaml(structure_copy / "dvc.yaml")
     return {
         "config": request.param,
