@@ -16,11 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "src"))
+from kdsum.config.files import merged_config  # noqa: E402 (after the path set-up above)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: a test that tries to download must fail loudly
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
@@ -31,6 +34,9 @@ if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     share = str(max(1, cores // int(workers)))
     os.environ.setdefault("KDSUM_TEST_THREADS", share)
     os.environ.setdefault("OMP_NUM_THREADS", share)
+FAST = "tests/fixtures/config.fast.yaml"  # the end-to-end tests' overlay: the default shape, tiny models
+TARGET = "results/summary.csv"
+KDSUM = [sys.executable, "-m", "kdsum"]
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "kdsum-test",
     "GIT_AUTHOR_EMAIL": "test@example.invalid",
@@ -103,6 +109,49 @@ def _build_or_record(build: Callable[[Path], None], work: Path, done: Path) -> N
     done.write_text("", encoding="utf-8")
 
 
+DVC_ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **GIT_ENV}
+
+
+def sh(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=DVC_ENV, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(
+            f"`{' '.join(cmd)}` failed ({proc.returncode}) in {cwd}:\n"
+            f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh([sys.executable, "-m", "dvc", *args], cwd, check)
+
+
+def smk(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh([sys.executable, "-m", "snakemake", *args], cwd, check)
+
+
+def git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return sh(["git", *args], cwd)
+
+
+def committed_copy(dst: Path) -> Path:
+    """A fresh checkout in ``dst`` (no results/, no cache), committed to a new git repository (DVC experiments
+    need a commit)."""
+    work = copy_repo(dst)
+    git_commit_all(work, "copy")
+    return work
+
+
+def fast_copy(dst: Path) -> Path:
+    """A copy whose config.yaml is the fast config (DVC's params file is one file), dvc.yaml derived for it."""
+    work = committed_copy(dst)
+    merged = merged_config([ROOT / "config.yaml", ROOT / FAST])
+    (work / "config.yaml").write_text(yaml.safe_dump(merged, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    sh([*KDSUM, "dvc-yaml"], work)
+    git(work, "commit", "-q", "-am", "the fast config, and dvc.yaml derived for it")
+    return work
+
+
 def run_snakemake(work: Path, *args: str, timeout: int = 3600) -> float:
     """``snakemake *args`` in ``work``; fails the test with the job logs if it fails. Returns the wall time."""
     start = time.time()
@@ -117,14 +166,55 @@ def run_snakemake(work: Path, *args: str, timeout: int = 3600) -> float:
 
 def _build_default_pipeline(work: Path) -> None:
     copy_repo(work)
-    wall = run_snakemake(work, "--cores", "1", "results/summary.csv")
+    wall = run_snakemake(work, "--cores", "2", "results/summary.csv")
     (work.parent / f"{work.name}.wall").write_text(f"{wall:.1f}", encoding="utf-8")
 
 
 @pytest.fixture(scope="session")
 def default_pipeline(tmp_path_factory) -> Path:
-    """A fresh copy of the repo after `snakemake --cores 1 results/summary.csv` on config.yaml, built once per test
+    """A fresh copy of the repo after `snakemake --cores 2 results/summary.csv` on config.yaml, built once per test
     run and shared: read it only (``copy_built`` it to change it)."""
     work = built_once(tmp_path_factory, "default-pipeline", _build_default_pipeline)
     print(f"\nfull default pipeline: {(work.parent / 'default-pipeline.wall').read_text()} s")
     return work
+
+
+def _build_dvc_fast_pipeline(work: Path) -> None:
+    fast_copy(work)
+    start = time.perf_counter()
+    proc = dvc(work, "repro")
+    (work.parent / f"{work.name}.wall").write_text(f"{time.perf_counter() - start:.1f}", encoding="utf-8")
+    (work.parent / f"{work.name}.repro.log").write_text(proc.stdout, encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def dvc_fast_pipeline(tmp_path_factory) -> Path:
+    """A committed copy whose config.yaml is the fast config, after one full `dvc repro` (dvc.lock not committed),
+    built once per test run and shared: read it only (``copy_built`` it to change it). Its first repro's output is
+    ``<dir>.repro.log`` beside it, the wall time ``<dir>.wall``."""
+    return built_once(tmp_path_factory, "dvc-fast-pipeline", _build_dvc_fast_pipeline)
+
+
+# The heaviest files first, so that the two CI workers (`--dist loadfile --no-loadscope-reorder`, .ci/run) start
+# the shared pipelines at once and the light files fill the gaps: the longest jobs first keeps the end balanced.
+HEAVY_FIRST = ("test_pipeline.py", "test_dvc.py", "test_real_models.py", "test_slurm.py", "test_triggers.py")
+END_TO_END = {"slow", "cluster", "integration", "gpu"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Test time per tier (setup, call and teardown summed over the tests of each), for CI's log."""
+    tiers: dict[str, list[float]] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) not in ("setup", "call", "teardown"):
+                continue
+            tier = "end-to-end" if END_TO_END & set(report.keywords) else "unit"
+            count, seconds = tiers.setdefault(tier, [0, 0.0])
+            tiers[tier] = [count + (report.when == "call"), seconds + report.duration]
+    for tier, (count, seconds) in sorted(tiers.items()):
+        terminalreporter.write_line(f"tier {tier}: {count} tests, {seconds:.0f} s of test time")

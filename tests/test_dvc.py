@@ -8,11 +8,11 @@ Fast tests (no pipeline run, a few seconds each):
 * params live on the spec stages only and are scoped (a hyperparameter of one model reaches that model's specs);
 * outputs, metrics and plots are what DVC should track; the DAG pictures (rules/dag.smk) render.
 
-Slow tests (`-m slow`; one copy of the repo whose config.yaml is config.yaml + tests/fixtures/config.fast.yaml):
-a full `dvc repro`, a no-op second one, metrics and plots, Snakemake agreeing after DVC (`kdsum sync-mtimes`),
-push/pull through a local remote, `dvc exp run -S` on one model's learning rate (exactly that model's jobs rerun),
-an edit of one training summary (exactly the stages whose inputs changed rerun), and a model added to run.models
-(`dvc repro` stops first, naming `kdsum dvc-yaml`).
+Slow tests (`-m slow`; a copy of the run's fast pipeline made by one full `dvc repro`, tests/conftest.py):
+every stage ran, a no-op second repro, metrics and plots, Snakemake agreeing after DVC (`kdsum sync-mtimes`),
+push/pull through a local remote, an edit of one training summary (exactly the stages whose inputs changed rerun),
+and a model added to run.models (`dvc repro` stops first, naming `kdsum dvc-yaml`). `dvc exp run -S` on one model's
+learning rate is in tests/test_triggers.py.
 """
 
 from __future__ import annotations
@@ -22,29 +22,24 @@ import csv
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_repo, git_commit_all
+from conftest import DVC_ENV as ENV
+from conftest import FAST, KDSUM, TARGET, committed_copy, copy_built, dvc, git, sh, smk
 
 from kdsum.config.catalog import spec_for, spec_keys, spec_names
 from kdsum.config.files import merged_config
 from kdsum.config.resolve import load_config
 from kdsum.config.spec import to_json
-from kdsum.training.report import SUMMARY_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = "tests/fixtures/config.fast.yaml"
-TARGET = "results/summary.csv"
-KDSUM = [sys.executable, "-m", "kdsum"]
 RULES = [
     "ingest",
     "format_prompts",
@@ -71,60 +66,10 @@ TWO_WORD_RULES = (
     "evaluate_report",
 )
 DVC_OWN = ("check_dag", "specs")  # stages of DVC's own: the DAG check and the one spec command
-ENV = {
-    **os.environ,
-    "DVC_NO_ANALYTICS": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "GIT_AUTHOR_NAME": "kdsum-test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "kdsum-test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-}
 FIGURES: dict[str, float | int | list] = {}  # measured figures, printed at the end of the module (pytest -s)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def sh(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        pytest.fail(
-            f"`{' '.join(cmd)}` failed ({proc.returncode}) in {cwd}:\n"
-            f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
-        )
-    return proc
-
-
-def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return sh([sys.executable, "-m", "dvc", *args], cwd, check)
-
-
-def smk(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return sh([sys.executable, "-m", "snakemake", *args], cwd, check)
-
-
-def git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return sh(["git", *args], cwd)
-
-
-def committed_copy(dst: Path) -> Path:
-    """A fresh checkout in ``dst`` (no results/, no cache), committed to a new git repository (DVC experiments
-    need a commit)."""
-    work = copy_repo(dst)
-    git_commit_all(work, "copy")
-    return work
-
-
-def fast_copy(dst: Path) -> Path:
-    """A copy whose config.yaml is the fast config (DVC's params file is one file), dvc.yaml derived for it."""
-    work = committed_copy(dst)
-    merged = merged_config([ROOT / "config.yaml", ROOT / FAST])
-    (work / "config.yaml").write_text(yaml.safe_dump(merged, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    sh([*KDSUM, "dvc-yaml"], work)
-    git(work, "commit", "-q", "-am", "the fast config, and dvc.yaml derived for it")
-    return work
-
-
 def ran_stages(output: str) -> list[str]:
     return re.findall(r"^Running stage '([^']+)'", output, re.M)
 
@@ -435,14 +380,14 @@ def test_dag_rule_renders_pictures(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ slow: e2e
 @pytest.fixture(scope="module")
-def dvc_repo(tmp_path_factory) -> Path:
-    """A fresh copy whose config.yaml is the fast one, dvc.yaml derived for it, then one full `dvc repro`."""
-    work = fast_copy(tmp_path_factory.mktemp("dvc") / "kdsum")
-    start = time.perf_counter()
-    proc = dvc(work, "repro")
-    FIGURES["full dvc repro (fast config), s"] = round(time.perf_counter() - start, 1)
-    FIGURES["stages run by the first repro"] = len(ran_stages(proc.stdout))
-    (work / ".first_repro.log").write_text(proc.stdout, encoding="utf-8")
+def dvc_repo(dvc_fast_pipeline, tmp_path_factory) -> Path:
+    """A private copy of the run's fast pipeline made by one full `dvc repro` (tests/conftest.py); these tests
+    change it in turn."""
+    work = copy_built(dvc_fast_pipeline, tmp_path_factory.mktemp("dvc") / "kdsum")
+    log = dvc_fast_pipeline.parent / f"{dvc_fast_pipeline.name}.repro.log"
+    (work / ".first_repro.log").write_text(log.read_text(encoding="utf-8"), encoding="utf-8")
+    FIGURES["full dvc repro (fast config), s"] = float((log.with_suffix("").with_suffix(".wall")).read_text())
+    FIGURES["stages run by the first repro"] = len(ran_stages(log.read_text(encoding="utf-8")))
     yield work
     print("\nmeasured figures:\n" + "\n".join(f"  {k}: {v}" for k, v in FIGURES.items()))
 
@@ -591,84 +536,6 @@ def test_push_pull_round_trip_restores_data_and_models(dvc_repo, tmp_path):
 def _changed_by(before: dict, after: dict) -> set[str]:
     """Stages whose recorded deps or params differ between two dvc.lock files."""
     return {name for name, deps in after.items() if deps != before.get(name)}
-
-
-@pytest.mark.slow
-def test_exp_run_on_one_models_learning_rate_reruns_that_model_only(dvc_repo):
-    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
-    before = lock_hashes(load_yaml(dvc_repo / "dvc.lock"))
-    start = time.perf_counter()
-    proc = dvc(dvc_repo, "exp", "run", "-S", "config.yaml:models.tiny-llama.train.learning_rate=0.05")
-    FIGURES["dvc exp run -S (tiny-llama learning rate), s"] = round(time.perf_counter() - start, 1)
-    ran = ran_stages(proc.stdout)
-    FIGURES["stages rerun by the learning-rate change"] = ran
-    after = lock_hashes(load_yaml(dvc_repo / "dvc.lock"))
-    # exactly the stages at least one of whose deps or params changed reran (DVC compares content) ...
-    assert set(ran) == _changed_by(before, after), (ran, sorted(_changed_by(before, after)))
-    # ... among them the specs, the model's training, and the summary ...
-    assert {"check_dag", "specs", "train_tiny-llama_default", "summary"} <= set(ran), ran
-    # ... and nothing of another model: only tiny-llama/default's jobs (its predictions, decoding search, checkpoint
-    # selection, scores, submission) and the ensemble it is a member of
-    gathering = ("check_dag", "specs", "summary")
-    others = [n for n in ran if "tiny-llama_default" not in n and n not in gathering and "ensemble_mbr" not in n]
-    assert not [n for n in others if not n.startswith("mbr_mbr_")], ran
-    assert len(ran) == len(set(ran))
-    assert load_yaml(dvc_repo / "config.yaml")["models"]["tiny-llama"]["train"]["learning_rate"] == 0.05
-    assert (
-        load_yaml(dvc_repo / "dvc.lock")["stages"]["specs"]["params"]["config.yaml"]["models.tiny-llama"]["train"][
-            "learning_rate"
-        ]
-        == 0.05
-    )
-    assert (
-        json.loads((dvc_repo / "results/specs/model/tiny-llama/default.json").read_text())["train"]["learning_rate"]
-        == 0.05
-    )
-    # the experiment is recorded (an exp ref on the commit) with its params and metrics
-    exps = [
-        r["data"]
-        for commit in json.loads(dvc(dvc_repo, "exp", "show", "--json").stdout)
-        for e in commit.get("experiments") or []
-        for r in e["revs"]
-    ]
-    assert [x["params"]["config.yaml"]["data"]["models"]["tiny-llama"]["train"]["learning_rate"] for x in exps] == [
-        0.05
-    ]
-    assert "results/scores/tiny-llama/default/dev_metrics.json" in exps[0]["metrics"]
-    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
-    # Snakemake follows: its params record is refreshed by the documented step, then nothing to do
-    sh([*KDSUM, "sync-mtimes"], dvc_repo)
-    assert nothing_to_do(dvc_repo)[0]
-
-
-@pytest.mark.slow
-def test_exp_show_leads_with_scores_and_the_changed_param(dvc_repo):
-    """After the experiment above: the metrics are only the scores and training summaries, so `dvc exp show` starts
-    with them (no data or build statistics), and --only-changed keeps the changed param and the moved scores."""
-    header = next(csv.reader(io.StringIO(dvc(dvc_repo, "exp", "show", "--csv").stdout)))
-    FIGURES["dvc exp show --csv columns"] = len(header)
-    metrics = [c for c in header if c.startswith("results/") and ":" in c]
-    first = header.index(metrics[0])
-    assert header[:first] == ["Experiment", "rev", "typ", "Created", "parent"]
-    assert header[first : first + len(metrics)] == metrics  # metrics lead, then params, then deps
-    assert {c.split(":")[0].rsplit("/", 1)[1] for c in metrics} == {"dev_metrics.json", "train_summary.json"}
-    assert header[first].endswith("/dev_metrics.json:final")
-    FIGURES["first ROUGE column of dvc exp show"] = next(i + 1 for i, c in enumerate(header) if ":rouge" in c)
-    scores = [c for c in metrics if "/scores/" in c]
-    stages = load_yaml(dvc_repo / "dvc.yaml")["stages"].values()
-    declared = [m for st in stages for m in st.get("metrics", [])]
-    n_scored = sum(m.endswith("/dev_metrics.json") for m in declared)
-    assert len(scores) == 4 * n_scored and len(metrics) == len(scores) + (len(declared) - n_scored) * len(SUMMARY_KEYS)
-    changed = next(csv.reader(io.StringIO(dvc(dvc_repo, "exp", "show", "--csv", "--only-changed").stdout)))
-    FIGURES["dvc exp show --only-changed columns"] = len(changed)
-    moved = [c for c in changed if ":" in c]
-    # the copy's base commit has no metrics (its row shows "!"), so every metric counts as changed; the changed
-    # model's score is among them and the changed param follows them
-    assert moved
-    assert "results/scores/tiny-llama/default/dev_metrics.json:final" in moved
-    assert changed[changed.index(moved[-1]) + 1] == "models.tiny-llama.train.learning_rate"  # then the param
-    spec = json.loads(dvc(dvc_repo, "plots", "show", "--json").stdout)
-    assert set(spec["data"]) == {"training_loss", "results/summary.csv"} and not spec.get("errors")
 
 
 def _edit_one_summary(path: Path) -> None:

@@ -4,16 +4,21 @@ match what a stage computes.
 Fast: no stage depends on cli.py; predict/train/decode depend on no scorer, by the import scan and by what Python
 really loads; in Snakemake's DAG a scorer change reaches only scoring jobs and what follows a selection.
 
-Slow (`-m slow`; the fast config, `--cores 2`): a real run after an edit of the ROUGE code runs no prediction
-(the selections' choices are Snakemake checkpoints, decided by content) and keeps the summary; a `dvc repro` copy, a `dvc pull` into a fresh clone and a Snakemake
-run, each followed, with no other command in between, by a learning-rate change of one model; the jobs planned
-(or the stages rerun) are compared with those computed from the DAG: the jobs reading a spec file whose content
-changes, and everything downstream of them.
+Slow (`-m slow`; copies of the run's shared pipelines, tests/conftest.py: the fast config made by `dvc repro`,
+the default config made by Snakemake): a real run after an edit of the ROUGE code runs no prediction (the
+selections' choices are Snakemake checkpoints, decided by content) and keeps the summary; a `dvc repro` copy, a
+`dvc pull` into a fresh clone and a Snakemake run, each followed, with no other command in between, by a
+learning-rate change of one model (`dvc exp run` after the Snakemake run: the experiment is recorded, and
+`dvc exp show` leads with the scores and the changed param); the jobs planned (or the stages rerun) are compared
+with those computed from the DAG: the jobs reading a spec file whose content changes, and everything downstream of
+them.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -23,11 +28,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_dvc import KDSUM, TARGET, _changed_by, dvc, fast_copy, git, load_yaml, lock_hashes, ran_stages, sh, smk
+from conftest import KDSUM, TARGET, copy_built, dvc, git, git_commit_all, sh, smk
+from test_dvc import _changed_by, load_yaml, lock_hashes, ran_stages
 
 from kdsum.config.catalog import spec_for, spec_names
 from kdsum.config.resolve import load_config
 from kdsum.config.spec import to_json
+from kdsum.training.report import SUMMARY_KEYS
 from kdsum.workflow.deps import CODE_DIR, code_path, stage_code, write_code_files
 from kdsum.workflow.dvc import SnakemakeJob, snakemake_jobs
 from kdsum.workflow.specs import spec_path
@@ -185,10 +192,9 @@ def nothing_planned(work: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def dvc_made(tmp_path_factory) -> Path:
-    """The fast config's pipeline made by `dvc repro` (dvc.lock committed)."""
-    work = fast_copy(tmp_path_factory.mktemp("triggers") / "dvc")
-    dvc(work, "repro")
+def dvc_made(dvc_fast_pipeline, tmp_path_factory) -> Path:
+    """The fast config's pipeline made by `dvc repro` (the run's shared one, copied), dvc.lock committed."""
+    work = copy_built(dvc_fast_pipeline, tmp_path_factory.mktemp("triggers") / "dvc")
     git(work, "add", "dvc.lock")
     git(work, "commit", "-q", "-m", "dvc repro")
     return work
@@ -233,10 +239,11 @@ def test_after_dvc_pull_into_a_fresh_clone_the_same(dvc_made, lr_expected, tmp_p
 
 
 @pytest.fixture(scope="module")
-def smk_made(tmp_path_factory) -> Path:
-    """The fast config's pipeline made by Snakemake, then recorded by DVC without running (`dvc commit`)."""
-    work = fast_copy(tmp_path_factory.mktemp("triggers") / "smk")
-    smk(work, TARGET, "--cores", "2")
+def smk_made(default_pipeline, tmp_path_factory) -> Path:
+    """The default pipeline made by Snakemake (the run's shared one, copied and committed to git), then recorded by
+    DVC without running (`dvc commit`)."""
+    work = copy_built(default_pipeline, tmp_path_factory.mktemp("triggers") / "smk")
+    git_commit_all(work, "a snakemake run")  # results/ is ignored: the code and config only
     assert nothing_planned(work)
     dvc(work, "repro", "--single-item", "check_dag")  # DVC's own stage, nothing Snakemake runs
     dvc(work, "commit", "--force")
@@ -309,12 +316,54 @@ def test_after_a_snakemake_run_dvc_exp_run_reruns_exactly_that_models_stages(smk
     proc = dvc(smk_made, "exp", "run", "-S", f"config.yaml:models.tiny-llama.train.learning_rate={LR}")
     ran = ran_stages(proc.stdout)
     # DVC reruns a stage whose recorded deps or params changed content: those are the DAG's jobs downstream of the
-    # changed spec files (fewer only where an output came out byte-identical, which stops DVC there)
+    # changed spec files (fewer only where an output came out byte-identical, which stops DVC there), each once
     assert set(ran) == _changed_by(before, lock_hashes(load_yaml(smk_made / "dvc.lock"))), ran
+    assert len(ran) == len(set(ran))
     assert (
-        {"check_dag", "specs", "train_tiny-llama_default"}
+        {"check_dag", "specs", "train_tiny-llama_default", "summary"}
         <= set(ran)
         <= {"check_dag", "specs"} | {j.stage for j in expected}
     ), ran
+    assert not [n for n in ran if "tiny-bart" in n or "zeroshot" in n], ran
     assert json.loads((smk_made / spec_path("model/tiny-llama/default")).read_text())["train"]["learning_rate"] == LR
     assert load_yaml(smk_made / "config.yaml")["models"]["tiny-llama"]["train"]["learning_rate"] == LR
+    params = load_yaml(smk_made / "dvc.lock")["stages"]["specs"]["params"]["config.yaml"]
+    assert params["models.tiny-llama"]["train"]["learning_rate"] == LR
+    # the experiment is recorded (an exp ref on the commit) with its params and metrics
+    exps = [
+        r["data"]
+        for commit in json.loads(dvc(smk_made, "exp", "show", "--json").stdout)
+        for e in commit.get("experiments") or []
+        for r in e["revs"]
+    ]
+    assert [x["params"]["config.yaml"]["data"]["models"]["tiny-llama"]["train"]["learning_rate"] for x in exps] == [LR]
+    assert "results/scores/tiny-llama/default/dev_metrics.json" in exps[0]["metrics"]
+    assert json.loads(dvc(smk_made, "status", "--json").stdout) == {}
+    # Snakemake follows: its params record is refreshed by the documented step, then nothing to do
+    sh([*KDSUM, "sync-mtimes"], smk_made)
+    assert nothing_planned(smk_made)
+
+
+@pytest.mark.slow
+def test_exp_show_leads_with_scores_and_the_changed_param(smk_made):
+    """After the experiment above: the metrics are only the scores and training summaries, so `dvc exp show` starts
+    with them (no data or build statistics), and --only-changed keeps the changed param and the moved scores."""
+    header = next(csv.reader(io.StringIO(dvc(smk_made, "exp", "show", "--csv").stdout)))
+    metrics = [c for c in header if c.startswith("results/") and ":" in c]
+    first = header.index(metrics[0])
+    assert header[:first] == ["Experiment", "rev", "typ", "Created", "parent"]
+    assert header[first : first + len(metrics)] == metrics  # metrics lead, then params, then deps
+    assert {c.split(":")[0].rsplit("/", 1)[1] for c in metrics} == {"dev_metrics.json", "train_summary.json"}
+    assert header[first].endswith("/dev_metrics.json:final")
+    scores = [c for c in metrics if "/scores/" in c]
+    declared = [m for st in load_yaml(smk_made / "dvc.yaml")["stages"].values() for m in st.get("metrics", [])]
+    n_scored = sum(m.endswith("/dev_metrics.json") for m in declared)
+    assert len(scores) == 4 * n_scored and len(metrics) == len(scores) + (len(declared) - n_scored) * len(SUMMARY_KEYS)
+    changed = next(csv.reader(io.StringIO(dvc(smk_made, "exp", "show", "--csv", "--only-changed").stdout)))
+    moved = [c for c in changed if ":" in c]
+    # the changed model's scores moved and the other model's did not; the changed param follows the metrics
+    assert "results/scores/tiny-llama/default/dev_metrics.json:final" in moved
+    assert not [c for c in moved if "tiny-bart" in c], moved
+    assert changed[changed.index(moved[-1]) + 1] == "models.tiny-llama.train.learning_rate"
+    spec = json.loads(dvc(smk_made, "plots", "show", "--json").stdout)
+    assert set(spec["data"]) == {"training_loss", "results/summary.csv"} and not spec.get("errors")
