@@ -8,6 +8,10 @@ Temporary files and directories are hidden siblings of their target with a recog
 its own; every later atomic write to the same target removes them (:func:`remove_stale_temps`): those of
 processes of this host that no longer run, those of other hosts after a day, and the ``.{target}.XXXXXXXX.tmp``
 files of earlier versions of these helpers after an hour.
+
+A full disk, a read-only or denied path, or a file where a directory should be is raised as one line naming the
+target and what to do (:func:`faults_as_errors`, :class:`kdsum.errors.SystemFaultError`), after the temporary is
+removed; the readers take regular files only (:func:`check_regular_file`: a FIFO would block forever).
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def _message(err) -> str:
         return f"{err.instance!r} is a reserved name (zeroshot, baseline and ensemble are used by the pipeline)"
     if err.validator == "oneOf" and len(err.path) == 2 and err.path[0] == "models":
         return "a model needs exactly one of `source` (hub id or local path) or `build` (built offline)"
-    if err.validator == "anyOf" and "description" in err.schema:
+    if err.validator in ("anyOf", "oneOf") and "description" in err.schema:
         return f"{err.message}: {err.schema['description']}"
     return err.message
 

@@ -236,7 +236,7 @@ class DataSpec:
     train: str
     dev: str | None
     test: str | None
-    encoding: str  # auto | a Python codec name
+    encoding: str | dict  # auto | a Python codec name, or {split: either} (kdsum.data.ingest.split_encoding)
     allow_leakage: bool
     near_duplicate_threshold: float
 
