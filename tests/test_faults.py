@@ -11,10 +11,8 @@ import errno
 import functools
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -273,27 +271,28 @@ def test_an_output_under_a_file_is_one_line(tmp_path):
     assert blocker.read_text(encoding="utf-8") == "not a directory"
 
 
-def test_permission_denied_is_one_line(tmp_path):
-    # root is never denied by a mode: run the stage as `nobody` then (CI runs as root); else chmod suffices
-    root = Path(tempfile.mkdtemp(prefix="kdsum-denied-"))
+def test_a_denied_output_directory_is_one_line(tmp_path):
+    # root passes any mode: as root the directory is made immutable instead (chattr +i: EPERM even for root)
+    out = tmp_path / "locked"
+    out.mkdir()
+    if os.geteuid() == 0:
+        lock, unlock, reason = ["chattr", "+i", str(out)], ["chattr", "-i", str(out)], "operation not permitted"
+        if subprocess.run(lock, capture_output=True).returncode != 0:
+            pytest.skip(f"root here, and {tmp_path} takes no immutable flag (chattr)")
+    else:
+        os.chmod(out, 0o555)
+        unlock, reason = None, "permission denied"
     try:
-        os.chmod(root, 0o755)
-        out = root / "locked"
-        out.mkdir(mode=0o555)
-        spec = _data_spec(root / "data.json", train=str(SAMPLE["train"]), dev=None, test=None)
-        os.chmod(spec, 0o644)
-        user = 65534 if os.geteuid() == 0 else None
-        try:
-            proc = _kdsum("ingest", "--spec", spec, "--out-dir", out / "data", cwd=root, user=user)
-        except PermissionError:
-            pytest.skip("cannot switch to an unprivileged user here")
-        expected = (
-            f"{out / 'data'}: permission denied while writing; check its owner and mode (ls -ld), or run as its owner"
-        )
-        _one_line_refusal(proc, expected)
+        spec = _data_spec(tmp_path / "data.json", train=str(SAMPLE["train"]), dev=None, test=None)
+        proc = _kdsum("ingest", "--spec", spec, "--out-dir", out / "data")
+        todo = "check its owner and mode (ls -ld), or run as its owner"
+        _one_line_refusal(proc, f"{out / 'data'}: {reason} while writing; {todo}")
         assert list(out.iterdir()) == []
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if unlock:
+            subprocess.run(unlock, check=True)
+        else:
+            os.chmod(out, 0o755)
 
 
 FAULTS = {
