@@ -31,7 +31,7 @@ from kdsum.errors import SystemFaultError
 from kdsum.io import atomic_dir, read_json, write_json, write_jsonl
 from kdsum.models.build import build_base_model
 from kdsum.models.finite import NonFiniteWeightsError, check_finite_weights
-from kdsum.training.hooks import DivergenceError
+from kdsum.training.hooks import DivergenceError, DivergenceGuard
 from kdsum.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,6 +183,21 @@ def test_a_diverging_learning_rate_stops_training_in_one_line_and_writes_no_mode
     assert not out.exists()  # nothing written as the model
     saved = load_file(str(kept / "adapter_model.safetensors"))
     assert saved and all(bool(torch.isfinite(t).all()) for t in saved.values())
+
+
+def test_the_divergence_line_names_bf16_and_a_missing_checkpoint(tmp_path):
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path / "ckpt"), learning_rate=2e-4, bf16=True, use_cpu=True)
+    guard = DivergenceGuard()
+    guard.check_step(args, 1, torch.tensor(3.25), torch.tensor(0.5))
+    with pytest.raises(DivergenceError) as err:
+        guard.check_step(args, 2, torch.tensor(float("inf")), torch.tensor(float("nan")))
+    assert str(err.value) == (
+        "training diverged at step 2: loss inf, gradient norm nan (last finite loss 3.25 at step 1); likely cause: "
+        "train.learning_rate 0.0002 is too high, or bf16 overflowed (try train.bf16: false); "
+        "no checkpoint was saved before it; no model written"
+    )
 
 
 def test_no_model_with_non_finite_weights_is_written(tiny, tmp_path):

@@ -98,15 +98,12 @@ class DivergenceGuard:
             raise DivergenceError(self.message(args, step, shown))
 
     def message(self, args, step: int, shown: str) -> str:
-        last = (
-            f"last finite loss {self.last_finite[1]:.4g} at step {self.last_finite[0]}"
-            if self.last_finite
-            else ("no finite step in this run")
-        )
+        last = "no finite step in this run"
+        if self.last_finite:
+            last = f"last finite loss {self.last_finite[1]:.4g} at step {self.last_finite[0]}"
         cause = f"likely cause: train.learning_rate {args.learning_rate:g} is too high"
-        precision = "bf16" if args.bf16 else ("fp16" if args.fp16 else "")
-        if precision:
-            cause += f", or {precision} overflowed (try train.{precision}: false)"
+        if args.bf16:  # the pipeline's one reduced precision (train.bf16)
+            cause += ", or bf16 overflowed (try train.bf16: false)"
         kept = last_complete_checkpoint(args.output_dir)
         kept = f"the last good checkpoint is kept ({kept})" if kept else "no checkpoint was saved before it"
         return f"training diverged at step {step}: {shown} ({last}); {cause}; {kept}; no model written"
