@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 from conftest import built_once
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from kdsum.config.catalog import spec_for
 from kdsum.config.files import ConfigError, deep_merge, merged_config
@@ -28,7 +28,7 @@ from kdsum.config.spec import DataSpec, to_json
 from kdsum.data.ingest import DataError, ingest_splits, load_split, read_split
 from kdsum.data.prompts import write_prompt_set
 from kdsum.errors import SystemFaultError
-from kdsum.io import atomic_dir, read_json, write_json, write_jsonl
+from kdsum.io import atomic_dir, faults_as_errors, read_json, write_json, write_jsonl
 from kdsum.models.build import build_base_model
 from kdsum.models.finite import NonFiniteWeightsError, check_finite_weights
 from kdsum.training.hooks import DivergenceError, DivergenceGuard
@@ -333,15 +333,49 @@ def test_each_system_fault_while_writing_is_one_line_naming_the_path(tmp_path, c
 
 
 @pytest.fixture()
-def small_tmpfs(tmp_path):
-    """A real 64 KiB file system (root only: `mount -t tmpfs`); skipped where mounting is not allowed."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True)
-    if mount.returncode != 0:
-        pytest.skip(f"no tmpfs here (mount: {mount.stderr.decode().strip() or mount.returncode})")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+def tmpfs(tmp_path):
+    """``tmpfs(size)``: a real file system of that size (root only: `mount -t tmpfs`); skipped where mounting is
+    not allowed."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"mnt{len(mounted)}"
+        mnt.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+        if proc.returncode != 0:
+            pytest.skip(f"no tmpfs here (mount: {proc.stderr.decode().strip() or proc.returncode})")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture()
+def small_tmpfs(tmpfs) -> Path:
+    return tmpfs("64k")
+
+
+def test_a_library_write_on_a_full_disk_is_one_line(small_tmpfs):
+    # safetensors says the errno in its own words ("... (os error 28)")
+    target = small_tmpfs / "model.safetensors"
+    with pytest.raises(SystemFaultError, match=r"model.safetensors: no space left on the device; free space"):
+        with faults_as_errors(target):
+            save_file({"w": torch.zeros(100_000)}, str(target))
+
+
+def test_a_full_disk_while_training_is_one_line_and_writes_no_model(tiny, tmpfs, tmp_path):
+    torch.set_num_threads(int(os.environ.get("KDSUM_TEST_THREADS", "2")))
+    job = resolve(load_config(ROOT / "config.yaml"), "tiny-llama", "default")
+    settings = dict(learning_rate=1e-3, max_steps=3, save_steps=1, logging_steps=1, warmup_steps=0)
+    settings |= dict(lr_scheduler_type="constant", per_device_train_batch_size=4, max_length=384, bf16=False)
+    job = dataclasses.replace(job, train=dataclasses.replace(job.train, **settings))
+    ckpt, out = tmpfs("1m") / "ckpt", tmp_path / "out"  # the adapter fits, the optimizer state does not (torch)
+    with pytest.raises(SystemFaultError) as err:
+        train(job, str(tiny / "base"), tiny / "prompts", out, ckpt, progress=False)
+    assert str(err.value) == f"{ckpt}: no space left on the device; free space there, or put results/ on a larger disk"
+    assert not out.exists()
 
 
 def test_a_full_and_a_read_only_file_system_are_one_line(small_tmpfs, tmp_path):

@@ -50,7 +50,7 @@ def run_stage(stage: str, argv: list[str]) -> None:
     except FileNotFoundError as exc:
         print(f"error: file not found: {exc.filename or exc}", file=sys.stderr)
         sys.exit(2)
-    except OSError as exc:  # a full disk, a read-only or denied path met outside kdsum.io's helpers
+    except Exception as exc:  # a full disk, a read-only or denied path met outside kdsum.io's helpers
         fault = system_fault(exc)
         if fault is None:
             raise

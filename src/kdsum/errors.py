@@ -4,6 +4,9 @@ the system faults (disk full, read-only or denied paths, a path of the wrong kin
 from __future__ import annotations
 
 import errno
+import os
+import re
+import shutil
 
 
 class KdsumError(Exception):
@@ -28,10 +31,40 @@ _FAULTS = {
 FAULT_ERRNOS = frozenset(_FAULTS)
 
 
-def system_fault(exc: OSError, path=None, verb: str = "reading or writing") -> SystemFaultError | None:
-    """``exc`` as one line naming ``path`` (else the path it names), or None when it is no fault of this kind."""
-    if exc.errno not in _FAULTS:
+# libraries that write files themselves say the errno in their own words: safetensors ("... (os error 28)"), and
+# torch's checkpoint writer not at all ("PytorchStreamWriter failed writing file", "unexpected pos N vs M")
+_OS_ERROR_RE = re.compile(r"\(os error (\d+)\)")
+_TORCH_WRITER = ("PytorchStreamWriter", "inline_container")
+_NEARLY_FULL = 1 << 20  # bytes free below which a failed torch write is taken for a full disk
+
+
+def _free_bytes(path) -> int:
+    path = os.path.abspath(path)
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return shutil.disk_usage(path).free
+
+
+def fault_errno(exc: BaseException, path=None) -> int | None:
+    """The errno behind ``exc``: an ``OSError``'s own, the one a library names in its message, or ENOSPC for
+    torch's failed write where the disk under ``path`` is (nearly) full."""
+    if isinstance(exc, KdsumError):
         return None
-    what, todo = _FAULTS[exc.errno]
-    where = path if path is not None else (exc.filename or "?")
+    if isinstance(exc, OSError):
+        return exc.errno
+    if match := _OS_ERROR_RE.search(str(exc)):
+        return int(match[1])
+    torch_write = isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITER)
+    if torch_write and path is not None and _free_bytes(path) < _NEARLY_FULL:
+        return errno.ENOSPC
+    return None
+
+
+def system_fault(exc: BaseException, path=None, verb: str = "reading or writing") -> SystemFaultError | None:
+    """``exc`` as one line naming ``path`` (else the path it names), or None when it is no fault of this kind."""
+    code = fault_errno(exc, path)
+    if code not in _FAULTS:
+        return None
+    what, todo = _FAULTS[code]
+    where = path if path is not None else (getattr(exc, "filename", None) or "?")
     return SystemFaultError(f"{where}: {what.format(verb=verb)}; {todo}")

@@ -213,7 +213,7 @@ def faults_as_errors(path: str | os.PathLike, verb: str = "writing") -> Iterator
     line naming ``path`` (:func:`kdsum.errors.system_fault`); other errors pass unchanged."""
     try:
         yield
-    except OSError as exc:
+    except Exception as exc:  # an OSError, or a library's own error for one (kdsum.errors.fault_errno)
         fault = system_fault(exc, path, verb)
         if fault is None:
             raise

@@ -27,7 +27,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from kdsum.io import read_json
+from kdsum.io import faults_as_errors, read_json
 from kdsum.models.finite import non_finite_tensors
 from kdsum.training.checkpoints import last_complete_checkpoint
 from kdsum.training.data import TrainingError
@@ -134,7 +134,8 @@ class TrackingMixin:
     def _save_checkpoint(self, model, trial):
         if self.kdsum_guard is not None:
             self.kdsum_guard.check_weights(self.args, self.state.global_step, model)
-        super()._save_checkpoint(model, trial)
+        with faults_as_errors(self.args.output_dir):  # a full disk: one line, the checkpoints before it kept
+            super()._save_checkpoint(model, trial)
 
     def _track_num_input_tokens(self, inputs):
         super()._track_num_input_tokens(inputs)
