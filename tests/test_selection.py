@@ -174,6 +174,9 @@ class _Saving:
     def save_pretrained(self, path, **kwargs):
         Path(path, f"{type(self).__name__}.txt").write_text("x")
 
+    def named_parameters(self):  # no weights to check (kdsum.models.finite)
+        return []
+
 
 def _state(step):
     return type("S", (), {"global_step": step})()

@@ -2,8 +2,9 @@
 
 A stage is a module ``kdsum.stages.<name>`` with ``main(argv)``; its docstring's first line is its summary here.
 Modules are found on disk and imported only when called, so ``kdsum --help`` loads no library and a stage's code
-dependencies are its own module's imports. Errors a user can fix (``KdsumError``, a missing file) print one line
-naming the file, row or key and exit with status 2; anything else is a bug and keeps its traceback.
+dependencies are its own module's imports. Errors a user can fix (``KdsumError``, a missing file, a system fault
+such as a full disk or a read-only, denied path: kdsum.errors.system_fault) print one line naming the file, row or
+key and exit with status 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from kdsum.errors import KdsumError
+from kdsum.errors import KdsumError, system_fault
 
 STAGES_DIR = Path(__file__).parent / "stages"
 
@@ -48,6 +49,12 @@ def run_stage(stage: str, argv: list[str]) -> None:
         sys.exit(2)
     except FileNotFoundError as exc:
         print(f"error: file not found: {exc.filename or exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:  # a full disk, a read-only or denied path met outside kdsum.io's helpers
+        fault = system_fault(exc)
+        if fault is None:
+            raise
+        print(f"error: {fault}", file=sys.stderr)
         sys.exit(2)
 
 

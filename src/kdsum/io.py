@@ -8,22 +8,30 @@ Temporary files and directories are hidden siblings of their target with a recog
 its own; every later atomic write to the same target removes them (:func:`remove_stale_temps`): those of
 processes of this host that no longer run, those of other hosts after a day, and the ``.{target}.XXXXXXXX.tmp``
 files of earlier versions of these helpers after an hour.
+
+A full disk, a read-only or denied path, or a file where a directory should be is raised as one line naming the
+target and what to do (:func:`faults_as_errors`, :class:`kdsum.errors.SystemFaultError`), after the temporary is
+removed; the readers take regular files only (:func:`check_regular_file`: a FIFO would block forever).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import re
 import secrets
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from kdsum.errors import SystemFaultError, system_fault
 
 TEMP_SUFFIX = ".kdsum-tmp"
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0]) or "host"
@@ -103,22 +111,30 @@ def remove_stale_temps(directory: str | os.PathLike, target: str | None = None) 
     return removed
 
 
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # the parent is a file: say so as the system does for a deeper path
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path.parent, path.name)
-    tmp_path = path.parent / temp_name(path.name)
-    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    try:
-        yield tmp_path
-        if tmp_path.exists():  # created 0600; results are ordinary files (0644 under umask 022)
-            os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+    with faults_as_errors(path):
+        _make_parent(path)
+        remove_stale_temps(path.parent, path.name)
+        tmp_path = path.parent / temp_name(path.name)
+        os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            yield tmp_path
+            if tmp_path.exists():  # created 0600; results are ordinary files (0644 under umask 022)
+                os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, path)
+        finally:
+            with contextlib.suppress(OSError):  # gone already, or the file system went read-only
+                tmp_path.unlink(missing_ok=True)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -159,7 +175,13 @@ def atomic_dir(path: str | os.PathLike, replace_only: Collection[str] | None = N
     path = Path(path)
     if path.is_symlink():
         path = path.resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with faults_as_errors(path), _atomic_dir(path, replace_only) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _atomic_dir(path: Path, replace_only: Collection[str] | None) -> Iterator[Path]:
+    _make_parent(path)
     remove_stale_temps(path.parent, path.name)
     tmp = path.parent / temp_name(path.name)
     tmp.mkdir(mode=0o700)
@@ -185,6 +207,45 @@ def atomic_dir(path: str | os.PathLike, replace_only: Collection[str] | None = N
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def faults_as_errors(path: str | os.PathLike, verb: str = "writing") -> Iterator[None]:
+    """A full disk, a read-only or denied ``path`` (or a file where a directory should be) raised inside as one
+    line naming ``path`` (:func:`kdsum.errors.system_fault`); other errors pass unchanged."""
+    try:
+        yield
+    except Exception as exc:  # an OSError, or a library's own error for one (kdsum.errors.fault_errno)
+        fault = system_fault(exc, path, verb)
+        if fault is None:
+            raise
+        raise fault from None
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a directory",
+}
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "file") -> None:
+    """Refuse an input that is no regular file (reading a FIFO would wait for a writer forever); a missing one
+    raises FileNotFoundError as ``open`` would. Symbolic links are followed."""
+    with faults_as_errors(path, "reading"):
+        mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise SystemFaultError(f"{path}: is {kind}, not a regular {what}; name a regular file")
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """A regular file's bytes (:func:`check_regular_file`), with system faults said in one line."""
+    check_regular_file(path)
+    with faults_as_errors(path, "reading"):
+        return Path(path).read_bytes()
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -208,10 +269,12 @@ def write_csv(path: str | os.PathLike, frame: Any, *, index: bool = False) -> No
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
+    check_regular_file(path)
+    with faults_as_errors(path, "reading"), open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as fh:
+    check_regular_file(path)
+    with faults_as_errors(path, "reading"), open(path, encoding="utf-8") as fh:
         return json.load(fh)

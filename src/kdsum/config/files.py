@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -104,3 +105,29 @@ def merged_config(files: Iterable[str | os.PathLike], overrides: Mapping[str, An
             raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
         config = deep_merge(config, data)
     return deep_merge(config, nest_dotted(overrides or {}))
+
+
+# ------------------------------------------------------------------------------------------------ finite numbers
+def _key(path: tuple[str, ...]) -> str:
+    return "".join(p if p.startswith("[") else f".{p}" for p in path).lstrip(".") or "<top level>"
+
+
+def non_finite_keys(value: Any, path: tuple[str, ...] = ()) -> list[tuple[str, float]]:
+    """(key, value) of every NaN or ±Inf number in ``value`` (keys as ``train.learning_rate``, ``x.seeds[1]``):
+    YAML's ``.nan`` and ``.inf`` pass a schema's bounds (every comparison with NaN is false) and would reach
+    training as a diverged run."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(_key(path), value)]
+    if isinstance(value, Mapping):
+        return [hit for key, v in value.items() for hit in non_finite_keys(v, (*path, str(key)))]
+    if isinstance(value, list):
+        return [hit for i, v in enumerate(value) for hit in non_finite_keys(v, (*path, f"[{i}]"))]
+    return []
+
+
+def refuse_non_finite(config: Any, source: str) -> None:
+    """Refuse a config holding NaN or ±Inf anywhere (every section, overlays and overrides), naming the key."""
+    bad = non_finite_keys(config)
+    if bad:
+        key, value = bad[0]
+        raise ConfigError(f"{source}: invalid value at key '{key}': {value} is not a finite number")

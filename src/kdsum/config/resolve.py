@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from kdsum.config.files import ConfigError, deep_merge, merged_config
+from kdsum.config.files import ConfigError, deep_merge, merged_config, refuse_non_finite
 from kdsum.config.schema import SCHEMA_PATH, SECTION_TYPES
 from kdsum.config.spec import (
     BASELINE_MODEL,
@@ -71,7 +71,9 @@ def _validator_with_defaults(schema: dict):
                     instance[prop] = copy.deepcopy(sub["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(base, {"properties": set_defaults})(schema)
+    # an integer setting is an integer: 1.0 is refused (for warmup_steps it reads as one step or all of them)
+    strict = base.TYPE_CHECKER.redefine("integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool))
+    return jsonschema.validators.extend(base, {"properties": set_defaults}, type_checker=strict)(schema)
 
 
 def _similar(key: str, allowed: list[str]) -> list[str]:
@@ -93,6 +95,8 @@ def _message(err) -> str:
         return f"{err.instance!r} is a reserved name (zeroshot, baseline and ensemble are used by the pipeline)"
     if err.validator == "oneOf" and len(err.path) == 2 and err.path[0] == "models":
         return "a model needs exactly one of `source` (hub id or local path) or `build` (built offline)"
+    if err.validator in ("anyOf", "oneOf") and "description" in err.schema:
+        return f"{err.message}: {err.schema['description']}"
     return err.message
 
 
@@ -100,6 +104,7 @@ def validate_config(config: Any, source: str = "config") -> dict:
     """Validate ``config`` in place against the schema (filling defaults) and check cross-references."""
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(config).__name__}")
+    refuse_non_finite(config, source)
     errors = sorted(
         _validator_with_defaults(load_schema()).iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path)))
     )

@@ -66,7 +66,7 @@ class TrainArgs:
     learning_rate: float = setting("the peak learning rate (AdamW)", to=TRAINER, exclusiveMinimum=0)
     lr_scheduler_type: str = setting("the learning-rate schedule", to=TRAINER, enum=LR_SCHEDULERS)
     warmup_steps: float = setting(
-        "steps (an integer) or a share of the steps (a number below 1), as in TrainingArguments",
+        "steps, an integer (1: one step), or a share of the steps below 1 (0.5: half); 1.0 is refused as ambiguous",
         to=TRAINER,
         anyOf=[{"type": "integer", "minimum": 0}, {"type": "number", "minimum": 0, "exclusiveMaximum": 1}],
     )
@@ -236,7 +236,7 @@ class DataSpec:
     train: str
     dev: str | None
     test: str | None
-    encoding: str  # auto | a Python codec name
+    encoding: str | dict  # auto | a Python codec name, or {split: either} (kdsum.data.ingest.split_encoding)
     allow_leakage: bool
     near_duplicate_threshold: float
 

@@ -154,6 +154,20 @@ def _cell(loc: str, values: Mapping[str, Any], column: str, counts: Counter) -> 
     return normalize_text(value, counts)
 
 
+def _fname(loc: str, values: Mapping[str, Any], counts: Counter) -> str:
+    """The fname as the file has it, normalised as every text (invisible characters removed and counted): it is the
+    submission's id, which must match the organisers'. Blanks around it are refused, not stripped silently."""
+    fname = _cell(loc, values, "fname", counts)
+    if not fname.strip():
+        raise DataError(f"{loc}, column 'fname': empty fname")
+    if fname != fname.strip():
+        raise DataError(
+            f"{loc}, column 'fname': {fname!r} has blanks around it; the submission's id must match the "
+            f"organisers' exactly, so they are not stripped: fix the file (e.g. to {fname.strip()!r})"
+        )
+    return fname
+
+
 def _empty(what: str, values: Mapping[str, Any], column: str | None = None) -> str:
     # A JSONL object may simply lack a key that other lines have; say so precisely.
     return f"empty {what}" if (column or what) in values else f"missing {what} (key absent)"
@@ -165,6 +179,7 @@ class _Layout:
 
     ref_cols: list[str]
     topic_col: str | None
+    summaries_optional: bool = False  # the test split: its summaries are never used, an empty one is no error
 
 
 def _normalise_row(loc: str, fname: str, values: Mapping[str, Any], layout: _Layout, counts: Counter) -> dict[str, Any]:
@@ -178,9 +193,9 @@ def _normalise_row(loc: str, fname: str, values: Mapping[str, Any], layout: _Lay
     summaries = []
     for col in layout.ref_cols:
         summary = collapse_whitespace(_cell(loc, values, col, counts))
-        if not summary:
+        if not summary and not layout.summaries_optional:
             raise DataError(f"{loc}, column {col!r}: {_empty('summary', values, col)}")
-        summaries.append(summary)
+        summaries += [summary] if summary else []
     topic = collapse_whitespace(_cell(loc, values, layout.topic_col, counts)) if layout.topic_col else ""
     return {
         "fname": fname,
@@ -202,7 +217,7 @@ def _normalisation_stats(per_row: Sequence[Counter]) -> dict[str, Any]:
 def _normalise_split(split: str, table: RawTable) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     _check_columns(split, table)
     topic_col = "topic" if "topic" in table.columns else ("topic1" if "topic1" in table.columns else None)
-    layout = _Layout(_reference_columns(table.columns), topic_col)
+    layout = _Layout(_reference_columns(table.columns), topic_col, summaries_optional=split == "test")
     if not table.rows:
         raise DataError(f"{table.path}: no data rows")
     seen: dict[str, int] = {}
@@ -211,9 +226,7 @@ def _normalise_split(split: str, table: RawTable) -> tuple[list[dict[str, Any]],
     for row_no, values in table.rows:
         where = f"{table.path}: {table.unit} {row_no}"
         counts: Counter = Counter()
-        fname = _cell(where, values, "fname", counts).strip()
-        if not fname:
-            raise DataError(f"{where}, column 'fname': empty fname")
+        fname = _fname(where, values, counts)
         if fname in seen:
             raise DataError(f"{table.path}: duplicate fname {fname!r} at {table.unit}s {seen[fname]} and {row_no}")
         seen[fname] = row_no
@@ -241,18 +254,24 @@ def read_split(path: str | Path, split: str, encoding: str = AUTO) -> list[dict[
 OUTPUT_FILES = (*(f"{s}.jsonl" for s in SPLITS), "stats.json")
 
 
+def split_encoding(encoding: str | Mapping[str, str], split: str) -> str:
+    """``data.encoding`` for one split: the value itself, or the mapping's entry for the split (auto if none)."""
+    return encoding.get(split, AUTO) if isinstance(encoding, Mapping) else encoding
+
+
 def ingest_splits(
     paths: Mapping[str, str | Path | None],
     out_dir: str | Path,
     *,
     allow_leakage: bool = False,
-    encoding: str = AUTO,
+    encoding: str | Mapping[str, str] = AUTO,
     near_duplicate_threshold: float = NEAR_DUPLICATE_THRESHOLD,
 ) -> dict[str, Any]:
     """Validate all raw splits, then write ``out_dir/{split}.jsonl`` and ``stats.json``.
 
     ``paths`` maps "train" (required), "dev", "test" to raw files (None/absent = skip); ``encoding`` is
-    ``data.encoding`` (:func:`kdsum.data.readers.decode`). Every split is read, normalised (:func:`kdsum.korean.text.
+    ``data.encoding`` (:func:`kdsum.data.readers.decode`): one value for every split, or a mapping per split
+    (a split it does not name: auto). Every split is read, normalised (:func:`kdsum.korean.text.
     normalize_text`, :func:`parse_turns`) and validated, and leakage is checked, before anything is written:
     an fname in two splits, or a dialogue identical after normalisation or a near-duplicate (similarity >=
     ``near_duplicate_threshold``, :func:`similarity_text`) to one in another split. On any problem
@@ -269,7 +288,7 @@ def ingest_splits(
         raise DataError("a train file is required")
     if not 0 < near_duplicate_threshold <= 1:
         raise DataError(f"data.near_duplicate_threshold: must be in (0, 1], got {near_duplicate_threshold}")
-    splits = [_read_validated(name, p, encoding) for name in SPLITS if (p := paths.get(name))]
+    splits = [_read_validated(name, p, split_encoding(encoding, name)) for name in SPLITS if (p := paths.get(name))]
     leakage = find_leakage(splits, near_duplicate_threshold)
     if leakage and not allow_leakage:
         raise leakage_error(leakage, near_duplicate_threshold)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kdsum.errors import KdsumError
+from kdsum.io import check_regular_file, read_bytes
 from kdsum.korean.text import normalize_text
 
 CSV_EXTENSIONS = frozenset({".csv"})
@@ -179,6 +180,23 @@ def _decode_as(data: bytes, path: Path, encoding: str) -> tuple[str, str]:
         ) from None
 
 
+def _utf16_without_bom(data: bytes) -> str | None:
+    """``utf-16-le`` / ``utf-16-be`` when ``data`` reads as such text: ASCII characters (the speaker tags, digits,
+    punctuation and line ends of any dialogue file) put a zero byte after (LE) or before (BE) their code, so one
+    parity holds many zeros and the other (almost) none; UTF-8 and CP949 text holds no zero bytes at all."""
+    if len(data) < 4 or len(data) % 2:
+        return None
+    even, odd = data[0::2].count(0), data[1::2].count(0)
+    for codec, zeros, other in (("utf-16-le", odd, even), ("utf-16-be", even, odd)):
+        if zeros >= 0.1 * (len(data) // 2) and other <= 0.01 * zeros:
+            try:
+                data.decode(codec)
+            except UnicodeDecodeError:
+                continue
+            return codec
+    return None
+
+
 def decode(data: bytes, path: Path, encoding: str = AUTO) -> tuple[str, str]:
     """The file's text and the codec used.
 
@@ -198,6 +216,11 @@ def decode(data: bytes, path: Path, encoding: str = AUTO) -> tuple[str, str]:
     for bom, codec in _BOMS.items():
         if data.startswith(bom):
             raise DataError(f"{path}: starts with a {codec.upper()} byte-order mark; set data.encoding: {codec}")
+    if codec := _utf16_without_bom(data):
+        raise DataError(
+            f"{path}: looks like {codec.upper()} without a byte-order mark (every other byte is zero); "
+            f"set data.encoding: {codec} (a mapping sets one split's only, e.g. data.encoding: {{train: {codec}}})"
+        )
     try:
         text = data.decode("cp949")
     except UnicodeDecodeError as exc:
@@ -228,6 +251,8 @@ def _csv_header(reader: Any, path: Path) -> list[str]:
 def read_csv_text(text: str, path: Path) -> tuple[list[str], Rows]:
     # newline="" lets csv see the raw line ends, so CRLF inside quoted fields is kept
     # (and normalised later) instead of being mangled.
+    # csv's default field limit (131,072 characters) is below a long dialogue; no field is longer than its file
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     columns = _csv_header(reader, path)
     rows: Rows = []
@@ -289,11 +314,10 @@ def read_raw(path: str | Path, encoding: str = AUTO) -> RawTable:
     path = Path(path)
     fmt, unit = _format_of(path)
     try:
-        data = path.read_bytes()
+        check_regular_file(path, "data file")  # a FIFO would block the read forever
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, not a data file") from None
+    data = read_bytes(path)
     text, codec = decode(data, path, encoding)
     reader = read_csv_text if fmt == "csv" else read_jsonl_text
     columns, rows = reader(text, path)

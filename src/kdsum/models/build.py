@@ -19,6 +19,7 @@ import torch
 
 from kdsum.config.spec import BuildArgs
 from kdsum.models.data_tokens import add_data_tokens
+from kdsum.models.finite import check_finite_weights
 from kdsum.models.fitting import pad_batch
 from kdsum.models.loading import CHAT_TEMPLATE, set_seed
 
@@ -181,6 +182,7 @@ def build_base_model(
     history = pretrain(model, tokenizer, texts, family, build, progress=progress)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    check_finite_weights(model, f"base model {out_dir}", hint="lower build.pretrain_learning_rate")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return {

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kdsum.errors import KdsumError
 from kdsum.io import atomic_dir
+from kdsum.models.finite import check_finite_weights
 
 
 class ReplicaError(KdsumError):
@@ -248,6 +249,7 @@ def write_replica(
         "note": _seed(name).note,
         "weights": "random (seeded), not trained",
     }
+    check_finite_weights(model, f"replica {out_dir}")
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if _seed(name).tokenizer is None:

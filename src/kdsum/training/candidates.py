@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 
 from kdsum.errors import KdsumError
 from kdsum.io import atomic_dir, read_json, write_json
+from kdsum.models.finite import check_finite_weights
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class CandidateError(KdsumError):
 
 def save_model_dir(model, tokenizer, family: str, model_dir: Path) -> None:
     """Model files as the training stage writes its output (kdsum.training.report.save_outputs)."""
+    check_finite_weights(model, f"candidate {model_dir}", trainable_only=True)
     if family == "causal":
         # embeddings are never saved whole: new data-token rows travel as trainable-token deltas
         model.save_pretrained(model_dir, save_embedding_layers=False)

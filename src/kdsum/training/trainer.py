@@ -76,6 +76,7 @@ from kdsum.models.data_tokens import (
     resize_for_new_tokens,
     trainable_token_indices,
 )
+from kdsum.models.finite import check_finite_weights
 from kdsum.models.loading import (
     check_local_source,
     effective_method,
@@ -96,7 +97,7 @@ from kdsum.training.checkpoints import (
     remove_checkpoints,
 )
 from kdsum.training.data import TrainingError, load_chat_dataset, load_seq2seq_dataset
-from kdsum.training.hooks import GradNormTracker, seq2seq_trainer_cls, sft_trainer_cls
+from kdsum.training.hooks import DivergenceGuard, GradNormTracker, seq2seq_trainer_cls, sft_trainer_cls
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +306,7 @@ def build_trainer(
             job, base_source, prompts_dir, tokenizer, new_ids, args, method, attention, callbacks
         )
     trainer.kdsum_grad_tracker = tracker
+    trainer.kdsum_guard = DivergenceGuard()
     compiling = job.family == "causal" and resolve_compile(job)
     # compiled layers fuse PEFT's casts already (measured on an H200: no gain there, +11% uncompiled)
     lora = method in ("lora", "qlora") and args.bf16 and not compiling
@@ -437,6 +439,8 @@ def train(
     warnings = [*warnings, *info["data_warnings"]]
     metrics = train_report.training_metrics(job, trainer, info, run, base_source, warnings, fingerprint)
     if distributed.is_main():
+        hint = f"the last checkpoint is kept in {checkpoint_dir}"
+        check_finite_weights(trainer.model, f"--out-dir {out_dir}", trainable_only=True, hint=hint)
         train_report.save_outputs(trainer, job, metrics, out_dir, checkpoint_dir)
         if not keep_checkpoints:
             remove_checkpoints(checkpoint_dir)
