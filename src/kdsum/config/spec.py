@@ -237,7 +237,7 @@ class DataSpec:
     dev: str | None
     test: str | None
     encoding: str  # auto | a Python codec name
-    allow_leakage: bool
+    leakage: str  # report | refuse | drop_train (kdsum.data.leakage.apply_policy)
     near_duplicate_threshold: float
 
     def splits(self) -> dict[str, str]:
