@@ -258,12 +258,18 @@ class BaseSpec:
     build: BuildArgs
 
 
+#: The default of ``evaluation.degenerate_share``: a system whose most common prediction (compared as
+#: kdsum.scoring.metrics.output_diversity compares them) is this share of the dialogues or more is degenerate.
+DEGENERATE_SHARE = 0.5
+
+
 @dataclass(frozen=True)
 class EvaluationArgs:
     aggregate: str  # mean | max over references
     bootstrap: int
     seed: int
     tuning_fraction: float = 0.5  # expected share of dev rows that select settings (kdsum.selection.tuning)
+    degenerate_share: float = DEGENERATE_SHARE  # flagged, never the submitted system (kdsum.scoring.metrics)
 
 
 @dataclass(frozen=True)
