@@ -26,7 +26,7 @@ import pandas as pd
 from kdsum.data.ingest import load_split
 from kdsum.errors import KdsumError
 from kdsum.io import read_json, write_text
-from kdsum.scoring.metrics import is_degenerate, output_diversity
+from kdsum.korean.diagnostics import is_degenerate, output_diversity
 from kdsum.scoring.rouge import final_score
 from kdsum.selection.tuning import REPORT, part_fnames
 

@@ -21,12 +21,17 @@ import pandas as pd
 from kdsum.config.spec import DEGENERATE_SHARE
 from kdsum.errors import KdsumError
 from kdsum.io import read_jsonl
-from kdsum.korean.diagnostics import foreign_script_share, prediction_length
+from kdsum.korean.diagnostics import (
+    degenerate_warning,
+    foreign_script_share,
+    is_degenerate,
+    output_diversity,
+    prediction_length,
+)
 from kdsum.korean.guards import tokenizer_name
 from kdsum.korean.kiwi import KiwiMorphemeTokenizer
 from kdsum.korean.text import normalize_text
 from kdsum.scoring.bootstrap import corpus_summary, paired_bootstrap
-from kdsum.scoring.metrics import degenerate_warning, is_degenerate, output_diversity
 from kdsum.scoring.rouge import ROUGE_KEYS, _gc_paused, final_score, rouge_scores
 from kdsum.scoring.token_cache import ReferenceTokens, ServedAhead, TokensAhead
 
