@@ -60,6 +60,7 @@ RULES = [
     "evaluate_decoding",
     "select_decoding",
     "evaluate_report",
+    "best_submission",
     "summary",
 ]
 TWO_WORD_RULES = (
@@ -69,6 +70,7 @@ TWO_WORD_RULES = (
     "evaluate_decoding",
     "select_decoding",
     "evaluate_report",
+    "best_submission",
 )
 DVC_OWN = ("check_dag", "specs")  # stages of DVC's own: the DAG check and the one spec command
 ENV = {
