@@ -160,7 +160,8 @@ def choose_system(rows: list[dict[str, Any]]) -> dict[str, Any]:
     sound = [r for r in rows if not (r["degenerate_dev"] or r["degenerate_test"])]
     if not sound:
         raise SubmissionError(
-            f"every candidate system is degenerate (one text for most dialogues): {_names([r['system'] for r in rows])}"
+            f"every candidate system is degenerate (one text for most dialogues): {_names([r['system'] for r in rows])}; "
+            "nothing to submit (a baseline, e.g. baselines: [longest], is always a candidate)"
         )
     return max(sound, key=lambda r: r["final_report"])  # max keeps the first of equals
 
