@@ -37,6 +37,8 @@ rule best_submission:
         json="results/submission.json",
     log:
         "results/logs/best_submission/best_submission.log",
+    benchmark:
+        "results/benchmarks/best_submission/best_submission.tsv"
     conda:
         "../envs/kdsum.yaml"
     params:
