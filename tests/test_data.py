@@ -196,7 +196,8 @@ def test_csv_multi_reference_and_test_without_references(tmp_path: Path) -> None
     test = load_split(out / "test.jsonl")
     assert [r["summaries"] for r in test] == [[], []]
     assert [r["topic"] for r in test] == [None, None]
-    assert list(test[0]) == ["fname", "dialogue", "turns", "summaries", "topic"]
+    # ingest adds near_dup_train to dev and test rows (data.leakage: report flags those with a near-duplicate in train)
+    assert list(test[0]) == ["fname", "dialogue", "turns", "summaries", "topic", "near_dup_train"]
 
 
 # --------------------------------------------------------------------------- turns & tokens
