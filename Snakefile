@@ -32,3 +32,4 @@ rule all:
     input:
         "results/summary.csv",
         report_targets(),
+        submission_targets(),

@@ -214,6 +214,8 @@ def summary_inputs(wildcards):
         ),
         "decodings": [f"results/selection/{s.model}/{s.variant}/decoding.json" for s in tuned] if spec.decoding else [],
     }
+    # the best system's submission (rule best_submission), named in summary.md
+    inputs["best_submission"] = ["results/submission.json"] if submission_candidates() else []
     if "test" in predict_splits(CFG):  # zero-shot rows are reference points, not submitted (buildable on demand)
         inputs["submissions"] = [
             (
@@ -225,6 +227,29 @@ def summary_inputs(wildcards):
             if s.kind != "zero-shot"
         ]
     return inputs
+
+
+def submission_candidates():
+    """The systems the best-system submission chooses among: every system of the summary but zero-shot ones (reference
+    points); none unless a split is scored and test is predicted."""
+    spec = summary_spec()
+    if not spec.split or "test" not in predict_splits(CFG):
+        return []
+    return [s for s in spec.systems if s.kind != "zero-shot"]
+
+
+def best_submission_inputs(wildcards):
+    split, found = summary_spec().split, submission_candidates()
+    return {
+        "scores": [f"results/scores/{s.model}/{s.variant}/{split}.json" for s in found],
+        "item_scores": [f"results/scores/{s.model}/{s.variant}/{split}_items.csv" for s in found],
+        "predictions": [f"results/predictions/{s.model}/{s.variant}/test.csv" for s in found],
+    }
+
+
+def submission_targets():
+    """results/submission.csv, when there is a system to choose (rule all)."""
+    return ["results/submission.csv"] if submission_candidates() else []
 
 
 def ensemble_spec(wildcards):

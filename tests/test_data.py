@@ -32,7 +32,7 @@ from kdsum.data.ingest import (
     read_split,
     split_stats,
 )
-from kdsum.data.leakage import NEAR_DUPLICATE_THRESHOLD
+from kdsum.data.leakage import LEAKAGE_POLICIES, NEAR_DUPLICATE_THRESHOLD
 from kdsum.errors import KdsumError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,7 +196,8 @@ def test_csv_multi_reference_and_test_without_references(tmp_path: Path) -> None
     test = load_split(out / "test.jsonl")
     assert [r["summaries"] for r in test] == [[], []]
     assert [r["topic"] for r in test] == [None, None]
-    assert list(test[0]) == ["fname", "dialogue", "turns", "summaries", "topic"]
+    # ingest adds near_dup_train to dev and test rows (data.leakage: report flags those with a near-duplicate in train)
+    assert list(test[0]) == ["fname", "dialogue", "turns", "summaries", "topic", "near_dup_train"]
 
 
 # --------------------------------------------------------------------------- turns & tokens
@@ -328,10 +329,15 @@ def test_stale_split_files_are_removed(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["stats.json", "train.jsonl"]
 
 
-def test_allow_leakage_records_pairs(tmp_path: Path) -> None:
-    stats = ingest_splits(
-        {"train": fx("plain_utf8.csv"), "dev": fx("leak_dev.csv")}, tmp_path / "out", allow_leakage=True
-    )
+def test_identical_dialogue_is_refused_unless_drop_train_removes_the_train_copy(tmp_path: Path) -> None:
+    paths = {"train": fx("plain_utf8.csv"), "dev": fx("leak_dev.csv")}
+    for policy in ("report", "refuse"):
+        with pytest.raises(DataError, match="identical after normalisation to 'train_c'"):
+            ingest_splits(paths, tmp_path / policy, leakage=policy)
+    stats = ingest_splits(paths, tmp_path / "out", leakage="drop_train")
+    assert stats["dropped_train"] == ["train_c"] and stats["splits"]["train"]["rows"] == 2
+    assert "train_c" not in [r["fname"] for r in load_split(tmp_path / "out" / "train.jsonl")]
+    assert stats["near_dup_train"] == {"dev": 0}
     assert stats["leakage"] == [
         {
             "splits": ["train", "dev"],
@@ -364,7 +370,7 @@ def _spec(path: Path, **settings: Any) -> str:
         dev=settings.get("dev"),
         test=settings.get("test"),
         encoding=settings.get("encoding", "auto"),
-        allow_leakage=settings.get("allow_leakage", False),
+        leakage=settings.get("leakage", "report"),
         near_duplicate_threshold=settings.get("near_duplicate_threshold", NEAR_DUPLICATE_THRESHOLD),
     )
     path.write_text(to_json(spec))
@@ -389,10 +395,11 @@ def test_cli_success_and_refusal(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()
 
-    # --allow-leakage: written, with a warning naming the splits
-    leak = _cli(["--spec", spec, "--out-dir", "leak", "--allow-leakage"], tmp_path)
+    # --leakage drop_train: written without the train copy, with a warning naming the splits and the pair
+    leak = _cli(["--spec", spec, "--out-dir", "leak", "--leakage", "drop_train"], tmp_path)
     assert leak.returncode == 0, leak.stderr
-    assert "warning: 1 dialogue(s) shared by train and dev" in leak.stderr
+    assert "warning: 1 dialogue(s) shared by train and dev" in leak.stderr and "train_c ~ dev_7 (1.00)" in leak.stderr
+    assert "drop_train removed 1 train row(s)" in leak.stderr
 
     # a spec file of the wrong kind, or none: one line, exit 2
     (tmp_path / "wrong.json").write_text('{"kind": "EvaluationArgs", "aggregate": "mean", "bootstrap": 0, "seed": 0}')
@@ -432,11 +439,16 @@ def test_real_korean_competition_data(tmp_path: Path) -> None:
         "dev": _shared("ko", "dev.csv"),
         "test": _shared("ko", "test.csv"),
     }
-    # Translations of DialogSum's duplicated dialogues are near-duplicates across the splits: refused by default.
+    # Translations of DialogSum's duplicated dialogues are near-duplicates across the splits: refused on request,
+    # reported and flagged by default.
     with pytest.raises(DataError, match=r"leakage: .*dev\.csv.*train_subset_2500\.csv.*37 such pair"):
-        ingest_splits(paths, tmp_path / "refused")
+        ingest_splits(paths, tmp_path / "refused", leakage="refuse")
     assert_nothing_written(tmp_path / "refused")
-    stats = ingest_splits(paths, tmp_path / "ko", allow_leakage=True)
+    stats = ingest_splits(paths, tmp_path / "ko")
+    dev = load_split(tmp_path / "ko" / "dev.jsonl")
+    flagged = {p["fnames"][1] for item in stats["leakage"][:1] for p in item["pairs"]}
+    assert {r["fname"] for r in dev if r["near_dup_train"]} == flagged
+    assert stats["near_dup_train"] == {"dev": len(flagged), "test": 4} and stats["dropped_train"] == []
     rows = {name: s["rows"] for name, s in stats["splits"].items()}
     assert rows == {"train": 2500, "dev": 499, "test": 499}
     assert [len(load_split(tmp_path / "ko" / f"{n}.jsonl")) for n in ("train", "dev", "test")] == [2500, 499, 499]
@@ -464,24 +476,33 @@ def test_real_korean_competition_data(tmp_path: Path) -> None:
 def test_real_dialogsum_data(tmp_path: Path) -> None:
     paths = {name: _shared("dialogsum", f"{name}.jsonl") for name in ("train", "dev", "test")}
     # The public release really does repeat dialogues across splits (modulo trailing spaces), and has many more
-    # near-duplicates: the default must refuse, naming both files and the most similar (identical) pair first.
+    # near-duplicates: identical dialogues are refused, naming both files and the first identical pair (32 of them).
     with pytest.raises(DataError, match=r"leakage: dialogue of 'dev_\d+' in dev \(.*dev\.jsonl\) is identical after "
-                       r"normalisation to 'train_\d+' in train \(.*train\.jsonl\); 189 such pair") as err:  # fmt: skip
+                       r"normalisation to 'train_\d+' in train \(.*train\.jsonl\); 32 such pair") as err:  # fmt: skip
         ingest_splits(paths, tmp_path / "refused")
-    assert "data.allow_leakage: true" in str(err.value)
+    assert "set drop_train" in str(err.value)
     assert_nothing_written(tmp_path / "refused")
+    # drop_train removes the train copies, but dev and test share 6 identical dialogues: refused under every policy
+    with pytest.raises(
+        DataError, match=r"in test .* is identical after normalisation to 'dev_\d+'.*every data.leakage"
+    ):
+        ingest_splits(paths, tmp_path / "refused", leakage="drop_train")
 
-    stats = ingest_splits(paths, tmp_path / "ds", allow_leakage=True)
-    assert {name: s["rows"] for name, s in stats["splits"].items()} == {"train": 12460, "dev": 500, "test": 500}
+    stats = ingest_splits({k: paths[k] for k in ("train", "dev")}, tmp_path / "dev", leakage="drop_train")
+    assert len(stats["dropped_train"]) == len({p["fnames"][0] for p in stats["leakage"][0]["pairs"]})
+    assert stats["splits"]["train"]["rows"] == 12460 - len(stats["dropped_train"])
+    # train and test share near-duplicates only: reported, and the test rows flagged
+    stats = ingest_splits({k: paths[k] for k in ("train", "test")}, tmp_path / "ds")
+    assert {name: s["rows"] for name, s in stats["splits"].items()} == {"train": 12460, "test": 500}
     test = load_split(tmp_path / "ds" / "test.jsonl")
     assert len(test) == 500 and all(len(r["summaries"]) == 3 for r in test)
-    # all identical pairs of the exact check (32 train/dev, 6 dev/test), and the near-duplicates besides
     assert [(item["splits"], len(item["pairs"]), sum(p["identical"] for p in item["pairs"])) for item in
-            stats["leakage"]] == [(["train", "dev"], 189, 32), (["train", "test"], 36, 0), (["dev", "test"], 13, 6)]  # fmt: skip
+            stats["leakage"]] == [(["train", "test"], 36, 0)]  # fmt: skip
+    assert stats["near_dup_train"]["test"] == len({p["fnames"][1] for p in stats["leakage"][0]["pairs"]})
     # Rows normalisation changes: train_4374's "#PErson2#:" (a turn of its own now) and train_6226's two turns on
     # one line; nothing else.
     changed = {name: s["normalisation"] for name, s in stats["splits"].items()}
-    assert {name: n["rows_changed"] for name, n in changed.items()} == {"train": 2, "dev": 0, "test": 0}
+    assert {name: n["rows_changed"] for name, n in changed.items()} == {"train": 2, "test": 0}
     assert changed["train"]["speaker_tags"] == {"rows": 1, "count": 1}
     assert changed["train"]["turns_split"] == {"rows": 1, "count": 1}
     train = {r["fname"]: r for r in load_split(tmp_path / "ds" / "train.jsonl")}
@@ -514,7 +535,7 @@ def test_real_data_near_duplicates(tmp_path: Path) -> None:
     assert sum(len(item["pairs"]) for item in ds_pairs) == 238
     english = {r["fname"]: r for s in ds_splits for r in s.records}
     # Korean: at 0.2 every known pair is found (0.211-0.526); at the default 0.25, 12 of the 15.
-    stats = ingest_splits(ko, tmp_path / "ko", allow_leakage=True, near_duplicate_threshold=0.2)
+    stats = ingest_splits(ko, tmp_path / "ko", near_duplicate_threshold=0.2)
     found = {tuple(p["fnames"]): p["similarity"] for item in stats["leakage"] for p in item["pairs"]}
     known = sorted(found[pair] for pair in KNOWN_KO_PAIRS)
     assert known[0] == pytest.approx(0.2111, abs=1e-4) and known[-1] == pytest.approx(0.5262, abs=1e-4)
@@ -726,15 +747,20 @@ def test_near_duplicate_across_splits_is_refused_and_allowed(tmp_path: Path) -> 
     train = _csv(tmp_path / "train.csv", LONG)
     dev = _csv(tmp_path / "dev.csv", {"dev_9": (_edited(LONG["train_1"][0]), "요금제"), "dev_2": CLEAN_ROWS["train_2"]})
     with pytest.raises(DataError) as err:
-        ingest_splits({"train": train, "dev": dev}, tmp_path / "out")
+        ingest_splits({"train": train, "dev": dev}, tmp_path / "out", leakage="refuse")
     msg = str(err.value)
     assert "\n" not in msg and "dev.csv" in msg and "train.csv" in msg
     assert "'dev_9' in dev" in msg and "is a near-duplicate (similarity 0.8" in msg and "of 'train_1' in train" in msg
     assert "1 such pair(s) between train and dev" in msg and "data.near_duplicate_threshold 0.25" in msg
-    assert "data.allow_leakage: true" in msg
+    assert "data.leakage: report" in msg
     assert_nothing_written(tmp_path / "out")
 
-    stats = ingest_splits({"train": train, "dev": dev}, tmp_path / "out", allow_leakage=True)
+    stats = ingest_splits({"train": train, "dev": dev}, tmp_path / "out")  # report, the default
+    assert [r["near_dup_train"] for r in load_split(tmp_path / "out" / "dev.jsonl")] == [True, False]
+    assert stats["near_dup_train"] == {"dev": 1} and stats["splits"]["train"]["rows"] == 2
+    dropped = ingest_splits({"train": train, "dev": dev}, tmp_path / "o4", leakage="drop_train")
+    assert dropped["dropped_train"] == ["train_1"] and dropped["near_dup_train"] == {"dev": 0}
+    assert [r["fname"] for r in load_split(tmp_path / "o4" / "train.jsonl")] == ["train_2"]
     (item,) = stats["leakage"]
     assert item["splits"] == ["train", "dev"] and item["shared_fnames"] == []
     (pair,) = item["pairs"]
@@ -752,9 +778,11 @@ def test_fname_in_two_splits_is_refused(tmp_path: Path) -> None:
         ingest_splits({"train": train, "dev": dev}, tmp_path / "out")
     msg = str(err.value)
     assert msg.startswith("leakage: fname 'train_2' is in both train (") and "train.csv" in msg and "dev.csv" in msg
-    assert "1 shared fname(s) between train and dev" in msg and "data.allow_leakage: true" in msg
-    stats = ingest_splits({"train": train, "dev": dev}, tmp_path / "out", allow_leakage=True)
-    assert stats["leakage"][0]["shared_fnames"] == ["train_2"] and stats["leakage"][0]["pairs"] == []
+    assert "1 shared fname(s) between train and dev" in msg and "whatever data.leakage says" in msg
+    for policy in ("refuse", "drop_train"):
+        with pytest.raises(DataError, match="fname 'train_2' is in both train"):
+            ingest_splits({"train": train, "dev": dev}, tmp_path / "out", leakage=policy)
+    assert_nothing_written(tmp_path / "out")
 
 
 def test_similarity_is_exact_jaccard_of_jamo_5_grams() -> None:
@@ -772,20 +800,23 @@ def test_similarity_is_exact_jaccard_of_jamo_5_grams() -> None:
 def test_leakage_settings_from_the_spec_and_the_cli_override(tmp_path: Path) -> None:
     train = _csv(tmp_path / "train.csv", LONG)
     dev = _csv(tmp_path / "dev.csv", {"dev_9": (_edited(LONG["train_1"][0]), "요금제")})
-    refused = _cli(["--spec", _spec(tmp_path / "s1.json", train=train, dev=dev), "--out-dir", "o1"], tmp_path)
+    refused = _cli(["--spec", _spec(tmp_path / "s1.json", train=train, dev=dev, leakage="refuse"), "--out-dir", "o1"],
+                   tmp_path)  # fmt: skip
     assert refused.returncode == 2 and refused.stderr.startswith("error: leakage: dialogue of 'dev_9'")
     assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "o1").exists()
-    allowed = _cli(["--spec", _spec(tmp_path / "s2.json", train=train, dev=dev, allow_leakage=True),
+    allowed = _cli(["--spec", _spec(tmp_path / "s2.json", train=train, dev=dev),
                     "--out-dir", "o2"], tmp_path)  # fmt: skip
     assert allowed.returncode == 0, allowed.stderr
     assert "warning: 1 dialogue(s) shared by train and dev (0 identical, 1 near-duplicate(s)" in allowed.stderr
+    assert "train_1 ~ dev_9 (0.8" in allowed.stderr and "(flagged near_dup_train): dev 1" in allowed.stderr
     stats = json.loads((tmp_path / "o2" / "stats.json").read_text(encoding="utf-8"))
     assert stats["leakage"][0]["pairs"][0]["fnames"] == ["train_1", "dev_9"]
-    strict = _cli(["--spec", _spec(tmp_path / "s3.json", train=train, dev=dev, near_duplicate_threshold=0.99),
+    strict = _cli(["--spec", _spec(tmp_path / "s3.json", train=train, dev=dev, near_duplicate_threshold=0.99,
+                                   leakage="refuse"),
                    "--out-dir", "o3"], tmp_path)  # fmt: skip
     assert strict.returncode == 0, strict.stderr
-    override = _cli(["--spec", _spec(tmp_path / "s1.json", train=train, dev=dev), "--out-dir", "o4",
-                     "--allow-leakage"], tmp_path)  # fmt: skip
+    override = _cli(["--spec", str(tmp_path / "s1.json"), "--out-dir", "o4",
+                     "--leakage", "report"], tmp_path)  # fmt: skip
     assert override.returncode == 0, override.stderr
     german = _csv(
         tmp_path / "german.csv", {"train_1": ("#Person1#: Äpfel—or?\n#Person2#: Ja.", "Obst")}, encoding="cp1252"
@@ -800,7 +831,21 @@ def test_schema_default_threshold_is_the_library_default() -> None:
     schema = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text(encoding="utf-8"))
     data = schema["properties"]["data"]["properties"]
     assert data["near_duplicate_threshold"]["default"] == NEAR_DUPLICATE_THRESHOLD
-    assert data["encoding"]["default"] == "auto" and data["allow_leakage"]["default"] is False
+    assert data["encoding"]["default"] == "auto" and data["leakage"]["default"] == LEAKAGE_POLICIES[0] == "report"
+    assert data["leakage"]["enum"] == list(LEAKAGE_POLICIES)
+
+
+def test_an_old_allow_leakage_key_is_refused_naming_data_leakage(tmp_path: Path) -> None:
+    from kdsum.config.files import ConfigError
+    from kdsum.config.resolve import load_config
+
+    overlay = tmp_path / "old.yaml"
+    overlay.write_text("data: {allow_leakage: true}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config([ROOT / "config.yaml", overlay])
+    msg = str(err.value)
+    assert "\n" not in msg and "key 'data'" in msg and "'allow_leakage' is replaced by 'leakage: report" in msg
+    assert load_config(ROOT / "config.yaml")["data"]["leakage"] == "report"
 
 
 def test_sample_data_ingests_with_the_defaults(tmp_path: Path) -> None:
@@ -808,7 +853,7 @@ def test_sample_data_ingests_with_the_defaults(tmp_path: Path) -> None:
     # 0.22-0.23, below the default threshold (and would be reported at 0.2).
     paths = {s: str(ROOT / "data" / "sample" / f"{s}.csv") for s in ("train", "dev", "test")}
     assert ingest_splits(paths, tmp_path / "out")["leakage"] == []
-    lower = ingest_splits(paths, tmp_path / "o2", near_duplicate_threshold=0.2, allow_leakage=True)["leakage"]
+    lower = ingest_splits(paths, tmp_path / "o2", near_duplicate_threshold=0.2)["leakage"]
     sims = sorted(p["similarity"] for item in lower for p in item["pairs"])
     assert len(sims) == 3 and 0.2 < sims[0] and sims[-1] < NEAR_DUPLICATE_THRESHOLD
 

@@ -55,6 +55,7 @@ RULES = [
     "evaluate_decoding",
     "select_decoding",
     "evaluate_report",
+    "best_submission",
     "summary",
 ]
 TWO_WORD_RULES = (
@@ -64,6 +65,7 @@ TWO_WORD_RULES = (
     "evaluate_decoding",
     "select_decoding",
     "evaluate_report",
+    "best_submission",
 )
 DVC_OWN = ("check_dag", "specs")  # stages of DVC's own: the DAG check and the one spec command
 FIGURES: dict[str, float | int | list] = {}  # measured figures, printed at the end of the module (pytest -s)

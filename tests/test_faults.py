@@ -213,7 +213,7 @@ def test_no_model_with_non_finite_weights_is_written(tiny, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ system faults
 def _data_spec(path: Path, **splits) -> Path:
-    spec = DataSpec(encoding="auto", allow_leakage=False, near_duplicate_threshold=0.25, **splits)
+    spec = DataSpec(encoding="auto", leakage="report", near_duplicate_threshold=0.25, **splits)
     path.write_text(to_json(spec), encoding="utf-8")
     return path
 

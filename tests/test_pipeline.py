@@ -40,6 +40,8 @@ def test_every_output_is_there(default_pipeline):
         "results/scores/tiny-bart/default/dev_items.csv",
         "results/summary.csv",
         "results/summary.md",
+        "results/submission.csv",
+        "results/submission.json",
         "results/plots/scores.png",
         "results/plots/loss.png",
         # selection on the dev tuning rows (kdsum.selection.tuning, kdsum.selection.select)
@@ -197,6 +199,7 @@ def test_a_config_override_reruns_exactly_that_models_jobs(default_pipeline, tmp
         "evaluate": "2",
         "evaluate_report": "1",
         "submission": "1",
+        "best_submission": "1",
         "summary": "1",
     }, text[-3000:]
     outputs = " ".join(re.findall(r"^\s+output: (.*)$", text, re.M))

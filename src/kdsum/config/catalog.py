@@ -46,7 +46,7 @@ def spec_for(config: dict, name: str) -> Any:
             dev=d.get("dev"),
             test=d.get("test"),
             encoding=d["encoding"],
-            allow_leakage=d["allow_leakage"],
+            leakage=d["leakage"],
             near_duplicate_threshold=d["near_duplicate_threshold"],
         )
     if name == "evaluation":

@@ -81,10 +81,19 @@ def _similar(key: str, allowed: list[str]) -> list[str]:
     return difflib.get_close_matches(key, allowed, 1) or [a for a in allowed if key in a or a in key][:1]
 
 
+# keys a config may still carry from an earlier release: the one-line refusal names what replaces them
+_REPLACED = {
+    "allow_leakage": "'allow_leakage' is replaced by 'leakage: report | refuse | drop_train' (report, the default, "
+    "accepts and records shared dialogues as allow_leakage: true did; refuse is allow_leakage: false)",
+}
+
+
 def _message(err) -> str:
     if err.validator == "additionalProperties":
         allowed = list(err.schema.get("properties", {}))
         extra = [k for k in err.instance if k not in allowed]
+        if replaced := [_REPLACED[k] for k in extra if k in _REPLACED]:
+            return replaced[0]
         hints = [f"'{k}' (did you mean '{m[0]}'?)" if (m := _similar(k, allowed)) else f"'{k}'" for k in extra]
         return f"unknown key {', '.join(hints)}"
     if err.validator == "required":

@@ -237,7 +237,7 @@ class DataSpec:
     dev: str | None
     test: str | None
     encoding: str | dict  # auto | a Python codec name, or {split: either} (kdsum.data.ingest.split_encoding)
-    allow_leakage: bool
+    leakage: str  # report | refuse | drop_train (kdsum.data.leakage.apply_policy)
     near_duplicate_threshold: float
 
     def splits(self) -> dict[str, str]:
@@ -258,12 +258,18 @@ class BaseSpec:
     build: BuildArgs
 
 
+#: The default of ``evaluation.degenerate_share``: a system whose most common prediction (compared as
+#: kdsum.scoring.metrics.output_diversity compares them) is this share of the dialogues or more is degenerate.
+DEGENERATE_SHARE = 0.5
+
+
 @dataclass(frozen=True)
 class EvaluationArgs:
     aggregate: str  # mean | max over references
     bootstrap: int
     seed: int
     tuning_fraction: float = 0.5  # expected share of dev rows that select settings (kdsum.selection.tuning)
+    degenerate_share: float = DEGENERATE_SHARE  # flagged, never the submitted system (kdsum.scoring.metrics)
 
 
 @dataclass(frozen=True)

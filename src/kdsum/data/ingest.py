@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdsum.data.leakage import NEAR_DUPLICATE_THRESHOLD, find_leakage, leakage_error
+from kdsum.data.leakage import LEAKAGE_POLICIES, NEAR_DUPLICATE_THRESHOLD, apply_policy, find_leakage, train_pairs
 from kdsum.data.readers import AUTO, DataError, RawTable, read_raw
 from kdsum.data.stats import collect_special_tokens, split_stats
 from kdsum.io import atomic_dir, read_jsonl, write_json, write_jsonl
@@ -259,11 +259,22 @@ def split_encoding(encoding: str | Mapping[str, str], split: str) -> str:
     return encoding.get(split, AUTO) if isinstance(encoding, Mapping) else encoding
 
 
+def _flag_near_duplicates(splits: Sequence[_Split], found: list[dict[str, Any]]) -> dict[str, int]:
+    """Set ``near_dup_train`` on every dev/test record (a train row pairs with it in ``found``); the counts per split."""
+    flagged = {p["fnames"][1] for p in train_pairs(found)}
+    counts = {}
+    for s in splits[1:] if splits[0].name == "train" else ():
+        for r in s.records:
+            r["near_dup_train"] = r["fname"] in flagged
+        counts[s.name] = sum(r["near_dup_train"] for r in s.records)
+    return counts
+
+
 def ingest_splits(
     paths: Mapping[str, str | Path | None],
     out_dir: str | Path,
     *,
-    allow_leakage: bool = False,
+    leakage: str = LEAKAGE_POLICIES[0],
     encoding: str | Mapping[str, str] = AUTO,
     near_duplicate_threshold: float = NEAR_DUPLICATE_THRESHOLD,
 ) -> dict[str, Any]:
@@ -275,9 +286,10 @@ def ingest_splits(
     normalize_text`, :func:`parse_turns`) and validated, and leakage is checked, before anything is written:
     an fname in two splits, or a dialogue identical after normalisation or a near-duplicate (similarity >=
     ``near_duplicate_threshold``, :func:`similarity_text`) to one in another split. On any problem
-    :class:`DataError` is raised and ``out_dir`` is left untouched. ``allow_leakage=True`` is an explicit opt-in
-    for corpora known to overlap (e.g. the public DialogSum release): overlaps are then listed under
-    ``stats["leakage"]`` instead of refused. The output files appear together, in one swap of the directory
+    :class:`DataError` is raised and ``out_dir`` is left untouched. ``leakage`` is ``data.leakage``
+    (:func:`kdsum.data.leakage.apply_policy`): overlaps are listed under ``stats["leakage"]``; under ``report`` each
+    dev/test record carries ``near_dup_train`` (a train row near-duplicates it), under ``drop_train`` those train
+    rows are removed (``stats["dropped_train"]``). The output files appear together, in one swap of the directory
     (:func:`kdsum.io.atomic_dir`): split files of a previous run that this run does not produce are gone with it,
     so ``out_dir`` never mixes runs, and what a killed run left is removed by the next. Returns the stats dict.
     """
@@ -289,9 +301,9 @@ def ingest_splits(
     if not 0 < near_duplicate_threshold <= 1:
         raise DataError(f"data.near_duplicate_threshold: must be in (0, 1], got {near_duplicate_threshold}")
     splits = [_read_validated(name, p, split_encoding(encoding, name)) for name in SPLITS if (p := paths.get(name))]
-    leakage = find_leakage(splits, near_duplicate_threshold)
-    if leakage and not allow_leakage:
-        raise leakage_error(leakage, near_duplicate_threshold)
+    leakage_found = find_leakage(splits, near_duplicate_threshold)
+    dropped = apply_policy(splits, leakage_found, leakage, near_duplicate_threshold)
+    flagged = _flag_near_duplicates(splits, leakage_found if leakage == "report" else [])
     stats: dict[str, Any] = {
         "splits": {
             s.name: {
@@ -306,7 +318,10 @@ def ingest_splits(
         "source_files": {s.name: str(s.table.path) for s in splits},
         "source_sha256": {s.name: s.table.sha256 for s in splits},
         "near_duplicate_threshold": near_duplicate_threshold,
-        "leakage": leakage,
+        "leakage_policy": leakage,
+        "leakage": leakage_found,
+        "near_dup_train": flagged,
+        "dropped_train": dropped,
     }
     with atomic_dir(out_dir, replace_only=OUTPUT_FILES) as tmp:
         for s in splits:

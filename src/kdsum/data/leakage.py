@@ -1,7 +1,10 @@
 """Train/dev/test leakage: shared fnames, identical and near-duplicate dialogues (character 5-gram Jaccard).
 
 Ingest (kdsum.data.ingest) calls :func:`find_leakage` on its validated splits (objects with ``name``, ``table.path`` and
-``records``) and refuses with :func:`leakage_error` unless ``data.allow_leakage`` is set.
+``records``), then :func:`apply_policy` (``data.leakage``): ``report`` keeps every row and records the pairs,
+``refuse`` refuses any overlap (:func:`leakage_error`), ``drop_train`` removes the train rows that copy or
+near-duplicate a dev or test dialogue. An fname in two splits is refused under every policy, and so is a dialogue
+identical after normalisation in two splits, unless ``drop_train`` removes its train copy.
 """
 
 from __future__ import annotations
@@ -218,7 +221,7 @@ def find_leakage(splits: Sequence[Any], threshold: float) -> list[dict[str, Any]
     return found
 
 
-def leakage_error(leakage: list[dict[str, Any]], threshold: float) -> DataError:
+def leakage_error(leakage: list[dict[str, Any]], threshold: float, hint: str = "") -> DataError:
     """One line naming the first overlapping split pair, its files and its first (most similar) pairs."""
     first = leakage[0]
     (name_a, name_b), (file_a, file_b) = first["splits"], first["files"]
@@ -245,6 +248,56 @@ def leakage_error(leakage: list[dict[str, Any]], threshold: float) -> DataError:
             f"data.near_duplicate_threshold {threshold})" + (f", also {also}" if also else "")
         )
     others = f"; {len(leakage) - 1} other split pair(s) also overlap" if len(leakage) > 1 else ""
-    return DataError(
-        f"leakage: {what}{others}; remove them, or set data.allow_leakage: true to record them in stats.json"
-    )
+    return DataError(f"leakage: {what}{others}; {hint or _REFUSE_HINT}")
+
+
+# --------------------------------------------------------------------------- policy
+
+#: ``data.leakage``: what ingest does with dialogues shared between splits (the first is the default).
+LEAKAGE_POLICIES = ("report", "refuse", "drop_train")
+_REFUSE_HINT = "remove them, or set data.leakage: report (record them) or drop_train (drop the train rows)"
+
+
+def _hard_overlaps(found: list[dict[str, Any]], policy: str) -> list[dict[str, Any]]:
+    """The overlaps no policy accepts: shared fnames, and identical dialogues (except the train copies that
+    ``drop_train`` removes)."""
+    hard = []
+    for item in found:
+        dropped = policy == "drop_train" and item["splits"][0] == "train"
+        identical = [p for p in item["pairs"] if p["identical"] and not dropped]
+        if item["shared_fnames"] or identical:
+            hard.append({**item, "pairs": identical})
+    return hard
+
+
+def _hard_hint(hard: list[dict[str, Any]]) -> str:
+    if hard[0]["shared_fnames"]:
+        return "an fname must be in one split only, whatever data.leakage says; remove or rename them"
+    if hard[0]["splits"][0] == "train":
+        return "an identical dialogue is refused under data.leakage: report; remove it, or set drop_train"
+    return "an identical dialogue in two evaluated splits is refused under every data.leakage policy; remove it"
+
+
+def train_pairs(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pairs of a train row with a dev or test row, in :func:`find_leakage`'s order."""
+    return [p for item in found if item["splits"][0] == "train" for p in item["pairs"]]
+
+
+def apply_policy(splits: Sequence[Any], found: list[dict[str, Any]], policy: str, threshold: float) -> list[str]:
+    """Refuse what ``policy`` refuses; under ``drop_train``, remove the train rows of :func:`train_pairs` from the
+    train split's records (in place). Returns the fnames removed, in file order."""
+    if policy not in LEAKAGE_POLICIES:
+        raise DataError(f"data.leakage: unknown policy {policy!r}; expected one of {', '.join(LEAKAGE_POLICIES)}")
+    if hard := _hard_overlaps(found, policy):
+        raise leakage_error(hard, threshold, _hard_hint(hard))
+    if found and policy == "refuse":
+        raise leakage_error(found, threshold)
+    if policy != "drop_train" or not found or splits[0].name != "train":
+        return []
+    drop = {p["fnames"][0] for p in train_pairs(found)}
+    train = splits[0]
+    dropped = [r["fname"] for r in train.records if r["fname"] in drop]
+    train.records = [r for r in train.records if r["fname"] not in drop]
+    if not train.records:
+        raise DataError(f"data.leakage: drop_train would remove every row of {train.table.path}")
+    return dropped

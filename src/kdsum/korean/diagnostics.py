@@ -1,4 +1,4 @@
-"""Diagnostics of predictions: foreign script and length.
+"""Diagnostics of predictions: foreign script, length, and degenerate (repeated or copied) output.
 
 :func:`has_foreign_script` flags Latin letters, Japanese kana, emoji, URLs, and Han
 characters (hanja in a Korean summary usually means a model leaked Chinese), after removing
@@ -8,7 +8,9 @@ the data tokens (speaker tags and PII masks), whose Latin letters are not foreig
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import unicodedata
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,3 +63,53 @@ def prediction_length(
         "mean_chars": float(np.mean([len(t) for t in texts])),
         "mean_morphemes": float(np.mean(counts)),
     }
+
+
+# --------------------------------------------------------------------------- degenerate output
+
+_NOT_WORD_RE = re.compile(r"[\W_]+")
+
+
+def _text_key(text: str) -> str:
+    """What "the same text" means for :func:`output_diversity`: NFC, case-folded, letters and digits only (so
+    predictions that differ only in spacing or punctuation count as one)."""
+    return _NOT_WORD_RE.sub("", unicodedata.normalize("NFC", text).casefold())
+
+
+def _copied(prediction: str, dialogue: str) -> bool:
+    """A non-empty prediction that is, whitespace collapsed, a substring of its dialogue (e.g. an utterance)."""
+    pred = " ".join(prediction.split())
+    return bool(pred) and pred in " ".join(dialogue.split())
+
+
+def repetition(predictions: Sequence[str]) -> dict[str, float]:
+    """``distinct_share``: distinct predictions / predictions; ``top_share``: the most common prediction's count /
+    predictions (both comparing :func:`_text_key`); 0 for no predictions."""
+    keys = Counter(_text_key(p) for p in predictions)
+    n = len(predictions) or 1
+    return {"distinct_share": len(keys) / n, "top_share": max(keys.values(), default=0) / n}
+
+
+def output_diversity(predictions: Sequence[str], dialogues: Sequence[str]) -> dict[str, float]:
+    """How varied a system's predictions are, over its dialogues (in the same order): :func:`repetition`'s shares,
+    and ``copied_share``, the share of predictions copied from their own dialogue (:func:`_copied`)."""
+    if len(predictions) != len(dialogues):
+        raise ValueError(f"{len(predictions)} predictions for {len(dialogues)} dialogues")
+    copied = sum(_copied(p, d) for p, d in zip(predictions, dialogues, strict=True))
+    return {**repetition(predictions), "copied_share": copied / (len(predictions) or 1)}
+
+
+def is_degenerate(diversity: Mapping[str, float], threshold: float) -> bool:
+    """(Nearly) the same text for ``threshold`` of the dialogues or more (``evaluation.degenerate_share``)."""
+    return diversity["top_share"] >= threshold
+
+
+def degenerate_warning(what: str, diversity: Mapping[str, float], threshold: float) -> str | None:
+    """One warning line for a degenerate system's predictions, or None."""
+    if not is_degenerate(diversity, threshold):
+        return None
+    return (
+        f"warning: {what}: one text is {diversity['top_share']:.0%} of the predictions (distinct "
+        f"{diversity['distinct_share']:.0%}; evaluation.degenerate_share {threshold}): degenerate output, never "
+        "the submitted system"
+    )

@@ -1,6 +1,6 @@
 """Every system against the best single system: paired bootstrap of the difference in `final`.
 
-The reference is the best *single* system (not an ensemble, which chooses among the single systems' summaries),
+The reference is the best *single* system that is not degenerate (kdsum.scoring.metrics.is_degenerate; not an ensemble, which chooses among the single systems' summaries),
 so an ensemble's row answers "does it beat the best system it chose from". Items are paired on fname
 (:func:`kdsum.scoring.evaluate.compare_systems`, :func:`kdsum.scoring.bootstrap.paired_bootstrap`); ``p_not_better`` is the
 share of resamples in which the system's mean `final` is not above the reference's (small: reliably better).
@@ -37,6 +37,10 @@ def paired_against_best(df: pd.DataFrame, items: Mapping[str, str | Path], n_res
     ``items``: system name -> its per-item scores (I.csv of ``kdsum evaluate``). The reference's own row has
     difference 0 and no interval."""
     singles = df[df["kind"] != "ensemble"]
+    # a system that writes one text for most dialogues is no reference (unless every single system is degenerate)
+    sound = ~singles["degenerate"].fillna(False).astype(bool) if "degenerate" in singles else None
+    if sound is not None and sound.any():
+        singles = singles[sound]
     ref = best_of(dict(zip(singles["system"], singles["final"], strict=True)))
     out = df.copy()
     rows = []

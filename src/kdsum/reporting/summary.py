@@ -25,12 +25,15 @@ from kdsum.scoring.rouge import final_score
 # `final` is the leaderboard's score: the mean of ROUGE-1/2/L F1 x100; `rouge_sum` (their sum) is the earlier
 # work's scale, three times as large. Both come from the same bootstrap, so final's interval is rouge_sum's / 3.
 SCORES = ("final", "rouge1", "rouge2", "rougeL", "rouge_sum")
+# kdsum.scoring.metrics.output_diversity, and whether evaluation.degenerate_share calls it degenerate
+DIVERSITY = ("distinct_share", "top_share", "copied_share", "degenerate")
 BASE_DIR = "results/base/{model}"  # where a built model lives (the `source` text of its rows)
 MARKDOWN_COLUMNS = (
     "system",
     "kind",
     "method",
     "final",
+    "final_clean",
     "rouge1",
     "rouge2",
     "rougeL",
@@ -39,6 +42,8 @@ MARKDOWN_COLUMNS = (
     "decoding",
     "mean_chars",
     "foreign_script_share",
+    "distinct_share",
+    "copied_share",
     "total_params",
     "trainable_params",
     "train_time_s",
@@ -64,6 +69,7 @@ class SummaryInputs:
     # decoding search's choice (when spec.decoding)
     report_scores: Sequence[str | Path] = field(default_factory=list)
     decodings: Sequence[str | Path] = field(default_factory=list)
+    submission: Sequence[str | Path] = field(default_factory=list)  # results/submission.json, or none
 
 
 def _wants_base_metrics(row: SystemRow) -> bool:
@@ -85,6 +91,7 @@ def check_inputs(spec: SummarySpec, inputs: SummaryInputs) -> None:
         "--items": (len(spec.systems) if inputs.items else 0, "one per system, or none"),
         "--report-scores": (len(tuned) if spec.split else 0, "one per fine-tuned system when a split is scored"),
         "--decodings": (len(tuned) if spec.decoding else 0, "one per fine-tuned system with a decoding search"),
+        "--submission": (min(len(inputs.submission), 1), "one, or none"),
     }
     given = {
         "--scores": inputs.scores,
@@ -94,6 +101,7 @@ def check_inputs(spec: SummarySpec, inputs: SummaryInputs) -> None:
         "--items": inputs.items,
         "--report-scores": inputs.report_scores,
         "--decodings": inputs.decodings,
+        "--submission": inputs.submission,
     }
     for option, (n, what) in expected.items():
         if len(given[option]) != n:
@@ -107,9 +115,24 @@ def _score_fields(scores: dict, split: str) -> dict[str, Any]:
         lo, hi = scores.get(f"{source}_ci", (math.nan, math.nan))
         values = (scores[source], lo, hi)
         row[key], row[f"{key}_lo"], row[f"{key}_hi"] = map(final_score, values) if key == "final" else values
-    for key in ("mean_chars", "foreign_script_share", "empty_predictions"):
+    for key in ("mean_chars", "foreign_script_share", "empty_predictions", *DIVERSITY):
         row[key] = scores.get(key)
+    row.update(_clean_fields(scores))
     return row
+
+
+def _clean_fields(scores: dict) -> dict[str, Any]:
+    """final over the dev rows without a near-duplicate in train (ingest's near_dup_train), where some are flagged."""
+    if "rouge_sum_clean" not in scores:
+        return {}
+    lo, hi = scores.get("rouge_sum_clean_ci") or (math.nan, math.nan)
+    return {
+        "final_clean": final_score(scores["rouge_sum_clean"]),
+        "final_clean_lo": final_score(lo),
+        "final_clean_hi": final_score(hi),
+        "n_clean": scores["n_clean"],
+        "n_near_dup_train": scores["n_near_dup_train"],
+    }
 
 
 def _report_fields(scores: dict, path) -> dict[str, Any]:
@@ -203,11 +226,48 @@ def markdown_table(df: pd.DataFrame) -> str:
         cells = []
         for c in cols:
             cell = _fmt(r[c])
-            if c in (*SCORES, "final_report") and f"{c}_lo" in df and cell:
+            if c in (*SCORES, "final_report", "final_clean") and f"{c}_lo" in df and cell:
                 cell = f"{cell} [{r[f'{c}_lo']:.1f}, {r[f'{c}_hi']:.1f}]"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def clean_note(df: pd.DataFrame) -> str:
+    """How many dev rows have a near-duplicate in train, and what leaving them out does to the best system's final."""
+    if "final_clean" not in df or df["final_clean"].isna().all():
+        return ""
+    best = df.dropna(subset=["final_clean"]).iloc[0]
+    diff = best["final_clean"] - best["final"]
+    return (
+        f"`final_clean`: final over the {int(best['n_clean'])} dev rows without a near-duplicate in train; "
+        f"{int(best['n_near_dup_train'])} of {int(best['n'])} dev rows have one (stats.json, data.leakage: report) "
+        f"and may be inflated by training on a near-copy. {best['system']}: final_clean {best['final_clean']:.2f} "
+        f"vs final {best['final']:.2f} ({diff:+.2f})."
+    )
+
+
+def degenerate_note(df: pd.DataFrame) -> str:
+    """A warning line per system that writes (nearly) one text for most dialogues."""
+    if "degenerate" not in df:
+        return ""
+    bad = df[df["degenerate"].fillna(False).astype(bool)]
+    return "\n".join(
+        f"**Warning: {r['system']} is degenerate**: one text is {r['top_share']:.0%} of its dev predictions "
+        f"(distinct {r['distinct_share']:.0%}); it is never the submitted system."
+        for _, r in bad.iterrows()
+    )
+
+
+def submission_note(inputs: SummaryInputs) -> str:
+    """Which system results/submission.csv holds, and by which rule it was chosen."""
+    if not inputs.submission:
+        return ""
+    chosen = read_json(inputs.submission[0])
+    return (
+        f"Submitted (results/submission.csv): **{chosen['system']}**, final {chosen['final_report']:.2f} on the dev "
+        f"report rows; chosen as {chosen['selection']}."
+    )
 
 
 def plot_scores(df: pd.DataFrame, out: str | Path) -> None:
@@ -255,6 +315,7 @@ def write_summary(spec: SummarySpec, inputs: SummaryInputs, out_csv, out_md, sco
         "other (tuning) rows (results/selection/).\n\n"
     )
     paired = comparisons.markdown(df)
-    write_text(out_md, header + markdown_table(df) + (f"\n{paired}" if paired else ""))
+    notes = "".join(f"\n{n}\n" for n in (clean_note(df), degenerate_note(df), submission_note(inputs)) if n)
+    write_text(out_md, header + markdown_table(df) + notes + (f"\n{paired}" if paired else ""))
     write_csv(out_csv, df)
     return df

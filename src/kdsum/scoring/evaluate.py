@@ -18,9 +18,16 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
+from kdsum.config.spec import DEGENERATE_SHARE
 from kdsum.errors import KdsumError
 from kdsum.io import read_jsonl
-from kdsum.korean.diagnostics import foreign_script_share, prediction_length
+from kdsum.korean.diagnostics import (
+    degenerate_warning,
+    foreign_script_share,
+    is_degenerate,
+    output_diversity,
+    prediction_length,
+)
 from kdsum.korean.guards import tokenizer_name
 from kdsum.korean.kiwi import KiwiMorphemeTokenizer
 from kdsum.korean.text import normalize_text
@@ -172,6 +179,7 @@ def evaluate(
     threads: int | None = None,
     token_cache: Path | None = None,
     rows: Callable[[list[str]], list[str]] | None = None,
+    degenerate_share: float = DEGENERATE_SHARE,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Return (corpus summary for S.json, per-item table ×100 for I.csv); writes only to ``token_cache``.
 
@@ -179,6 +187,9 @@ def evaluate(
     ``token_cache``: a directory where the references' morphemes are kept (:mod:`kdsum.scoring.token_cache`), so that the
     systems scored on one split tokenise its references once; the scores are the same with or without it.
     ``rows``: which of the references' fnames to score (:func:`_paired`); ``None``: all.
+    ``degenerate_share``: ``evaluation.degenerate_share`` (:func:`kdsum.scoring.metrics.is_degenerate`).
+    Where references carry ingest's ``near_dup_train`` flag, ``rouge_sum_clean`` (and its interval) is the score
+    over the rows without a near-duplicate in train (:func:`_clean_scores`).
     """
     if aggregate not in ("mean", "max"):
         raise InputError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
@@ -205,10 +216,45 @@ def evaluate(
         "bootstrap": n_bootstrap,
         "seed": seed,
     }
+    rows_info = _row_info(references, fnames)
+    result.update(_diversity(texts, rows_info["dialogue"], degenerate_share))
+    result.update(_clean_scores(scores, rows_info["near_dup_train"], n_bootstrap, seed))
     columns: dict[str, Any] = {"fname": fnames, **{k: scores[k].to_numpy() * 100.0 for k in ROUGE_KEYS}}
     columns["rouge_sum"] = columns["rouge1"] + columns["rouge2"] + columns["rougeL"]
     columns["n_refs"] = scores["n_refs"].to_numpy()
     return result, pd.DataFrame(columns)  # one constructor call, not one per column
+
+
+def _row_info(references: Path, fnames: list[str]) -> dict[str, list]:
+    """The scored rows' dialogues and ``near_dup_train`` flags (False where ingest set none), in ``fnames`` order."""
+    by_fname = {str(r["fname"]): r for r in _read(references, read_jsonl)}
+    rows = [by_fname[f] for f in fnames]
+    return {
+        "dialogue": [str(r.get("dialogue") or "") for r in rows],
+        "near_dup_train": [bool(r.get("near_dup_train")) for r in rows],
+    }
+
+
+def _diversity(texts: list[str], dialogues: list[str], threshold: float) -> dict[str, Any]:
+    """distinct / top / copied shares and the degenerate flag (warned in the job's log)."""
+    diversity = output_diversity(texts, dialogues)
+    if warning := degenerate_warning("these predictions", diversity, threshold):
+        log.warning(warning.removeprefix("warning: "))
+    return {**diversity, "degenerate": is_degenerate(diversity, threshold), "degenerate_share": threshold}
+
+
+def _clean_scores(scores: pd.DataFrame, flags: list[bool], n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """The score over the rows without a near-duplicate in train (none when no row is flagged, or all are)."""
+    flagged = sum(flags)
+    if not flagged or flagged == len(flags):
+        return {"n_near_dup_train": flagged} if flagged else {}
+    clean = corpus_summary(scores[[not f for f in flags]], n_resamples=n_bootstrap, seed=seed)
+    return {
+        "n_near_dup_train": flagged,
+        "n_clean": clean["n"],
+        "rouge_sum_clean": clean["rouge_sum"],
+        "rouge_sum_clean_ci": clean["rouge_sum_ci"],
+    }
 
 
 def headline_scores(result: dict[str, Any]) -> dict[str, float]:

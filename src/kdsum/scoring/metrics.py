@@ -11,7 +11,7 @@ This module gathers the scoring API in one import; each part lives in the module
 * :mod:`kdsum.korean.guards`: which tokenizers scoring accepts, and the guard against losing Hangul;
 * :mod:`kdsum.scoring.rouge`: ROUGE-1/2/L F1, bit-for-bit rouge_score's, for many pairs at once;
 * :mod:`kdsum.scoring.bootstrap`: bootstrap confidence intervals and the paired bootstrap;
-* :mod:`kdsum.korean.diagnostics`: foreign-script share and prediction length.
+* :mod:`kdsum.korean.diagnostics`: foreign-script share, prediction length, degenerate (repeated) output.
 
 Importing it does not import ``rouge_score.tokenizers`` (nltk and scipy.stats, about 1 s): only the
 rouge-score default tokenizer needs that.
@@ -19,7 +19,16 @@ rouge-score default tokenizer needs that.
 
 from __future__ import annotations
 
-from kdsum.korean.diagnostics import FOREIGN_CHAR_PATTERN, foreign_script_share, has_foreign_script, prediction_length
+from kdsum.korean.diagnostics import (
+    FOREIGN_CHAR_PATTERN,
+    degenerate_warning,
+    foreign_script_share,
+    has_foreign_script,
+    is_degenerate,
+    output_diversity,
+    prediction_length,
+    repetition,
+)
 from kdsum.korean.guards import (
     TokenizationError,
     Tokenizer,
@@ -50,7 +59,11 @@ __all__ = [
     "foreign_script_share",
     "has_foreign_script",
     "has_hangul",
+    "degenerate_warning",
+    "is_degenerate",
     "lcs_length",
+    "output_diversity",
+    "repetition",
     "paired_bootstrap",
     "prediction_length",
     "resolve_tokenizer",

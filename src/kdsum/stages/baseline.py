@@ -8,13 +8,16 @@ CSV ``fname,summary`` in the split's order, whole or not at all. Definitions: kd
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
 
+from kdsum.config.spec import DEGENERATE_SHARE
 from kdsum.data.ingest import load_split
 from kdsum.generation.baselines import BASELINES, BaselineError, run_baseline
 from kdsum.io import write_csv
+from kdsum.korean.diagnostics import degenerate_warning, repetition
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,4 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     summaries = run_baseline(args.name, records)
     frame = pd.DataFrame({"fname": [r["fname"] for r in records], "summary": summaries})
     write_csv(args.out, frame)
+    # evaluation.degenerate_share's default (its evaluate job applies the configured one)
+    if warning := degenerate_warning(
+        f"baseline/{args.name} {Path(args.data).stem}", repetition(summaries), DEGENERATE_SHARE
+    ):
+        print(warning, file=sys.stderr)
     print(f"wrote {args.out}: {len(frame)} {args.name} summaries")

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         args.threads,
         args.token_cache,
         rows,
+        spec.degenerate_share,
     )
     if args.part:
         result["part"] = args.part

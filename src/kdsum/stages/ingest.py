@@ -1,8 +1,8 @@
 """Validate and normalise the raw splits into JSONL and stats.json.
 
-    kdsum ingest --spec results/specs/data.json --out-dir results/data [--allow-leakage]
+    kdsum ingest --spec results/specs/data.json --out-dir results/data [--leakage POLICY]
 
-The raw paths and settings come from the data spec (kdsum.config.spec.DataSpec: data.encoding, data.allow_leakage,
+The raw paths and settings come from the data spec (kdsum.config.spec.DataSpec: data.encoding, data.leakage,
 data.near_duplicate_threshold), never from a shell command line. Inputs are competition CSV (UTF-8, UTF-8+BOM,
 CRLF or CP949 with data.encoding: auto; any codec named by data.encoding) or DialogSum-style JSONL, chosen by
 extension. Refused input raises kdsum.data.ingest.DataError (``error: <message>``, exit status 2), leaving the output
@@ -16,6 +16,7 @@ import sys
 
 from kdsum.config.spec import DataSpec, read_spec
 from kdsum.data.ingest import ingest_splits
+from kdsum.data.leakage import LEAKAGE_POLICIES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,10 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spec", required=True, help="the data spec (results/specs/data.json)")
     parser.add_argument("--out-dir", required=True, help="where {split}.jsonl and stats.json go")
     parser.add_argument(
-        "--allow-leakage",
-        action="store_true",
-        help="record dialogues and fnames shared across splits in stats.json instead of refusing, whatever "
-        "data.allow_leakage says (explicit opt-in, e.g. for the public DialogSum release)",
+        "--leakage",
+        choices=LEAKAGE_POLICIES,
+        help="what to do with dialogues shared between splits, whatever data.leakage says (kdsum.data.leakage)",
     )
     return parser
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     stats = ingest_splits(
         spec.splits(),
         args.out_dir,
-        allow_leakage=spec.allow_leakage or args.allow_leakage,
+        leakage=args.leakage or spec.leakage,
         encoding=spec.encoding,
         near_duplicate_threshold=spec.near_duplicate_threshold,
     )
@@ -57,3 +57,15 @@ def main(argv: list[str] | None = None) -> None:
             + (f"; {len(item['shared_fnames'])} fname(s) in both" if item["shared_fnames"] else ""),
             file=sys.stderr,
         )
+        pairs = ", ".join(f"{a} ~ {b} ({p['similarity']:.2f})" for p in item["pairs"] for a, b in [p["fnames"]])
+        print(f"  pairs: {pairs}", file=sys.stderr)
+    _print_policy(stats)
+
+
+def _print_policy(stats: dict) -> None:
+    """What data.leakage did: the dev/test rows flagged, the train rows dropped."""
+    flagged = ", ".join(f"{split} {n}" for split, n in stats["near_dup_train"].items() if n)
+    if flagged:
+        print(f"warning: rows with a near-duplicate in train (flagged near_dup_train): {flagged}", file=sys.stderr)
+    if stats["dropped_train"]:
+        print(f"note: data.leakage drop_train removed {len(stats['dropped_train'])} train row(s)", file=sys.stderr)

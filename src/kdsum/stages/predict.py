@@ -21,10 +21,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kdsum.config.spec import Job, read_spec
+from kdsum.config.spec import DEGENERATE_SHARE, Job, read_spec
 from kdsum.generation.predict import predict_rows, read_prompt_rows
 from kdsum.gpu import slots as gpu_slots
 from kdsum.io import write_csv
+from kdsum.korean.diagnostics import degenerate_warning, repetition
 from kdsum.models.loading import LoadedModel
 from kdsum.selection.choice import chosen_model_dir, with_selected_decoding
 
@@ -86,4 +87,7 @@ def run(args: argparse.Namespace, job: Job) -> None:
     )
     write_csv(args.out, pd.DataFrame({"fname": [r["fname"] for r in rows], "summary": summaries}))
     print(summary_line(job, args.split, stats, summaries, loaded), file=sys.stderr)
+    # evaluation.degenerate_share's default (its evaluate job applies the configured one)
+    if warning := degenerate_warning(f"{job.name} {args.split}", repetition(summaries), DEGENERATE_SHARE):
+        print(warning, file=sys.stderr)
     print(f"wrote {args.out}")

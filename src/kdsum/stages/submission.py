@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     frame = build_submission(Path(args.predictions), Path(args.data))
-    empty = write_submission(frame, args.out)
+    empty = write_submission(frame, args.out, args.data)
     if empty:
         print(f"warning: {empty} empty summaries in the submission", file=sys.stderr)
     print(f"wrote {args.out}: {len(frame)} rows")

@@ -7,8 +7,9 @@
 The file lists follow the order of the spec's systems: --scores one per system (only when the spec scores a
 split); --train-metrics and --log-histories one per fine-tuned system; --base-metrics one per zero-shot system
 of a built model; --items one per system, or none (then no paired bootstrap against the best single system);
---report-scores (when a split is scored) and --decodings (with a decoding search) one per fine-tuned system. A
-count that differs is a one-line error.
+--report-scores (when a split is scored) and --decodings (with a decoding search) one per fine-tuned system;
+--submission the best-system submission's JSON, named in summary.md (or none). A count that differs is a one-line
+error.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--items", "S_items.csv of each system (paired bootstrap against the best single system)"),
         ("--report-scores", "S-report.json of each fine-tuned system (dev report rows)"),
         ("--decodings", "decoding.json of each fine-tuned system (the decoding search's choice)"),
+        ("--submission", "results/submission.json (the best system's submission), or none"),
     ):
         ap.add_argument(option, nargs="*", default=[], metavar="F", help=what)
     ap.add_argument("--out-csv", required=True)
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         items=args.items,
         report_scores=args.report_scores,
         decodings=args.decodings,
+        submission=args.submission,
     )
     df = write_summary(spec, inputs, args.out_csv, args.out_md, args.scores_plot, args.loss_plot)
     print(markdown_table(df))
