@@ -4,7 +4,8 @@
 :func:`check_fits` compares an estimate with the card's free memory (``torch.cuda.mem_get_info``) and raises
 :class:`MemoryPlanError`, naming the job and what to change (:func:`alternatives`), when it cannot fit.
 :func:`check_spec_fits` does both for a job (kdsum.config.spec.Job), reading the model's config from its source.
-:func:`plan_generation_load` decides, for a QLoRA prediction, whether a merged 16-bit copy of the model fits the card.
+:func:`checkpointing` resolves ``train.gradient_checkpointing: auto`` like :func:`fold_accumulation` resolves
+``fold_accumulation: auto``. :func:`plan_generation_load` decides, for a QLoRA prediction, whether a merged 16-bit copy of the model fits the card.
 """
 
 from __future__ import annotations
@@ -234,6 +235,32 @@ def check_spec_fits(
         result.get("available_gb", float("nan")),
     )
     return result
+
+
+def checkpointing(job: Job, source: str, method: str | None = None, **plan: Any) -> bool:
+    """Whether the job recomputes activations: ``train.gradient_checkpointing`` as written, or for ``auto`` the
+    planner's call: off where :func:`check_spec_fits` plans the job without checkpointing within
+    :data:`FOLD_MARGIN` of the card (recomputation costs about a third of a step: the shipped 3B QLoRA recipe runs
+    without it on an 80 GB card and keeps it on a 24 GB one); on where that does not fit, or where CUDA is there
+    but the planner cannot plan the job (seq2seq, a full fine-tune, an unreadable config); off without CUDA.
+    ``plan``: :func:`check_spec_fits`'s keywords (``available_gb`` lets a test decide without a card)."""
+    written = job.train.gradient_checkpointing
+    if written != "auto":
+        return bool(written)
+    if plan.get("available_gb") is None and free_gpu_memory_gb() is None:
+        return False
+    off = with_checkpointing(job, False)
+    try:
+        result = check_spec_fits(off, source, method, margin=FOLD_MARGIN, **plan)
+    except MemoryPlanError:
+        log.info("train.gradient_checkpointing: auto -> on (the job would not fit without it)")
+        return True
+    return not result.get("checked")
+
+
+def with_checkpointing(job: Job, enabled: bool) -> Job:
+    """``job`` with ``train.gradient_checkpointing`` set to ``enabled``."""
+    return dataclasses.replace(job, train=dataclasses.replace(job.train, gradient_checkpointing=bool(enabled)))
 
 
 @dataclass(frozen=True)
