@@ -1,4 +1,4 @@
-"""Export a fine-tuned system as one self-contained 16-bit Hugging Face model directory (no peft, no kdsum needed).
+"""Export a fine-tuned system as one self-contained 16-bit Hugging Face model directory (no peft, no kdsum).
 
     kdsum export --spec results/specs/model/M/V.json \\
         [--model-dir results/train/M/V/model | --checkpoint results/selection/M/V/checkpoint.json] \\
