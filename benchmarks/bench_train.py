@@ -241,6 +241,21 @@ JOBS = {
             kernels="auto",
             compile="auto",
         ),
+        # config.yaml's llama-ko-3b as shipped: checkpointing and folding left to the memory planner
+        J(
+            "pipeline-qlora-shipped-ckpt-auto",
+            "pipeline",
+            "qlora",
+            attention="varlen",
+            packing=True,
+            micro_batch=8,
+            grad_accum=2,
+            ckpt="auto",
+            fold="auto",
+            measure=8,
+            kernels="auto",
+            compile="auto",
+        ),
     ],
     "qwen-7b": [
         J("earlier-lora", "earlier", "lora", measure=6, windows=3),
@@ -634,6 +649,7 @@ def run_job(job: dict, result_path: str | None = None) -> dict:
         result["kernels_effective"] = _info.get("kernels_effective")
         result["accumulation_folded"] = _info.get("accumulation_folded")
         result["micro_batch_effective"] = _info.get("micro_batch_effective")
+        result["gradient_checkpointing_effective"] = _info.get("gradient_checkpointing_effective")
     model = trainer.model
     if job["recipe"] == "pipeline":
         result["compiled_layers"] = _info["compiled_layers"]
@@ -1008,7 +1024,7 @@ def estimate_for_job(res: dict) -> dict:
         job["method"],
         mb,
         seq,
-        job["ckpt"],
+        bool(res.get("gradient_checkpointing_effective", job["ckpt"])),  # "auto": what the planner chose
         job["packing"],
         16,
         "bfloat16",

@@ -19,13 +19,21 @@ import threading
 import time
 from pathlib import Path
 
+SEARCH_RULES = ("decode", "evaluate_decoding", "select_decoding")
 
-def plan(configfile: str, out: str) -> None:
+
+def plan(configfile: str, out: str, no_search: bool = False) -> None:
+    """``no_search``: leave out the decoding search (its scoring needs Kiwi, which the GPU box lacks); the
+    predictions then use the spec's own generation settings (``--decoding`` dropped from their commands)."""
     from kdsum.workflow.dvc import snakemake_jobs
 
     jobs = [
         {"rule": j.rule, "stage": j.stage, "shell": j.shell, "outputs": j.outputs} for j in snakemake_jobs(configfile)
     ]
+    if no_search:
+        jobs = [
+            dict(j, shell=re.sub(r" --decoding \S+", "", j["shell"])) for j in jobs if j["rule"] not in SEARCH_RULES
+        ]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(jobs, indent=1, ensure_ascii=False), encoding="utf-8")
     print(f"wrote {out}: {len(jobs)} jobs: " + ", ".join(j["stage"] for j in jobs))
@@ -86,13 +94,14 @@ def main() -> None:
     p = sub.add_parser("plan")
     p.add_argument("--configfile", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--no-decoding-search", action="store_true", help="leave out the decoding search (Kiwi scoring)")
     r = sub.add_parser("run")
     r.add_argument("--jobs", required=True)
     r.add_argument("--out", required=True)
     r.add_argument("--skip", default="evaluate,summary")
     args = ap.parse_args()
     if args.cmd == "plan":
-        plan(args.configfile, args.out)
+        plan(args.configfile, args.out, args.no_decoding_search)
     else:
         run(args.jobs, args.out, set(filter(None, args.skip.split(","))))
 

@@ -79,7 +79,11 @@ class TrainArgs:
     max_length: int = setting("prompt + completion tokens (causal) / dialogue tokens (seq2seq)", to=SFT, minimum=8)
     max_target_length: int = setting("summary tokens (seq2seq)", minimum=4)
     packing: bool = setting("pack rows into bins of max_length tokens (TRL's best-fit decreasing)", to=SFT)
-    gradient_checkpointing: bool = setting("recompute activations in the backward pass (less memory, slower)")
+    gradient_checkpointing: bool | str = setting(
+        "recompute activations in the backward pass (less memory, slower); auto: on CUDA, only where the memory "
+        "planner says the job would not fit without it (kdsum.gpu.preflight)",
+        enum=AUTO_OR_BOOL,
+    )
     attention: str = setting(
         "attention kernel (kdsum.gpu.attention); varlen: packed rows without a dense mask",
         enum=["auto", "sdpa", "eager", "varlen"],

@@ -330,12 +330,21 @@ def predict_rows(
     progress: bool = True,
     stats: dict | None = None,
 ):
-    """Load the job's model (kdsum.models.loading.load_for_generation) and summarise ``rows`` of its prompt set:
-    (summaries in the rows' order, the loaded model)."""
+    """Load the job's model (kdsum.models.loading.load_for_generation; a QLoRA adapter merged into a 16-bit copy
+    where kdsum.gpu.preflight.plan_generation_load says it fits) and summarise ``rows`` of its prompt set:
+    (summaries in the rows' order, the loaded model). ``stats`` also receives ``load_path`` (``merged_16bit``,
+    ``4bit_unmerged``, ``merged``, ``full``), ``load_reason`` and ``load_seconds``."""
+    from functools import partial
+
+    from kdsum.gpu.preflight import plan_generation_load
     from kdsum.models.data_tokens import read_data_tokens
     from kdsum.models.loading import load_for_generation
 
-    loaded = load_for_generation(job, model_dir=model_dir, base_dir=base_dir)
+    t0 = time.perf_counter()
+    plan = partial(plan_generation_load, job)
+    loaded = load_for_generation(job, model_dir=model_dir, base_dir=base_dir, merge_plan=plan)
+    if stats is not None:
+        stats.update(load_path=loaded.load_path, load_reason=loaded.load_reason, load_seconds=time.perf_counter() - t0)
     summaries = generate_summaries(
         loaded.model,
         loaded.tokenizer,

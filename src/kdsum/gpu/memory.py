@@ -385,3 +385,39 @@ def _overhead_bytes(d: ModelDims, i: dict, activations: float, logits: float) ->
             # copy of it in every forward (attributed from the QLoRA runs' extra slack, not traced)
             slack += 2 * d.vocab * d.hidden
     return CONTEXT_GIB * GIB + slack
+
+
+def estimate_generation_memory(
+    model_config: Any,
+    rows: int,
+    tokens: int,
+    dtype: str = "bfloat16",
+    *,
+    nf4_source: bool = False,
+    double_quant: bool = True,
+    name: str | None = None,
+) -> dict:
+    """Estimated peak GPU memory (GiB) of generating with a 16-bit (or fp32) copy of a decoder-only model: the
+    weights, a KV cache of ``rows`` sequences (batch x beams) of ``tokens`` (prompt budget + new tokens) in the
+    model's dtype, one layer's prefill working set (``(4h + 3i)`` per token), two fp32 copies of one step's logits,
+    and :data:`CONTEXT_GIB`. ``nf4_source``: the copy is dequantized from a 4-bit base (QLoRA), which stays on the
+    card while its layers are replaced, so the peak is the larger of that and the cache. A prior from the tensors'
+    sizes, not calibrated like :func:`estimate_peak_memory`."""
+    d = model_dims(model_config, name)
+    wb = DTYPE_BYTES[str(dtype).replace("torch.", "")]
+    counts = parameter_counts(d)
+    weights = counts["total"] * wb
+    cache = 2 * d.layers * d.kv_dim * wb * rows * tokens
+    working = (4 * d.hidden + 3 * d.intermediate) * wb * rows * tokens + 2 * 4 * rows * d.vocab
+    nf4 = 0.0
+    if nf4_source:
+        extra = 1 / NF4_BLOCK + (4 / (NF4_BLOCK * NF4_DQ_BLOCK) if double_quant else 3 / NF4_BLOCK)
+        nf4 = counts["linear"] * (0.5 + extra)
+    parts = {"weights": weights, "cache+working": max(cache + working, nf4), "overhead": CONTEXT_GIB * GIB}
+    total = sum(parts.values())
+    return {
+        "model": d.name,
+        "total_gb": round(total / GIB, 3),
+        "parts": {k: round(v / GIB, 3) for k, v in parts.items()},
+        "inputs": {"rows": int(rows), "tokens": int(tokens), "dtype": dtype, "nf4_source": bool(nf4_source)},
+    }

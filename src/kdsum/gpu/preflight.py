@@ -4,6 +4,8 @@
 :func:`check_fits` compares an estimate with the card's free memory (``torch.cuda.mem_get_info``) and raises
 :class:`MemoryPlanError`, naming the job and what to change (:func:`alternatives`), when it cannot fit.
 :func:`check_spec_fits` does both for a job (kdsum.config.spec.Job), reading the model's config from its source.
+:func:`checkpointing` resolves ``train.gradient_checkpointing: auto`` like :func:`fold_accumulation` resolves
+``fold_accumulation: auto``. :func:`plan_generation_load` decides, for a QLoRA prediction, whether a merged 16-bit copy of the model fits the card.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from kdsum.config.spec import Job, per_rank_accumulation
 from kdsum.errors import KdsumError
 from kdsum.gpu.distributed import world_size
-from kdsum.gpu.memory import GIB, ModelDims, estimate_peak_memory, model_dims
+from kdsum.gpu.memory import GIB, ModelDims, estimate_generation_memory, estimate_peak_memory, model_dims
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +237,32 @@ def check_spec_fits(
     return result
 
 
+def checkpointing(job: Job, source: str, method: str | None = None, **plan: Any) -> bool:
+    """Whether the job recomputes activations: ``train.gradient_checkpointing`` as written, or for ``auto`` the
+    planner's call: off where :func:`check_spec_fits` plans the job without checkpointing within
+    :data:`FOLD_MARGIN` of the card (recomputation costs about a third of a step: the shipped 3B QLoRA recipe runs
+    without it on an 80 GB card and keeps it on a 24 GB one); on where that does not fit, or where CUDA is there
+    but the planner cannot plan the job (seq2seq, a full fine-tune, an unreadable config); off without CUDA.
+    ``plan``: :func:`check_spec_fits`'s keywords (``available_gb`` lets a test decide without a card)."""
+    written = job.train.gradient_checkpointing
+    if written != "auto":
+        return bool(written)
+    if plan.get("available_gb") is None and free_gpu_memory_gb() is None:
+        return False
+    off = with_checkpointing(job, False)
+    try:
+        result = check_spec_fits(off, source, method, margin=FOLD_MARGIN, **plan)
+    except MemoryPlanError:
+        log.info("train.gradient_checkpointing: auto -> on (the job would not fit without it)")
+        return True
+    return not result.get("checked")
+
+
+def with_checkpointing(job: Job, enabled: bool) -> Job:
+    """``job`` with ``train.gradient_checkpointing`` set to ``enabled``."""
+    return dataclasses.replace(job, train=dataclasses.replace(job.train, gradient_checkpointing=bool(enabled)))
+
+
 @dataclass(frozen=True)
 class RankBatch:
     """What one rank trains per optimizer step: ``accumulation`` micro-batches of ``micro_batch`` rows (packed bins)."""
@@ -282,3 +310,48 @@ def fold_accumulation(job: Job, source: str, method: str | None = None, **plan: 
         result["estimate_gb"],
     )
     return folded
+
+
+def plan_generation_load(
+    job: Job,
+    source: str,
+    vocab: int | None = None,
+    available_gb: float | None = None,
+    model_config: Any = None,
+    margin: float = FOLD_MARGIN,
+) -> dict:
+    """Whether a QLoRA job predicts with its 4-bit base dequantized and the adapter merged into a 16-bit model
+    (the fast engine serves it) rather than with the 4-bit base and an unmerged adapter: ``{"merge": bool,
+    "reason": str, ...}``. Merged where the planner's estimate (kdsum.gpu.memory.estimate_generation_memory: the
+    16-bit weights and the KV cache of one batch of ``generation.batch_size x num_beams`` rows of ``train.max_length``
+    tokens) fits the free memory with :data:`FOLD_MARGIN` to spare. ``available_gb`` (default: the card's free
+    memory) and ``model_config`` (default: read from ``source``) let a test decide without a GPU."""
+    if available_gb is None:
+        info = free_gpu_memory_gb()
+        if info is None:
+            return {"merge": False, "reason": "no CUDA device to plan a 16-bit copy on"}
+        available_gb = info[0]
+    if model_config is None:
+        model_config, unreadable = _read_model_config(source)
+        if unreadable:
+            return {"merge": False, "reason": f"the model's config cannot be read for the plan ({unreadable})"}
+    dims = model_dims(model_config, job.model)
+    if vocab is not None and vocab > dims.vocab:
+        dims = dataclasses.replace(dims, vocab=int(vocab))
+    g = job.generation
+    est = estimate_generation_memory(
+        dims,
+        rows=g.batch_size * g.num_beams,
+        tokens=job.train.max_length,
+        nf4_source=True,
+        double_quant=job.quantization.bnb_4bit_use_double_quant,
+    )
+    budget = available_gb * (1 - margin)
+    need = f"~{est['total_gb']:.1f} GiB planned, {available_gb:.1f} GiB free ({margin:.0%} kept spare)"
+    if est["total_gb"] <= budget:
+        return {"merge": True, "reason": f"a merged 16-bit copy fits: {need}", "estimate_gb": est["total_gb"]}
+    return {
+        "merge": False,
+        "reason": f"a merged 16-bit copy does not fit: {need}; the 4-bit base with an unmerged adapter instead",
+        "estimate_gb": est["total_gb"],
+    }

@@ -12,7 +12,11 @@
     ``job.source``, else the adapter's ``adapter_config.json`` (``base_model_name_or_path``). When training added
     data tokens to the tokenizer, the base is first grown exactly as training grew it
     (:func:`kdsum.models.data_tokens.grow_to_tokenizer`); the adapter is applied with ``PeftModel.from_pretrained`` and
-    merged (``merge_and_unload``) unless the base is 4-bit (QLoRA on CUDA), where merging would dequantize.
+    merged (``merge_and_unload``). A QLoRA base (4-bit on CUDA) is merged only where the caller's ``merge_plan``
+    (kdsum.gpu.preflight.plan_generation_load, passed by kdsum.generation.predict) says a 16-bit copy fits: the
+    4-bit base is dequantized (:func:`dequantize_base`: its linears become 16-bit ones holding exactly the weights
+    the 4-bit forward multiplies with) and the adapter merged into it, so the fast engine serves it; otherwise it
+    stays a 4-bit base with an unmerged adapter, the plan's reason kept in :attr:`LoadedModel.load_reason`.
   - seq2seq, fine-tuned: the model directory is a full model.
   - The tokenizer comes from the model directory when it has one (the trainer saves it there), else the base.
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,6 +253,9 @@ class LoadedModel:
     adapter: str | None = None
     merged: bool = False
     notes: list[str] = field(default_factory=list)
+    # merged_16bit (QLoRA dequantized + merged), 4bit_unmerged, merged (LoRA merged in the load dtype), full
+    load_path: str = "full"
+    load_reason: str = ""
 
 
 def _has_tokenizer(path: Path) -> bool:
@@ -295,11 +303,32 @@ def _attach_adapter(model, tokenizer, job: Job, adapter: str, source: str, merge
     return model.merge_and_unload() if merge else model
 
 
+def dequantize_base(model):
+    """A 4-bit (bitsandbytes) model with its quantized linears replaced by 16-bit ones holding the dequantized
+    weights, in the model's load dtype (transformers' own ``dequantize``)."""
+    out = model.dequantize()
+    return model if out is None else out
+
+
+def _load_path(adapter: str | None, four_bit: bool, qlora_merged: bool) -> str:
+    if four_bit:
+        return "4bit_unmerged"
+    if qlora_merged:
+        return "merged_16bit"
+    return "merged" if adapter is not None else "full"
+
+
 def load_for_generation(
-    job: Job, model_dir: str | Path | None = None, base_dir: str | Path | None = None, device: str | None = None
+    job: Job,
+    model_dir: str | Path | None = None,
+    base_dir: str | Path | None = None,
+    device: str | None = None,
+    merge_plan: Callable[[str, int], dict] | None = None,
 ) -> LoadedModel:
     """What a prediction job generates with; see the module docstring. Eval mode, on ``device`` (default: CUDA
-    where there is one) unless 4-bit (bitsandbytes places it)."""
+    where there is one) unless 4-bit (bitsandbytes places it). ``merge_plan(source, len(tokenizer))``: for a QLoRA
+    adapter, ``{"merge": bool, "reason": str}`` (kdsum.gpu.preflight.plan_generation_load); without it the base
+    stays 4-bit."""
     method, notes = effective_method(job)
     for n in notes:
         log.warning(n)
@@ -320,20 +349,39 @@ def load_for_generation(
         check_local_source(source, source_key(job, source), ("model",))
     tokenizer = load_tokenizer(tokenizer_source, job.model, job.family, key=tokenizer_key)
     load_method = "qlora" if method == "qlora" else "full"
+    plan = {"merge": False, "reason": "no merge plan given"} if load_method == "qlora" else {"merge": True}
+    if load_method == "qlora" and adapter is not None and merge_plan is not None:
+        plan = merge_plan(source, len(tokenizer))
     try:
         model = load_base_model(job, source, method=load_method, for_training=False)
     except ModelLoadError as exc:
         if adapter is not None and base_source(job, base_dir) is None:
             raise ModelLoadError(f"{exc} (the base named by {adapter}/adapter_config.json; pass --base-dir)") from exc
         raise
-    merge = load_method != "qlora"
+    merge = bool(plan["merge"])
+    qlora_merged = load_method == "qlora" and merge and adapter is not None
+    if qlora_merged:  # the adapter learned against the NF4 weights: merge into exactly those, in 16 bits
+        model = dequantize_base(model)
     if adapter is not None:
         model = _attach_adapter(model, tokenizer, job, adapter, source, merge)
     elif job.family == "causal":  # a pad token added by choose_pad_token: grow as training grows
         from kdsum.models.data_tokens import grow_to_tokenizer
 
         grow_to_tokenizer(model, tokenizer)
-    if load_method != "qlora":
+    four_bit = load_method == "qlora" and not qlora_merged
+    if not four_bit:
         model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()
-    return LoadedModel(model, tokenizer, source, adapter, merged=adapter is not None and merge, notes=notes)
+    path = _load_path(adapter, four_bit, qlora_merged)
+    if load_method == "qlora":
+        log.info("QLoRA prediction: %s (%s)", path, plan["reason"])
+    return LoadedModel(
+        model,
+        tokenizer,
+        source,
+        adapter,
+        merged=adapter is not None and merge,
+        notes=notes,
+        load_path=path,
+        load_reason=plan.get("reason", ""),
+    )

@@ -61,7 +61,8 @@ def summary_line(job: Job, split: str, stats: dict, summaries: list[str], loaded
         f"({stats['dialogues_per_s']:.2f} dialogues/s; {stats['truncated']} inputs cut to "
         f"{stats['input_budget']} tokens; {empty} empty summaries; foreign-script blocking "
         f"{'on' if stats['blocked'] else 'off'}; engine: {stats['engine']}; adapter: {adapter}; "
-        f"device: {loaded.model.device})"
+        f"device: {loaded.model.device}; load: {stats.get('load_path', loaded.load_path)} "
+        f"in {stats.get('load_seconds', 0.0):.1f} s{'; ' + loaded.load_reason if loaded.load_reason else ''})"
     )
 
 

@@ -123,6 +123,7 @@ def training_metrics(
         "attention_effective": info["attention_effective"],
         "kernels_effective": info["kernels_effective"],
         "compiled_layers": info["compiled_layers"],
+        "gradient_checkpointing_effective": info["gradient_checkpointing_effective"],
         "accumulation_folded": info["accumulation_folded"],
         "micro_batch_effective": info["micro_batch_effective"],
         "attn_implementation": getattr(trainer.model.config, "_attn_implementation", None),

@@ -68,7 +68,14 @@ from kdsum.gpu.kernels import (
     resolve_compile,
     resolve_kernels,
 )
-from kdsum.gpu.preflight import RankBatch, check_spec_fits, fold_accumulation, written_batch
+from kdsum.gpu.preflight import (
+    RankBatch,
+    check_spec_fits,
+    checkpointing,
+    fold_accumulation,
+    with_checkpointing,
+    written_batch,
+)
 from kdsum.models.data_tokens import (
     add_data_tokens,
     expose_output_head_bias,
@@ -291,6 +298,7 @@ def build_trainer(
         vocab=len(tokenizer) if tokenizer is not None else None,
         trainable_tokens=len(new_ids or ()),
     )
+    job = with_checkpointing(job, checkpointing(job, base_source, method, **planning))  # auto: only where needed
     batch = fold_accumulation(job, base_source, method, **planning)  # same optimizer steps, larger micro-batches
     memory_plan = check_spec_fits(job, base_source, method, micro_batch=batch.micro_batch, **planning)
     set_seed(job.train.seed)
@@ -319,6 +327,7 @@ def build_trainer(
         "attention_effective": attention,
         "kernels_effective": kernels,
         "compiled_layers": compiled,
+        "gradient_checkpointing_effective": job.train.gradient_checkpointing,
         "accumulation_folded": batch.folded,
         "micro_batch_effective": batch.micro_batch,
         "adapter_inputs_16bit": uncast,
