@@ -62,7 +62,7 @@ def prepare(out: Path, shared: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     # the competition's train and dev share near-duplicate dialogues (ingest names 37 pairs): recorded, not refused
     ingest_splits(
-        {"train": shared / "train_subset_2500.csv", "dev": shared / "dev.csv"}, out / "ko_data", allow_leakage=True
+        {"train": shared / "train_subset_2500.csv", "dev": shared / "dev.csv"}, out / "ko_data", leakage="report"
     )
     prompt_set = spec_for(load_config(ROOT / "config.yaml"), "prompts/chat-plain")
     write_prompt_set(prompt_set, out / "ko_data", out / "ko_prompts")
