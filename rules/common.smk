@@ -30,6 +30,36 @@ MODELS = CFG["run"]["models"]
 GRID = grid(CFG)
 # the decoding search's settings; selection needs the dev set's references (kdsum.selection.tuning)
 DECODING = decoding_settings(CFG) if scored_splits(CFG) else []
+
+
+def run_overlays():
+    """The run's --configfile overlays, as a command line takes them."""
+    return " ".join(["--configfile", *CONFIG_FILES[1:]]) if CONFIG_FILES[1:] else ""
+
+
+def report_refusal():
+    """Why `snakemake --report` cannot describe this config's run (one line), or None: results/summary.csv is not
+    built, or holds the systems of another config (the run had other --configfile / --config)."""
+    if not os.path.isfile("results/summary.csv"):
+        build = f"snakemake --cores N results/summary.csv {run_overlays()}"
+        return f"snakemake --report needs the run's results/summary.csv: {build}"
+    with open("results/summary.csv", encoding="utf-8") as fh:
+        built = {line.split(",", 1)[0] for line in fh.read().splitlines()[1:]}
+    wanted = {s.name for s in systems(CFG)}
+    if built == wanted:
+        return None
+    diff = sorted(built ^ wanted)[:3]
+    return (
+        f"snakemake --report: results/summary.csv is not the run of {' + '.join(CONFIG_FILES)} (systems differ: "
+        f"{', '.join(diff)}); give --report the --configfile / --config of the run that made it"
+    )
+
+
+# `snakemake --report` reads what the run built: refused in one line, before any file is written, where the config
+# is not the run's
+REPORT_ONLY = any(a == "--report" or a.startswith("--report=") for a in sys.argv)
+if REPORT_ONLY and (message := report_refusal()):
+    sys.exit(message)
 # DVC-made results need Snakemake's records first (one line naming `kdsum sync-mtimes`); then every job's spec is
 # written, each file only when its content changed: the rules take them as plain inputs, so a changed setting
 # reruns exactly the jobs whose spec changed, whichever engine ran them before (kdsum.workflow.specs).
@@ -247,5 +277,13 @@ def report_inputs(wildcards):
 
 
 def report_targets():
-    """The examples page, when a split is scored (rule all)."""
-    return ["results/report/examples.html"] if scored_splits(CFG) else []
+    """The examples page, when a split is scored (rule all); under `snakemake --report`, only when it is built (a
+    run of results/summary.csv alone has none), with a line naming the command that builds it."""
+    page = "results/report/examples.html"
+    if not scored_splits(CFG):
+        return []
+    if REPORT_ONLY and not os.path.isfile(page):
+        build = f"snakemake --cores 1 {page} {run_overlays()}"
+        print(f"the examples page is not built, left out of the report: {build}", file=sys.stderr)
+        return []
+    return [page]
