@@ -102,3 +102,67 @@ def test_the_report_follows_the_run(default_pipeline, tmp_path):
     other = _report(work, "--configfile", str(overlay))
     assert other.returncode != 0
     assert "results/summary.csv is not the run of" in other.stderr and "--configfile" in other.stderr
+
+
+# --------------------------------------------------------------------------------------------- kdsum exp-table
+SCORE = """import json, os, yaml
+c = yaml.safe_load(open("config.yaml"))
+for system, model in (("tiny-llama/default", "tiny-llama"), ("tiny-bart/default", "tiny-bart"), ("baseline/lead", None)):
+    os.makedirs(f"results/scores/{system}", exist_ok=True)
+    lr = c["models"][model]["train"]["learning_rate"] if model else 0.0
+    json.dump({"final": 10 + 1000 * lr, "rouge1": 1.0}, open(f"results/scores/{system}/dev_metrics.json", "w"))
+"""
+CONFIG = (
+    "models:\n  tiny-llama: {train: {learning_rate: 0.002, seed: 1}}\n  tiny-bart: {train: {learning_rate: 0.001}}\n"
+)
+
+
+def test_exp_table_of_a_saved_dvc_exp_show():
+    """`dvc exp show --json` of a repository with two experiments (tests/fixtures/dvc_exp_show.json, made by DVC 3.67
+    as the live test below makes it): the changed params and finals, in 120 columns and in 60."""
+    from kdsum.reporting.experiments import exp_table, short_names
+
+    shown = json.loads((ROOT / "tests/fixtures/dvc_exp_show.json").read_text(encoding="utf-8"))
+    lines = exp_table(shown).splitlines()
+    assert lines[0].split() == [
+        "experiment", "tiny-bart.train.learning_rate", "tiny-llama.train.learning_rate", "tiny-bart/default",
+        "tiny-llama/default",
+    ]  # fmt: skip
+    assert lines[2].split() == ["master", "0.001", "0.002", "11.00", "12.00"]
+    assert len(lines) == 6 and max(map(len, lines)) <= 120  # workspace, master, two experiments, the note
+    narrow = exp_table(shown, width=60).splitlines()
+    assert max(map(len, narrow[:-1])) <= 60 and "3 more column(s) past 60" in narrow[-1]
+    assert "baseline/lead" in exp_table(shown, all_systems=True)  # its final never changed
+    assert short_names(["a.train.lr", "b.train.lr", "a.seed"]) == ["a.train.lr", "b.train.lr", "seed"]
+
+
+@pytest.mark.slow
+def test_exp_table_of_live_experiments(tmp_path):
+    """A DVC repository whose stage writes the pipeline's metric files from config.yaml params; two `dvc exp run -S`
+    (about 30 s): `kdsum exp-table` shows each experiment's changed param beside the finals DVC recorded."""
+    work = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(work)], check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=work, check=True)
+    (work / "config.yaml").write_text(CONFIG, encoding="utf-8")
+    (work / "score.py").write_text(SCORE, encoding="utf-8")
+    metrics = [
+        {f"results/scores/{s}/dev_metrics.json": {"cache": False}} for s in ("tiny-llama/default", "baseline/lead")
+    ]
+    stage = {
+        "cmd": "python3 score.py",
+        "deps": ["score.py"],
+        "params": [{"config.yaml": ["models"]}],
+        "metrics": metrics,
+    }
+    (work / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"score": stage}}), encoding="utf-8")
+    _dvc(work, "repro", "-q")
+    subprocess.run(["git", "add", "-A"], cwd=work, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"], cwd=work, check=True)
+    for lr in ("0.005", "0.0005"):
+        _dvc(work, "exp", "run", "-q", "-S", f"config.yaml:models.tiny-llama.train.learning_rate={lr}")
+    out = subprocess.run([sys.executable, "-m", "kdsum", "exp-table"], cwd=work, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["experiment", "learning_rate", "tiny-llama/default"]
+    rows = {tuple(ln.split()[-2:]) for ln in lines[1:-1]}
+    assert {("0.002", "12.00"), ("0.005", "15.00"), ("0.0005", "10.50")} <= rows and max(map(len, lines)) <= 120
