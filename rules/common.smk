@@ -17,8 +17,9 @@ from kdsum.config.resolve import (
     scored_splits,
     systems,
 )
-from kdsum.config.catalog import spec_for
+from kdsum.config.catalog import spec_for, spec_names
 from kdsum.config.files import ConfigError
+from kdsum.config.spec import to_json
 from kdsum.workflow.deps import code_path, write_code_files
 from kdsum.workflow.specs import is_preview, spec_path, unsynced, write_specs
 
@@ -39,20 +40,26 @@ def run_overlays():
 
 def report_refusal():
     """Why `snakemake --report` cannot describe this config's run (one line), or None: results/summary.csv is not
-    built, or holds the systems of another config (the run had other --configfile / --config)."""
+    built, or a spec file of the run holds other settings than this config's (the run had other --configfile /
+    --config). Checked before the spec files are written, so a refused report changes none."""
     if not os.path.isfile("results/summary.csv"):
         build = f"snakemake --cores N results/summary.csv {run_overlays()}"
         return f"snakemake --report needs the run's results/summary.csv: {build}"
-    with open("results/summary.csv", encoding="utf-8") as fh:
-        built = {line.split(",", 1)[0] for line in fh.read().splitlines()[1:]}
-    wanted = {s.name for s in systems(CFG)}
-    if built == wanted:
+    differ = [n for n in spec_names(CFG) if not same_text(spec_path(n), to_json(spec_for(CFG, n)))]
+    if not differ:
         return None
-    diff = sorted(built ^ wanted)[:3]
     return (
-        f"snakemake --report: results/summary.csv is not the run of {' + '.join(CONFIG_FILES)} (systems differ: "
-        f"{', '.join(diff)}); give --report the --configfile / --config of the run that made it"
+        f"snakemake --report: results/ holds a run of other settings than {' + '.join(CONFIG_FILES)} "
+        f"({len(differ)} spec file(s) differ, first {spec_path(differ[0])}); give --report the --configfile / "
+        "--config of the run that made it"
     )
+
+
+def same_text(path, text):
+    try:
+        return Path(path).read_text(encoding="utf-8") == text
+    except FileNotFoundError:
+        return False
 
 
 # `snakemake --report` reads what the run built: refused in one line, before any file is written, where the config

@@ -101,7 +101,8 @@ def test_the_report_follows_the_run(default_pipeline, tmp_path):
     overlay.write_text("run: {models: [tiny-llama]}\n", encoding="utf-8")
     other = _report(work, "--configfile", str(overlay))
     assert other.returncode != 0
-    assert "results/summary.csv is not the run of" in other.stderr and "--configfile" in other.stderr
+    assert "results/ holds a run of other settings than config.yaml + " in other.stderr
+    assert "spec file(s) differ" in other.stderr and "--configfile" in other.stderr
 
 
 # --------------------------------------------------------------------------------------------- kdsum exp-table
