@@ -57,7 +57,9 @@ def _dvc(work: Path, *args: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_the_loss_plot_has_no_point_that_was_not_logged(tmp_path):
+    """`dvc plots show --json` (about 5 s): the loss chart's data are the logged steps, no closing row."""
     work = _plots_repo(tmp_path / "repo")
     content = json.loads(_dvc(work, "plots", "show", "--json"))["data"]["training_loss"][0]["content"]
     points = sorted((r["filename"], r["step"], r["loss"]) for r in content["data"]["values"])
@@ -65,8 +67,10 @@ def test_the_loss_plot_has_no_point_that_was_not_logged(tmp_path):
     assert points == [(f"{s}/log_history.csv", *p) for s in SYSTEMS for p in logged]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BROWSER is None, reason="no headless browser (Debian: apt-get install chromium)")
 def test_dvc_plots_render_offline_in_a_headless_browser(tmp_path):
+    """`dvc plots show` and headless Chromium (about 10 s): both charts drawn, with no network."""
     work = _plots_repo(tmp_path / "repo")
     _dvc(work, "plots", "show", "-o", "plots")
     page = (work / "plots" / "index.html").read_text(encoding="utf-8")
