@@ -17,8 +17,9 @@ from kdsum.config.resolve import (
     scored_splits,
     systems,
 )
-from kdsum.config.catalog import spec_for
+from kdsum.config.catalog import spec_for, spec_names
 from kdsum.config.files import ConfigError
+from kdsum.config.spec import to_json
 from kdsum.workflow.deps import code_path, write_code_files
 from kdsum.workflow.specs import is_preview, spec_path, unsynced, write_specs
 
@@ -30,6 +31,42 @@ MODELS = CFG["run"]["models"]
 GRID = grid(CFG)
 # the decoding search's settings; selection needs the dev set's references (kdsum.selection.tuning)
 DECODING = decoding_settings(CFG) if scored_splits(CFG) else []
+
+
+def run_overlays():
+    """The run's --configfile overlays, as a command line takes them."""
+    return " ".join(["--configfile", *CONFIG_FILES[1:]]) if CONFIG_FILES[1:] else ""
+
+
+def report_refusal():
+    """Why `snakemake --report` cannot describe this config's run (one line), or None: results/summary.csv is not
+    built, or a spec file of the run holds other settings than this config's (the run had other --configfile /
+    --config). Checked before the spec files are written, so a refused report changes none."""
+    if not os.path.isfile("results/summary.csv"):
+        build = f"snakemake --cores N results/summary.csv {run_overlays()}"
+        return f"snakemake --report needs the run's results/summary.csv: {build}"
+    differ = [n for n in spec_names(CFG) if not same_text(spec_path(n), to_json(spec_for(CFG, n)))]
+    if not differ:
+        return None
+    return (
+        f"snakemake --report: results/ holds a run of other settings than {' + '.join(CONFIG_FILES)} "
+        f"({len(differ)} spec file(s) differ, first {spec_path(differ[0])}); give --report the --configfile / "
+        "--config of the run that made it"
+    )
+
+
+def same_text(path, text):
+    try:
+        return Path(path).read_text(encoding="utf-8") == text
+    except FileNotFoundError:
+        return False
+
+
+# `snakemake --report` reads what the run built: refused in one line, before any file is written, where the config
+# is not the run's
+REPORT_ONLY = any(a == "--report" or a.startswith("--report=") for a in sys.argv)
+if REPORT_ONLY and (message := report_refusal()):
+    sys.exit(message)
 # DVC-made results need Snakemake's records first (one line naming `kdsum sync-mtimes`); then every job's spec is
 # written, each file only when its content changed: the rules take them as plain inputs, so a changed setting
 # reruns exactly the jobs whose spec changed, whichever engine ran them before (kdsum.workflow.specs).
@@ -272,5 +309,13 @@ def report_inputs(wildcards):
 
 
 def report_targets():
-    """The examples page, when a split is scored (rule all)."""
-    return ["results/report/examples.html"] if scored_splits(CFG) else []
+    """The examples page, when a split is scored (rule all); under `snakemake --report`, only when it is built (a
+    run of results/summary.csv alone has none), with a line naming the command that builds it."""
+    page = "results/report/examples.html"
+    if not scored_splits(CFG):
+        return []
+    if REPORT_ONLY and not os.path.isfile(page):
+        build = f"snakemake --cores 1 {page} {run_overlays()}"
+        print(f"the examples page is not built, left out of the report: {build}", file=sys.stderr)
+        return []
+    return [page]

@@ -431,7 +431,9 @@ def test_generation_left_pads_and_decodes_only_new_tokens(causal, work, monkeypa
         assert (c["input_ids"][mask == 0] == tok.pad_token_id).all()
     assert any((c["attention_mask"] == 0).any() for c in calls)
     assert calls[0]["do_sample"] is False and calls[0]["num_beams"] == 1
-    assert calls[0]["eos_token_id"] == [tok.eos_token_id] and calls[0]["pad_token_id"] == tok.pad_token_id
+    # the end of turn, then the template's turn start (a new turn ends the answer)
+    assert calls[0]["eos_token_id"] == tok.convert_tokens_to_ids(["<|im_end|>", "<|im_start|>"])
+    assert calls[0]["pad_token_id"] == tok.pad_token_id
 
 
 def _auto_against_generate(lm, rows, spec, monkeypatch):

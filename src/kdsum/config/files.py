@@ -52,11 +52,15 @@ def read_yaml(path: str | os.PathLike) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ merging
-def deep_merge(base: dict, override: Mapping) -> dict:
+def deep_merge(base: dict, override: Mapping, empty_replaces: bool = False) -> dict:
+    """``override`` merged into ``base``: mappings key by key, any other value (a list too) replaced. With
+    ``empty_replaces`` (config files and overrides: :func:`merged_config`) an empty mapping replaces as well, so that
+    an overlay can turn a section off (``decoding: {grid: {}}``, ``ensembles: {}``); settings resolved from defaults,
+    model and variant (kdsum.config.resolve) merge an empty mapping as nothing to change."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
+        if isinstance(value, Mapping) and (value or not empty_replaces) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value, empty_replaces)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -95,7 +99,7 @@ def nest_dotted(overrides: Mapping[str, Any]) -> dict:
 
 
 def merged_config(files: Iterable[str | os.PathLike], overrides: Mapping[str, Any] | None = None) -> dict:
-    """The config the engine sees: files merged in order, then overrides."""
+    """The config the engine sees: files merged in order, then overrides; an empty mapping or list replaces."""
     config: dict = {}
     for path in files:
         data = read_yaml(path)
@@ -103,8 +107,8 @@ def merged_config(files: Iterable[str | os.PathLike], overrides: Mapping[str, An
             continue
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
-        config = deep_merge(config, data)
-    return deep_merge(config, nest_dotted(overrides or {}))
+        config = deep_merge(config, data, empty_replaces=True)
+    return deep_merge(config, nest_dotted(overrides or {}), empty_replaces=True)
 
 
 # ------------------------------------------------------------------------------------------------ finite numbers

@@ -9,8 +9,9 @@ generated in batches of ``generation.batch_size`` with the job's generation sett
 unless ``num_beams > 1``; sampling only with ``do_sample``, seeded by ``generation.seed``), and the results are put back in the input order. Causal batches
 are padded on the left (:func:`pad_batch`) with the tokenizer's pad token, which is no end id
 (kdsum.models.loading.choose_pad_token), so that every row's new tokens start at the same position. Generation stops at
-the tokenizer's eos, the template's end of turn (:func:`end_of_turn_ids`: ``<|eot_id|>``, ``<|im_end|>``) and the
-model's own end ids.
+the tokenizer's eos, the template's end of turn (:func:`end_of_turn_ids`: ``<|eot_id|>``, ``<|im_end|>``), every
+special token the template writes between two turns (kdsum.models.loading.turn_boundary_ids: ``<|start_header_id|>``,
+``<|im_start|>``: a model that opens a new turn has ended its answer) and the model's own end ids.
 Foreign-script blocking (``generation.block_foreign_scripts``): kdsum.generation.blocking.
 Engine (``generation.engine``): ``auto`` decodes greedy causal batches with kdsum.generation.engine.greedy (a static KV cache and,
 on CUDA, a captured decode step: the same tokens as ``model.generate``) where :func:`kdsum.generation.engine.greedy.supports`
@@ -43,6 +44,7 @@ import torch
 
 from kdsum.config.spec import Job
 from kdsum.models.fitting import GenerationError, encode_rows, end_of_turn_ids, input_budget, pad_batch, template_kwargs
+from kdsum.models.loading import turn_boundary_ids
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +136,12 @@ def decode_new_tokens(
 
 
 def _eos_ids(tokenizer, model, kwargs: dict | None = None) -> list[int]:
-    """The ids that stop generation: the tokenizer's eos, the template's end of turn (:func:`end_of_turn_ids`) and
-    the model's own end ids (e.g. Llama-3.2's three)."""
+    """The ids that stop generation: the tokenizer's eos, the template's end of turn (:func:`end_of_turn_ids`), the
+    template's turn boundaries (kdsum.models.loading.turn_boundary_ids: a new turn's start and header) and the
+    model's own end ids (e.g. Llama-3.2's three)."""
     ids: list[int] = []
     turn_ends = end_of_turn_ids(tokenizer, kwargs) if kwargs is not None else []
+    turn_ends += turn_boundary_ids(tokenizer, kwargs) if kwargs is not None else []
     for cand in (tokenizer.eos_token_id, turn_ends, getattr(model.generation_config, "eos_token_id", None)):
         for i in cand if isinstance(cand, (list, tuple)) else [cand]:
             if i is not None and i not in ids:

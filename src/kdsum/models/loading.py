@@ -215,7 +215,7 @@ def choose_pad_token(tok) -> str | None:
     None when the pad token was kept."""
     from kdsum.models.fitting import end_of_turn_ids
 
-    ends = set(end_of_turn_ids(tok))
+    ends = set(end_of_turn_ids(tok)) | set(turn_boundary_ids(tok))
     if tok.pad_token_id is not None and tok.pad_token_id not in ends:
         return None
     vocab = tok.get_vocab()
@@ -227,6 +227,31 @@ def choose_pad_token(tok) -> str | None:
     tok.add_special_tokens({"pad_token": ADDED_PAD})
     log.info("the tokenizer has no pad token besides its end ids: added %s (id %d)", ADDED_PAD, tok.pad_token_id)
     return ADDED_PAD
+
+
+# three turns of plain ASCII words, so that the text between two of them is the template's own
+_TURNS = (("user", "kdsumfirst"), ("assistant", "kdsumsecond"), ("user", "kdsumthird"))
+
+
+def turn_boundary_ids(tok, kwargs: dict | None = None) -> list[int]:
+    """The special tokens the chat template writes between an answer and the next turn's text: the end of turn and
+    the next turn's start and header (Llama-3's ``<|eot_id|>``, ``<|start_header_id|>``, ``<|end_header_id|>``;
+    ChatML's ``<|im_end|>``, ``<|im_start|>``), read from a render of a three-turn conversation. None belongs in a
+    summary: generation stops at each, so that a model that opens a turn without ending its own never leaks a role
+    name into the text. Empty without a chat template or when the template refuses the conversation."""
+    if not getattr(tok, "chat_template", None):
+        return []
+    try:
+        text = tok.apply_chat_template([{"role": r, "content": c} for r, c in _TURNS], tokenize=False, **(kwargs or {}))
+    except Exception:  # a template with its own rules on turns: the end ids alone
+        return []
+    start, end = text.find(_TURNS[1][1]), text.find(_TURNS[2][1])
+    if start < 0 or end < start:
+        return []
+    gap = tok(text[start + len(_TURNS[1][1]) : end], add_special_tokens=False)["input_ids"]
+    special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    special.discard(tok.unk_token_id)  # template text the vocabulary lacks (a newline), not a token of the template
+    return [i for i in dict.fromkeys(gap) if i in special]
 
 
 def load_base_model(job: Job, source: str, method: str | None = None, for_training: bool = True):

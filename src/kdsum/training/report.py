@@ -49,7 +49,10 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def write_log_history(path: str | os.PathLike, history: list[dict]) -> None:
-    """The Trainer's log history as CSV (step, epoch, loss, learning_rate, grad_norm first, then the rest)."""
+    """The Trainer's logged steps as CSV (step, epoch, loss, learning_rate, grad_norm first, then the rest): the
+    rows that hold a training loss. The closing row (mean ``train_loss``, runtime: train_metrics.json has them) is left
+    out, as any row without a loss: a plot of ``loss`` by ``step`` (DVC's) would draw its empty cell as a last point."""
+    history = [row for row in history if "loss" in row]
     first = ["step", "epoch", "loss", "learning_rate", "grad_norm", "num_input_tokens_seen"]
     keys = [k for k in first if any(k in row for row in history)]
     keys += sorted({k for row in history for k in row} - set(keys))
