@@ -78,6 +78,9 @@ def test_replicas_are_hub_shaped(replica_run):
 def test_both_replicas_reach_the_summary(replica_run):
     df = pd.read_csv(replica_run / "results/summary.csv")
     assert {"llama3-cpu/default", "qwen3-cpu/default"} <= set(df["system"])
+    chosen = json.loads((replica_run / "results/submission.json").read_text())
+    degenerate = set(df.loc[df["degenerate"].eq(True), "system"])
+    assert chosen["system"] not in degenerate  # a degenerate replica is never the submission
     for system in ("llama3-cpu", "qwen3-cpu"):
         metrics = json.loads((replica_run / f"results/train/{system}/default/train_metrics.json").read_text())
         assert metrics["steps"] == 4 and metrics["trainable_params"] < metrics["total_params"]

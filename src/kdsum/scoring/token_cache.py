@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from kdsum.errors import SystemFaultError
 from kdsum.io import write_text
 from kdsum.korean.guards import tokenize_texts
 
@@ -91,7 +92,7 @@ def _write(path: Path, key: str, print_: str, tokens: list[list[str]]) -> None:
     payload = {"format": FORMAT, "key": key, "tokenizer": print_, "n": len(tokens), "tokens": tokens}
     try:
         write_text(path, json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n")
-    except OSError as exc:  # the cache only saves time: a job must not fail for it
+    except (OSError, SystemFaultError) as exc:  # the cache only saves time: a job must not fail for it
         log.warning("morpheme cache %s not written: %s", path, exc)
 
 
