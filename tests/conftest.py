@@ -8,6 +8,7 @@ Tiers (markers registered in pyproject.toml): the default selection (`python -m 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -206,15 +207,48 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of every child it has waited for (Snakemake, DVC and their jobs)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's CPU seconds ride on its report (``cpu_s``): on 2 cores, CPU, not wall time, is what CI spends."""
+    report = yield
+    report.user_properties.append(("cpu_s", round(_cpu_seconds() - item.stash.get(_CPU_START, 0.0), 2)))
+    item.stash[_CPU_START] = _cpu_seconds()
+    return report
+
+
+_CPU_START = pytest.StashKey[float]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    item.stash[_CPU_START] = _cpu_seconds()
+
+
+def _cpu_of(report) -> float:
+    return dict(getattr(report, "user_properties", ())).get("cpu_s", 0.0)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
-    """Test time per tier (setup, call and teardown summed over the tests of each), for CI's log."""
+    """Test and CPU time per tier (setup, call and teardown summed over the tests of each), and the phases that
+    took the most CPU, for CI's log."""
     tiers: dict[str, list[float]] = {}
+    phases = []
     for reports in terminalreporter.stats.values():
         for report in reports:
             if getattr(report, "when", None) not in ("setup", "call", "teardown"):
                 continue
             tier = "end-to-end" if END_TO_END & set(report.keywords) else "unit"
-            count, seconds = tiers.setdefault(tier, [0, 0.0])
-            tiers[tier] = [count + (report.when == "call"), seconds + report.duration]
-    for tier, (count, seconds) in sorted(tiers.items()):
-        terminalreporter.write_line(f"tier {tier}: {count} tests, {seconds:.0f} s of test time")
+            count, seconds, cpu = tiers.setdefault(tier, [0, 0.0, 0.0])
+            tiers[tier] = [count + (report.when == "call"), seconds + report.duration, cpu + _cpu_of(report)]
+            phases.append((_cpu_of(report), report.duration, report.when, report.nodeid))
+    for tier, (count, seconds, cpu) in sorted(tiers.items()):
+        terminalreporter.write_line(f"tier {tier}: {count} tests, {seconds:.0f} s of test time, {cpu:.0f} CPU-s")
+    terminalreporter.write_sep("=", "most CPU (setup of a shared pipeline counts where it was built)")
+    for cpu, seconds, when, nodeid in sorted(phases, reverse=True)[:15]:
+        terminalreporter.write_line(f"{cpu:7.1f} CPU-s {seconds:7.1f} s {when:8s} {nodeid}")

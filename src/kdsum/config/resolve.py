@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
-from kdsum.config.files import ConfigError, deep_merge, merged_config, refuse_non_finite
+from kdsum.config.files import ConfigError, deep_merge, merged_config, refuse_non_finite, safe_load
 from kdsum.config.schema import SCHEMA_PATH, SECTION_TYPES
 from kdsum.config.spec import (
     BASELINE_MODEL,
@@ -45,7 +44,7 @@ PREDICTION_TRAIN_KEYS = ("max_length", "bf16")  # the training settings that pre
 
 def load_schema() -> dict:
     with open(SCHEMA_PATH, encoding="utf-8") as fh:
-        schema = yaml.safe_load(fh)
+        schema = safe_load(fh)
     # every leaf of `defaults` is required: a setting missing there is refused at load, not at training
     for section in SECTION_TYPES:
         sub = schema["properties"]["defaults"]["properties"][section]
