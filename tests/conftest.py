@@ -35,6 +35,8 @@ if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     share = str(max(1, cores // int(workers)))
     os.environ.setdefault("KDSUM_TEST_THREADS", share)
     os.environ.setdefault("OMP_NUM_THREADS", share)
+    if share == "1":  # and in the jobs a Snakemake run starts, which sets OMP_NUM_THREADS to a rule's threads
+        os.environ.setdefault("SNAKEMAKE_PROFILE", str(ROOT / "tests" / "fixtures" / "profile-shared-cores"))
 FAST = "tests/fixtures/config.fast.yaml"  # the end-to-end tests' overlay: the default shape, tiny models
 TARGET = "results/summary.csv"
 KDSUM = [sys.executable, "-m", "kdsum"]

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import copy_repo
 
 ROOT = Path(__file__).resolve().parents[1]
+OVERLAY = ROOT / "tests/fixtures/config.replicas.yaml"
+STEPS = yaml.safe_load(OVERLAY.read_text(encoding="utf-8"))["models"]["llama3-cpu"]["train"]["max_steps"]
 TOKENIZERS = ROOT.parent / "shared" / "tokenizers"
 TEMPLATE_TEXT = (
     "<think>",
@@ -83,7 +86,7 @@ def test_both_replicas_reach_the_summary(replica_run):
     assert chosen["system"] not in degenerate  # a degenerate replica is never the submission
     for system in ("llama3-cpu", "qwen3-cpu"):
         metrics = json.loads((replica_run / f"results/train/{system}/default/train_metrics.json").read_text())
-        assert metrics["steps"] == 4 and metrics["trainable_params"] < metrics["total_params"]
+        assert metrics["steps"] == STEPS and metrics["trainable_params"] < metrics["total_params"]
 
 
 def test_no_template_text_in_any_summary(replica_run):
