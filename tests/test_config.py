@@ -215,6 +215,16 @@ def test_method_family_mismatch(cfg):
     assert "models.kobart-base.method" in refused(cfg)
 
 
+def test_a_real_tokenizer_replaces_the_vocab_size_of_a_causal_build_only(cfg):
+    build = cfg["models"]["tiny-llama"]["build"]
+    del build["vocab_size"]
+    assert "models.tiny-llama.build.vocab_size" in refused(cfg)
+    build["tokenizer"] = "../shared/tokenizers/llama3"
+    validate_config(copy.deepcopy(cfg), source="my.yaml")
+    cfg["models"]["tiny-bart"]["build"]["tokenizer"] = "../shared/tokenizers/llama3"
+    assert "models.tiny-bart.build.tokenizer" in refused(cfg)
+
+
 def test_reserved_names(cfg):
     cfg["variants"]["zeroshot"] = {}
     assert "zeroshot" in refused(cfg)

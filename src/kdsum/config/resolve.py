@@ -152,7 +152,10 @@ def _check_references(config: dict, source: str) -> None:
             raise ConfigError(f"{source}: key 'models.{name}.method': causal models train `lora` or `qlora` adapters")
         if "build" in entry:
             need = ("d_model", "ffn_dim") if entry["family"] == "seq2seq" else ("hidden_size", "intermediate_size")
-            for k in need + ("vocab_size", "layers", "heads"):
+            if "tokenizer" in entry["build"] and entry["family"] == "seq2seq":
+                raise ConfigError(f"{source}: key 'models.{name}.build.tokenizer': only a causal build takes one")
+            vocab = () if "tokenizer" in entry["build"] else ("vocab_size",)  # the real tokenizer's own size
+            for k in need + vocab + ("layers", "heads"):
                 if k not in entry["build"]:
                     raise ConfigError(
                         f"{source}: key 'models.{name}.build.{k}' is required for a {entry['family']} build"

@@ -194,7 +194,6 @@ class GenerationArgs:
 class BuildArgs:
     """A small model built offline (kdsum.models.loading): architecture and the brief pretraining."""
 
-    vocab_size: int
     layers: int
     heads: int
     pretrain_steps: int
@@ -202,10 +201,12 @@ class BuildArgs:
     pretrain_batch_size: int
     max_position_embeddings: int
     seed: int
+    vocab_size: int | None = None  # of the trained tokenizer; None with ``tokenizer``
     d_model: int | None = None  # seq2seq
     ffn_dim: int | None = None
     hidden_size: int | None = None  # causal
     intermediate_size: int | None = None
+    tokenizer: str | None = None  # a directory with a real tokenizer (causal); None: one trained on the train split
 
 
 @dataclass(frozen=True)

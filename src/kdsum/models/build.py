@@ -1,9 +1,10 @@
 """Small base models built offline: the ``build`` section of a model entry (kdsum.config.spec.BuildArgs).
 
 The pipeline trains a tokenizer on the training dialogues (data tokens such as ``#Person1#`` and ``#PhoneNumber#``
-kept whole), builds a small BART or Llama from the build settings, and pretrains it briefly on the dialogue text
-(denoising for BART, next-token prediction for Llama), so that "zero-shot" and "fine-tuned" mean something. The
-result is an ordinary Hugging Face model directory, loaded by the same code (kdsum.models.loading) as
+kept whole), or takes a real one (``build.tokenizer``, e.g. Llama-3's, for a causal model) and adds the data tokens,
+builds a BART or Llama from the build settings, and pretrains it briefly on the dialogue text (denoising for BART,
+next-token prediction for Llama; on the GPU where there is one, in bf16 autocast), so that "zero-shot" and
+"fine-tuned" mean something. The result is an ordinary Hugging Face model directory, loaded by the same code (kdsum.models.loading) as
 ``gogamza/kobart-base-v2`` or ``Qwen/Qwen2.5-7B-Instruct``.
 """
 
@@ -21,7 +22,7 @@ from kdsum.config.spec import BuildArgs
 from kdsum.models.data_tokens import add_data_tokens
 from kdsum.models.finite import check_finite_weights
 from kdsum.models.fitting import pad_batch
-from kdsum.models.loading import CHAT_TEMPLATE, set_seed
+from kdsum.models.loading import CHAT_TEMPLATE, load_tokenizer, set_seed
 
 PAD, BOS, EOS, UNK, MASK = "<pad>", "<s>", "</s>", "<unk>", "<mask>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -57,6 +58,16 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, data_tokens: list[str
         hf_tok.chat_template = CHAT_TEMPLATE
     add_data_tokens(hf_tok, data_tokens)
     return hf_tok
+
+
+def base_tokenizer(build: BuildArgs, texts: list[str], data_tokens: list[str], family: str):
+    """The build's tokenizer: the real one at ``build.tokenizer`` (pad token and chat template as a hub model's get
+    them, kdsum.models.loading) with the data tokens added, else one trained on ``texts``."""
+    if build.tokenizer is None:
+        return train_tokenizer(texts, build.vocab_size, data_tokens, family)
+    tok = load_tokenizer(build.tokenizer, "build", family, key="build.tokenizer")
+    add_data_tokens(tok, data_tokens)
+    return tok
 
 
 # --------------------------------------------------------------------------------------------- architecture
@@ -124,7 +135,10 @@ def _batch_loss(model, tokenizer, batch: list[list[int]], family: str, rng: rand
     else:
         inp, attn = pad_batch(targets, tokenizer.pad_token_id)
         labels = inp.masked_fill(attn == 0, -100)
-    return model(input_ids=inp, attention_mask=attn, labels=labels).loss
+    inp, attn, labels = (t.to(model.device) for t in (inp, attn, labels))
+    # bf16 autocast on the GPU (fp32 master weights): a GPU-sized build pretrains in minutes; the CPU stays fp32
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=model.device.type == "cuda"):
+        return model(input_ids=inp, attention_mask=attn, labels=labels).loss
 
 
 def _schedule(opt, steps: int):
@@ -174,12 +188,16 @@ def build_base_model(
 
     set_seed(build.seed)
     start = time.time()
-    tokenizer = train_tokenizer(texts, build.vocab_size, data_tokens, family)
+    tokenizer = base_tokenizer(build, texts, data_tokens, family)
     config = build_config(family, build, tokenizer)
     auto = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
     set_seed(build.seed)
-    model = auto.from_config(config)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = auto.from_config(config).to(device)
+    pretrain_start = time.time()
     history = pretrain(model, tokenizer, texts, family, build, progress=progress)
+    pretrain_s = time.time() - pretrain_start
+    model.to("cpu")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     check_finite_weights(model, f"base model {out_dir}", hint="lower build.pretrain_learning_rate")
@@ -194,5 +212,8 @@ def build_base_model(
         "pretrain_first_loss": history[0]["loss"] if history else None,
         "pretrain_final_loss": history[-1]["loss"] if history else None,
         "pretrain_loss_history": history,
+        "tokenizer": build.tokenizer or "trained on the train split",
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "pretrain_s": round(pretrain_s, 2),
         "wall_time_s": round(time.time() - start, 2),
     }
