@@ -160,6 +160,12 @@ def prompts_dir(wildcards):
     return f"results/prompts/{job(wildcards).prompt_set}"
 
 
+def build_tokenizer(wildcards):
+    """A built model's real tokenizer directory (build.tokenizer), an input: a changed tokenizer rebuilds the base."""
+    tokenizer = spec_for(CFG, f"base/{wildcards.model}").build.tokenizer
+    return [tokenizer] if tokenizer else []
+
+
 def base_dir(wildcards):
     """A model built offline trains and predicts from its built directory, a hub model from its source (a rule
     input when it is a replica the pipeline writes)."""

@@ -4,6 +4,7 @@ rule build_base:
         train="results/data/train.jsonl",
         prompts=lambda wildcards: f"results/prompts/{spec_for(CFG, f'model/{wildcards.model}/zeroshot').prompt_set}",
         spec=spec_file("base/{model}"),
+        tokenizer=build_tokenizer,
         code=code("build-base"),
     output:
         model=directory("results/base/{model}"),
