@@ -19,7 +19,6 @@ import pandas as pd
 
 from kdsum.config.spec import EvaluationArgs, GenerationArgs, Job
 from kdsum.errors import KdsumError
-from kdsum.generation.predict import predict_rows, read_prompt_rows
 from kdsum.io import read_json, write_csv
 from kdsum.selection.tuning import TUNING, part_fnames
 
@@ -80,6 +79,9 @@ def predict_tuning_rows(
 ) -> int:
     """Summarise the dev set's tuning rows with ``job`` (its model: ``model_dir`` / ``base_dir``) into ``out``
     (CSV ``fname,summary``); the number of rows."""
+    # imported here: the choosing stages read this module's choices and need no torch (2 s of every process)
+    from kdsum.generation.predict import predict_rows, read_prompt_rows
+
     rows = read_prompt_rows(Path(prompts_dir) / "dev.jsonl", job.family)
     tuning = set(part_fnames([r["fname"] for r in rows], evaluation.tuning_fraction, TUNING, str(references)))
     rows = [r for r in rows if r["fname"] in tuning]
