@@ -28,6 +28,8 @@ from kdsum.workflow.specs import is_preview, spec_path, unsynced, write_specs
 CONFIG_FILES = list(dict.fromkeys(["config.yaml", *(os.path.relpath(f) for f in workflow.overwrite_configfiles)]))
 CFG = load_config(CONFIG_FILES, workflow.config_settings.config)
 MODELS = CFG["run"]["models"]
+# not an output: content-keyed morphemes shared by the scoring jobs (kdsum.scoring.token_cache)
+TOKEN_CACHE = "results/cache/morphemes"
 GRID = grid(CFG)
 # the decoding search's settings; selection needs the dev set's references (kdsum.selection.tuning)
 DECODING = decoding_settings(CFG) if scored_splits(CFG) else []

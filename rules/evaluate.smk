@@ -19,8 +19,7 @@ rule evaluate:
     conda:
         "../envs/kdsum.yaml"
     params:
-        # not an output: content-keyed reference morphemes shared by the split's jobs (kdsum.scoring.token_cache)
-        token_cache="results/cache/morphemes",
+        token_cache=TOKEN_CACHE,
     shell:
         "kdsum evaluate --spec {input.spec:q} --predictions {input.predictions:q} "
         "--references {input.references:q} --out-json {output.scores:q} --out-metrics {output.metrics:q} "

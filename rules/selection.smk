@@ -33,11 +33,13 @@ checkpoint select_checkpoint:
         **resources_for("predict"),
     params:
         base=base_args,
+        token_cache=TOKEN_CACHE,
     shell:
         "kdsum select-checkpoint --spec {input.spec:q} --evaluation-spec {input.evaluation:q} "
         "--prompts-dir {input.prompts:q} --references {input.references:q} --candidates {input.candidates:q} "
         "--final-model {input.final:q} --log-history {input.history:q} {params.base:q} "
-        "--out-choice {output.choice:q} --out-csv {output.table:q} --plot {output.plot:q} > {log:q} 2>&1"
+        "--token-cache {params.token_cache:q} --out-choice {output.choice:q} --out-csv {output.table:q} "
+        "--plot {output.plot:q} > {log:q} 2>&1"
 
 
 rule decode:
@@ -88,9 +90,12 @@ rule evaluate_decoding:
         setting=one_of(DECODING) or "none",
     conda:
         "../envs/kdsum.yaml"
+    params:
+        token_cache=TOKEN_CACHE,
     shell:
         "kdsum evaluate --spec {input.spec:q} --predictions {input.predictions:q} --part tuning "
-        "--references {input.references:q} --out-json {output.score:q} --out-items {output.per_item:q} > {log:q} 2>&1"
+        "--references {input.references:q} --out-json {output.score:q} --out-items {output.per_item:q} "
+        "--token-cache {params.token_cache:q} > {log:q} 2>&1"
 
 
 checkpoint select_decoding:
@@ -134,7 +139,9 @@ rule evaluate_report:
         "results/benchmarks/evaluate_report/{model}/{variant}/{split}.tsv"
     conda:
         "../envs/kdsum.yaml"
+    params:
+        token_cache=TOKEN_CACHE,
     shell:
         "kdsum evaluate --spec {input.spec:q} --predictions {input.predictions:q} --part report "
         "--references {input.references:q} --out-json {output.scores:q} --out-items {output.per_item:q} "
-        "> {log:q} 2>&1"
+        "--token-cache {params.token_cache:q} > {log:q} 2>&1"

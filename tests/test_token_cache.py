@@ -17,7 +17,15 @@ from rouge_score import rouge_scorer
 from kdsum.korean.kiwi import KiwiMorphemeTokenizer
 from kdsum.scoring.evaluate import evaluate
 from kdsum.scoring.rouge import ROUGE_KEYS, rouge_scores
-from kdsum.scoring.token_cache import ReferenceTokens, ServedAhead, TokensAhead, cache_key, cached_tokens, fingerprint
+from kdsum.scoring.token_cache import (
+    ReferenceTokens,
+    ServedAhead,
+    TextTokens,
+    TokensAhead,
+    cache_key,
+    cached_tokens,
+    fingerprint,
+)
 
 KIWI = KiwiMorphemeTokenizer()
 PREDS = ["#Person1#은 사과를 샀다.", "민수가 학교에 갔다.", "", "Jimmy와 #Person2#는 내일 만난다."]
@@ -163,8 +171,47 @@ def test_evaluate_with_and_without_the_cache_gives_the_same_outputs(tmp_path):
         result, items = evaluate(p, r, n_bootstrap=50, token_cache=cache)
         assert result == plain[0]
         assert items.equals(plain[1])
-    assert len(_files(cache)) == 1
+    assert len(_files(cache)) == 2  # the references' file and the predictions'
     assert not [n for n in os.listdir(cache) if n.startswith(".")]
+
+
+def test_a_second_scoring_of_a_file_loads_no_kiwi(tmp_path):
+    """Once a predictions file was scored with the cache, scoring it again, whole or one part of it, is served from
+    the cache: no Kiwi is loaded (a thread count never used in this process shows it), and the scores are those
+    made without any cache."""
+    from kdsum.korean import kiwi
+
+    p, r = _split_files(tmp_path)
+    cache = tmp_path / "cache"
+    evaluate(p, r, n_bootstrap=50, token_cache=cache)
+    unused = max(kiwi._KIWI_INSTANCES, default=1) + 5
+    first_two = lambda fs: fs[:2]  # noqa: E731 - one part of the rows, as --part scores
+    for rows in (None, first_two):
+        cached = evaluate(p, r, n_bootstrap=50, threads=unused, token_cache=cache, rows=rows)
+        plain = evaluate(p, r, n_bootstrap=50, rows=rows)
+        assert cached[0] == {**plain[0], "tokenizer": cached[0]["tokenizer"]}
+        assert cached[1].equals(plain[1])
+    assert unused not in kiwi._KIWI_INSTANCES
+    assert len(_files(cache)) == 2
+
+
+def test_a_part_scored_first_fills_the_cache_for_the_whole_file(tmp_path):
+    p, r = _split_files(tmp_path)
+    cache = tmp_path / "cache"
+    evaluate(p, r, n_bootstrap=0, token_cache=cache, rows=lambda fs: fs[:1])
+    whole = TextTokens(KIWI, [line["summary"] for line in csv.DictReader(p.open(encoding="utf-8"))], cache)
+    assert whole.status == "hit"
+    assert list(whole.tokens().values()) == KIWI.tokenize_many(list(dict.fromkeys(PREDS)))
+
+
+def test_a_failed_scoring_stores_no_predictions(tmp_path):
+    p, r = _split_files(tmp_path)
+    lines = p.read_text(encoding="utf-8").splitlines()
+    p.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # one prediction missing: refused
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="lacks predictions"):
+        evaluate(p, r, n_bootstrap=0, token_cache=cache)
+    assert _files(cache) == []
 
 
 @pytest.mark.parametrize("n_texts", [0, 1])

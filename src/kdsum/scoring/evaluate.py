@@ -33,7 +33,7 @@ from kdsum.korean.kiwi import KiwiMorphemeTokenizer
 from kdsum.korean.text import normalize_text
 from kdsum.scoring.bootstrap import corpus_summary, paired_bootstrap
 from kdsum.scoring.rouge import ROUGE_KEYS, _gc_paused, final_score, rouge_scores
-from kdsum.scoring.token_cache import ReferenceTokens, ServedAhead, TokensAhead
+from kdsum.scoring.token_cache import ReferenceTokens, ServedAhead, TextTokens, TokensAhead
 
 log = logging.getLogger(__name__)
 _SHOW = 5  # how many fnames an error message names
@@ -120,13 +120,15 @@ def _normalized(text: str, fixed: dict[str, int], side: str) -> str:
 
 def _paired(
     predictions: Path, references: Path, rows: Callable[[list[str]], list[str]] | None = None
-) -> tuple[list[str], list[str], list[list[str]]]:
-    """(fnames in reference order, their predictions, their references); every fname on both sides.
+) -> tuple[list[str], list[str], list[list[str]], list[list[str]]]:
+    """(fnames in reference order, their predictions, their references, the references of every row of the file);
+    every fname on both sides.
 
     ``rows``: given the references' fnames, those to score (e.g. one part of the dev set, kdsum.selection.tuning); the
     predictions of the others are ignored."""
     preds = load_predictions(predictions)
     refs = load_references(references)
+    every = list(refs.values())
     if rows is not None:
         keep, known = set(rows(list(refs))), set(refs)
         refs = {f: r for f, r in refs.items() if f in keep}
@@ -141,7 +143,7 @@ def _paired(
     if extra:
         raise InputError(f"{predictions} has {len(extra)} fname(s) not in references {references}: {_names(extra)}")
     fnames = list(refs)
-    return fnames, [preds[f] for f in fnames], [refs[f] for f in fnames]
+    return fnames, [preds[f] for f in fnames], [refs[f] for f in fnames], every
 
 
 def _scored(
@@ -154,20 +156,38 @@ def _scored(
 ) -> tuple[list[str], list[str], dict[str, int], pd.DataFrame]:
     """(fnames, normalised predictions, the counts of normalised texts, rouge_scores' table) of :func:`evaluate`."""
     # Kiwi's workers analyse the predictions (read quickly, in the background) while this thread reads both files
-    # and the morpheme cache; with ``rows``, only some predictions are scored, and none is made ahead.
-    ahead = TokensAhead(tokenizer, lambda: _quick_predictions(predictions)) if rows is None else None
-    fnames, texts, refs = _paired(predictions, references, rows)
+    # and the morpheme cache; with ``rows`` and no cache, only some predictions are scored, and none is made ahead.
+    ahead = _predictions_ahead(tokenizer, predictions, token_cache, rows)
+    fnames, texts, refs, every = _paired(predictions, references, rows)
     # Both sides normalised as ingest normalises the data (NFC, no zero-width or control characters); counted.
     fixed = {"predictions": 0, "references": 0}
     texts = [_normalized(t, fixed, "predictions") for t in texts]
     refs = [[_normalized(r, fixed, "references") for r in rs] for rs in refs]
-    scorer = ReferenceTokens(tokenizer, refs, token_cache)
+    # keyed by every reference of the file, so that each part of the dev set (tuning, report) shares one cache file
+    scorer = ReferenceTokens(tokenizer, [[normalize_text(r) for r in rs] for rs in every], token_cache)
     served = scorer if ahead is None else ServedAhead(scorer, ahead)
     scores = rouge_scores(texts, refs, aggregate=aggregate, tokenizer=served)
     scorer.store()  # after a miss, for the split's other systems; only once the scores are made
+    if isinstance(ahead, TextTokens):
+        ahead.store()  # after a miss, for the next scoring of this file
     if token_cache is not None:  # the job's log, not S.json: a hit and a miss write the same outputs
         log.info("reference morphemes: cache %s in %s", scorer.status, token_cache)
+        log.info("prediction morphemes: cache %s", getattr(ahead, "status", "off"))
     return fnames, texts, fixed, scores
+
+
+def _predictions_ahead(
+    tokenizer: Any, predictions: Path, token_cache: Path | None, rows: Callable | None
+) -> TextTokens | TokensAhead | None:
+    """The predictions' tokens made ahead: from the morpheme cache (or made and stored there) when there is one,
+    else in the background for a whole file (``rows`` None)."""
+    if token_cache is not None:
+        try:
+            texts = _quick_predictions(predictions)
+        except (OSError, ValueError, KeyError, csv.Error):  # a bad file: _paired names what is wrong
+            return None
+        return TextTokens(tokenizer, texts, token_cache)
+    return TokensAhead(tokenizer, lambda: _quick_predictions(predictions)) if rows is None else None
 
 
 def evaluate(

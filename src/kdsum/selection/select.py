@@ -54,10 +54,11 @@ def score_tuning_rows(
     base_dir: str | Path | None,
     out_predictions: str | Path | None = None,
     progress: bool = False,
+    token_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Summarise the dev set's tuning rows with ``job`` (its model: ``model_dir`` / ``base_dir``), score them;
     the score dict of ``kdsum evaluate`` (with ``part: tuning``). Writes the predictions to ``out_predictions``
-    when given."""
+    when given; ``token_cache``: the morpheme cache (kdsum.scoring.token_cache)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(out_predictions) if out_predictions else Path(tmp) / "tuning.csv"
         predict_tuning_rows(job, evaluation, prompts_dir, references, model_dir, base_dir, path, progress)
@@ -67,6 +68,7 @@ def score_tuning_rows(
             evaluation.aggregate,
             evaluation.bootstrap,
             evaluation.seed,
+            token_cache=None if token_cache is None else Path(token_cache),
             rows=lambda fnames: part_fnames(fnames, evaluation.tuning_fraction, TUNING, str(references)),
         )
     return {**result, "part": TUNING, "tuning_fraction": evaluation.tuning_fraction}

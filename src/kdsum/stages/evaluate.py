@@ -9,8 +9,9 @@ The spec (kdsum.config.spec.EvaluationArgs) gives the aggregation over reference
 ignored). R.jsonl: one ``{"fname", "summaries": [...], ...}`` object per line. S.json: corpus scores ×100, their
 sum, bootstrap CIs and diagnostics; M.json: final and ROUGE-1/2/L only (the pipeline's DVC metric); I.csv:
 per-item scores ×100. On any input error: ``error: ...`` on stderr, exit status 2, and no output file is written.
-``--token-cache DIR`` keeps the references' morphemes in DIR, keyed by their content and the tokenizer
-(kdsum.scoring.token_cache), so the other systems of the split do not tokenise them again. --part scores one part of the
+``--token-cache DIR`` keeps the references' and the predictions' morphemes in DIR, keyed by their content and the
+tokenizer (kdsum.scoring.token_cache), so the other systems of the split do not tokenise the references again and a
+second scoring of the same file (its report part, or after a change of the ROUGE code) loads no Kiwi at all. --part scores one part of the
 dev set only (kdsum.selection.tuning, by the spec's tuning_fraction): ``report`` for the score of a setting that was
 selected on the ``tuning`` rows.
 """
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-cache",
         type=Path,
         default=None,
-        help="directory of cached reference morphemes (keyed by content; same scores with or without)",
+        help="directory of cached morphemes (keyed by content; same scores with or without)",
     )
     return ap
 

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--final-model", required=True, help="results/train/M/V/model")
     ap.add_argument("--log-history", required=True, help="results/train/M/V/log_history.csv")
     ap.add_argument("--base-dir")
+    ap.add_argument("--token-cache", help="directory of cached morphemes (kdsum.scoring.token_cache)")
     for option in ("--out-choice", "--out-csv", "--plot"):
         ap.add_argument(option, required=True)
     args = ap.parse_args(argv)
@@ -47,7 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     candidates = candidate_models(args.candidates, args.final_model)
     with gpu_slots.claim(1):  # a free device, before torch touches CUDA (kdsum.gpu.slots)
         scores = [
-            score_tuning_rows(job, evaluation, args.prompts_dir, args.references, path, args.base_dir)
+            score_tuning_rows(
+                job, evaluation, args.prompts_dir, args.references, path, args.base_dir, token_cache=args.token_cache
+            )
             for _, path in candidates
         ]
     history = pd.read_csv(args.log_history)
