@@ -130,6 +130,8 @@ rule evaluate_report:
         references="results/data/{split}.jsonl",
         spec=spec_file("evaluation"),
         code=code("evaluate"),
+        # after the whole file's scoring, whose morphemes of these predictions it then reads from the cache
+        scored="results/scores/{model}/{variant}/{split}.json",
     output:
         scores="results/scores/{model}/{variant}/{split}-report.json",
         per_item="results/scores/{model}/{variant}/{split}-report_items.csv",
