@@ -1,4 +1,5 @@
 # The merged config, its typed job specs and the input functions of the rules.
+import functools
 import os
 import re
 import sys
@@ -127,7 +128,13 @@ def model_spec(wildcards):
 
 
 def job(wildcards):
-    return spec_for(CFG, f"model/{wildcards.model}/{wildcards.variant}")
+    """The system's resolved job (frozen); resolved once per system, since the DAG asks for it in many rules."""
+    return _job(f"model/{wildcards.model}/{wildcards.variant}")
+
+
+@functools.cache
+def _job(name):
+    return spec_for(CFG, name)
 
 
 def train_resources():
