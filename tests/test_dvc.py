@@ -1,7 +1,8 @@
 """DVC as a front door of the pipeline (docs/DVC.md): dvc.yaml is derived from the Snakemake rules.
 
 Fast tests (no pipeline run, a few seconds each):
-* dvc.yaml is current (`kdsum dvc-yaml --check`), and a stale one is refused in one line naming the command;
+* dvc.yaml and export/dvc.yaml are current (`kdsum dvc-yaml --check`), and a stale one is refused in one line
+  naming the command; export/dvc.yaml holds one export stage per trained (model, variant), run from the root;
 * DVC and Snakemake describe the same pipeline: the outputs of `snakemake --forceall -n` and of `dvc dag --outs`,
   the shell commands (minus Snakemake's ` > log 2>&1`; the spec stages read config.yaml themselves under DVC) and
   each stage's deps (code files included) agree, for config.yaml and for the fast test config;
@@ -11,7 +12,8 @@ Fast tests (no pipeline run, a few seconds each):
 Slow tests (`-m slow`; a copy of the run's fast pipeline made by one full `dvc repro`, tests/conftest.py):
 every stage ran, a no-op second repro, metrics and plots, Snakemake agreeing after DVC (`kdsum sync-mtimes`),
 push/pull through a local remote, an edit of one training summary (exactly the stages whose inputs changed rerun),
-and a model added to run.models (`dvc repro` stops first, naming `kdsum dvc-yaml`). `dvc exp run -S` on one model's
+a model added to run.models (`dvc repro` stops first, naming `kdsum dvc-yaml`), and one export run by naming its
+stage in export/dvc.yaml (a plain `dvc repro` runs none). `dvc exp run -S` on one model's
 learning rate is in tests/test_triggers.py.
 """
 
@@ -90,8 +92,9 @@ def dvc_outputs(stage: dict) -> list[str]:
 
 
 def dvc_dag_outs(cwd: Path) -> set[str]:
-    """The nodes of `dvc dag --outs --dot`: every output, metric and plot file of the pipeline."""
-    dot = dvc(cwd, "dag", "--outs", "--dot").stdout
+    """The nodes of `dvc dag --outs --dot dvc.yaml`: every output, metric and plot file of the pipeline (not of the
+    exports downstream, in export/dvc.yaml)."""
+    dot = dvc(cwd, "dag", "--outs", "--dot", "dvc.yaml").stdout
     return set(re.findall(r'^"([^"]+)";$', dot, re.M))
 
 
@@ -138,6 +141,12 @@ def lock_hashes(lock: dict) -> dict[str, dict]:
     return out
 
 
+def pipeline_status(cwd: Path) -> dict:
+    """`dvc status dvc.yaml`: the pipeline's stages; a repo-wide `dvc status` also lists each export of
+    export/dvc.yaml not run yet."""
+    return json.loads(dvc(cwd, "status", "dvc.yaml", "--json").stdout)
+
+
 def nothing_to_do(cwd: Path, *args: str) -> tuple[bool, str, float]:
     start = time.perf_counter()
     proc = smk(cwd, TARGET, "--dry-run", *args)
@@ -159,19 +168,49 @@ def planned_jobs(text: str) -> int:
 # ------------------------------------------------------------------------------------------------ fast tests
 def test_dvc_yaml_is_derived_and_current():
     proc = subprocess.run([*KDSUM, "dvc-yaml", "--check"], cwd=ROOT, capture_output=True, text=True, env=ENV)
-    assert proc.returncode == 0, proc.stderr + "\nrun `kdsum dvc-yaml` and commit dvc.yaml"
-    assert (ROOT / "dvc.yaml").read_text(encoding="utf-8").startswith("# GENERATED from the Snakemake rules")
+    assert proc.returncode == 0, proc.stderr + "\nrun `kdsum dvc-yaml` and commit dvc.yaml and export/dvc.yaml"
+    for name in ("dvc.yaml", "export/dvc.yaml"):
+        assert (ROOT / name).read_text(encoding="utf-8").startswith("# GENERATED from the Snakemake rules"), name
 
 
 def test_check_refuses_a_stale_file_in_one_line(tmp_path):
-    out = tmp_path / "dvc.yaml"
+    out, exports = tmp_path / "dvc.yaml", tmp_path / "export/dvc.yaml"
     gen = [*KDSUM, "dvc-yaml", "--out", str(out)]
     assert subprocess.run(gen, cwd=ROOT, capture_output=True, env=ENV).returncode == 0
     assert subprocess.run(gen + ["--check"], cwd=ROOT, capture_output=True, env=ENV).returncode == 0
-    out.write_text(out.read_text(encoding="utf-8").replace("  summary:\n", "  summary_old:\n"), encoding="utf-8")
-    proc = subprocess.run(gen + ["--check"], cwd=ROOT, capture_output=True, text=True, env=ENV)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and "kdsum dvc-yaml" in lines[0], proc.stderr
+    for path, stage in ((out, "summary"), (exports, "export_tiny-bart_default")):
+        good = path.read_text(encoding="utf-8")
+        path.write_text(good.replace(f"  {stage}:\n", f"  {stage}_old:\n"), encoding="utf-8")
+        proc = subprocess.run(gen + ["--check"], cwd=ROOT, capture_output=True, text=True, env=ENV)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"error: {path} does not match") and "kdsum dvc-yaml" in lines[0], lines[0]
+        path.write_text(good, encoding="utf-8")
+
+
+def _trained(stages: dict) -> set[tuple[str, str]]:
+    """(model, variant) of every train stage, from its model directory out."""
+    outs = [o for name, st in stages.items() if name.startswith("train_") for o in dvc_outputs(st)]
+    return {tuple(o.split("/")[2:4]) for o in outs if re.fullmatch(r"results/train/[^/]+/[^/]+/model", o)}
+
+
+def test_export_file_has_one_stage_per_trained_system():
+    """export/dvc.yaml: the export of each (model, variant) that dvc.yaml trains, run from the repository root;
+    none in dvc.yaml, so a plain `dvc repro` never runs one."""
+    stages = load_yaml(ROOT / "dvc.yaml")["stages"]
+    exports = load_yaml(ROOT / "export/dvc.yaml")["stages"]
+    trained = _trained(stages)
+    assert len(trained) >= 2 and not [n for n in stages if n.startswith("export")]
+    assert len(exports) == len(trained)
+    systems = set()
+    for name, stage in exports.items():
+        (out,) = stage["outs"]
+        model, variant = out.removeprefix("results/export/").split("/")
+        systems.add((model, variant))
+        assert stage["wdir"] == ".." and stage["cmd"].startswith("kdsum export "), (name, stage)
+        assert f"results/train/{model}/{variant}/model" in stage["deps"], (name, stage["deps"])
+        assert f"--out {out}" in stage["cmd"] and "zeroshot" not in name
+    assert systems == trained
 
 
 @pytest.fixture(scope="module")
@@ -412,7 +451,7 @@ def test_second_repro_runs_nothing(dvc_repo):
     FIGURES["no-op dvc repro, s"] = round(time.perf_counter() - start, 1)
     assert ran_stages(proc.stdout) == []
     assert "Data and pipelines are up to date." in proc.stdout
-    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+    assert pipeline_status(dvc_repo) == {}
 
 
 @pytest.mark.slow
@@ -466,7 +505,7 @@ def test_snakemake_agrees_after_dvc_run_and_lint_is_clean(dvc_repo):
     lint = smk(dvc_repo, "--lint")
     assert "Congratulations" in lint.stdout + lint.stderr
     # the markers Snakemake writes into directory outputs are .dvcignored: DVC still sees the run it recorded
-    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+    assert pipeline_status(dvc_repo) == {}
 
 
 @pytest.mark.slow
@@ -479,7 +518,7 @@ def test_sync_mtimes_refuses_when_dvc_status_is_dirty(dvc_repo):
         assert proc.returncode == 2 and "baseline_lead_dev" in proc.stderr
     finally:
         victim.write_bytes(saved)
-    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+    assert pipeline_status(dvc_repo) == {}
 
 
 @pytest.mark.slow
@@ -518,13 +557,13 @@ def test_push_pull_round_trip_restores_data_and_models(dvc_repo, tmp_path):
     shutil.rmtree(dvc_repo / "results")
     shutil.rmtree(dvc_repo / ".dvc/cache")
     raw.unlink()
-    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) != {}
+    assert pipeline_status(dvc_repo) != {}
     start = time.perf_counter()
-    dvc(dvc_repo, "pull")
+    dvc(dvc_repo, "pull", "--allow-missing")  # the exports of export/dvc.yaml never ran: nothing to pull for them
     FIGURES["dvc pull after deleting results/ and the cache, s"] = round(time.perf_counter() - start, 1)
     assert {p: tree_md5(dvc_repo / p) for p in before} == before
     assert {p: md5(dvc_repo / p) for p in before_files} == before_files
-    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+    assert pipeline_status(dvc_repo) == {}
 
     # DVC restored the files with new mtimes in no particular order, into a workspace synced before (dvc.lock
     # unchanged, so the workflow's guard does not see it: docs/DVC.md says to sync after a pull); the sync step
@@ -532,7 +571,7 @@ def test_push_pull_round_trip_restores_data_and_models(dvc_repo, tmp_path):
     sh([*KDSUM, "sync-mtimes"], dvc_repo)
     ok, text, _ = nothing_to_do(dvc_repo)
     assert ok, text[-3000:]
-    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+    assert pipeline_status(dvc_repo) == {}
 
 
 def _changed_by(before: dict, after: dict) -> set[str]:
@@ -550,10 +589,10 @@ def _edit_one_summary(path: Path) -> None:
 
 @pytest.mark.slow
 def test_raw_data_edit_reruns_exactly_what_depends_on_it(dvc_repo):
-    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+    assert pipeline_status(dvc_repo) == {}
     before = lock_hashes(load_yaml(dvc_repo / "dvc.lock"))
     _edit_one_summary(dvc_repo / "data/sample/train.csv")
-    status = json.loads(dvc(dvc_repo, "status", "--json").stdout)
+    status = pipeline_status(dvc_repo)
     assert set(status) == {"ingest"}, status  # only the stage reading the file sees it; the rest follows
     start = time.perf_counter()
     proc = dvc(dvc_repo, "repro")
@@ -570,7 +609,7 @@ def test_raw_data_edit_reruns_exactly_what_depends_on_it(dvc_repo):
     # the baselines read dev/test only, which are byte-identical: not rerun
     assert not [n for n in ran if n.startswith("baseline_")]
     assert after["ingest"]["data/sample/train.csv"] != before["ingest"]["data/sample/train.csv"]
-    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+    assert pipeline_status(dvc_repo) == {}
     sh([*KDSUM, "sync-mtimes"], dvc_repo)
     assert nothing_to_do(dvc_repo)[0]
 
@@ -589,4 +628,36 @@ def test_a_model_added_to_run_stops_dvc_repro_first(dvc_repo):
         assert "run `kdsum dvc-yaml --configfile config.yaml`, then `dvc repro`" in proc.stdout + proc.stderr
     finally:
         (dvc_repo / "config.yaml").write_text(saved, encoding="utf-8")
-    assert json.loads(dvc(dvc_repo, "status", "--json").stdout) == {}
+    assert pipeline_status(dvc_repo) == {}
+
+
+@pytest.mark.slow
+def test_export_runs_only_when_named_and_is_cached(dvc_fast_pipeline, tmp_path):
+    """A plain `dvc repro` ran no export; `dvc repro export/dvc.yaml:<stage>` on a copy runs that one export and
+    nothing upstream, caches it (and `dvc push` carries it), and the directory loads as a plain HF model."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    exports = load_yaml(dvc_fast_pipeline / "export/dvc.yaml")["stages"]
+    first = (dvc_fast_pipeline.parent / f"{dvc_fast_pipeline.name}.repro.log").read_text(encoding="utf-8")
+    assert len(exports) == 2 and not [s for s in ran_stages(first) if "export" in s]
+    work = copy_built(dvc_fast_pipeline, tmp_path / "kdsum")
+    never_run = {f"export/dvc.yaml:{name}" for name in exports}
+    assert set(json.loads(dvc(work, "status", "--json").stdout)) == never_run  # repo-wide: only the exports
+    stage, out = "export/dvc.yaml:export_tiny-bart_default", "results/export/tiny-bart/default"
+    start = time.perf_counter()
+    proc = dvc(work, "repro", stage)
+    FIGURES["dvc repro of one export (tiny-bart), s"] = round(time.perf_counter() - start, 1)
+    assert ran_stages(proc.stdout) == [stage], proc.stdout[-3000:]
+    (entry,) = load_yaml(work / "export/dvc.lock")["stages"]["export_tiny-bart_default"]["outs"]
+    assert entry["path"] == out and entry["md5"].endswith(".dir")
+    assert (work / ".dvc/cache/files/md5" / entry["md5"][:2] / entry["md5"][2:]).exists()
+    # the pipeline and the export are clean: only the export that did not run is left
+    assert set(json.loads(dvc(work, "status", "--json").stdout)) == never_run - {stage}
+    remote = tmp_path / "remote"
+    dvc(work, "remote", "add", "-d", "local", str(remote))
+    dvc(work, "push")
+    assert (remote / "files/md5" / entry["md5"][:2] / entry["md5"][2:]).exists()
+    model = AutoModelForSeq2SeqLM.from_pretrained(work / out)
+    tokenizer = AutoTokenizer.from_pretrained(work / out)
+    assert model.config.model_type == "bart" and "#Person1#" in tokenizer.get_vocab()
+    print(f"\ndvc repro of one export: {FIGURES['dvc repro of one export (tiny-bart), s']} s")

@@ -1,7 +1,8 @@
-"""Write (or --check) dvc.yaml from the Snakemake DAG.
+"""Write (or --check) dvc.yaml and export/dvc.yaml from the Snakemake DAG.
 
-With --check, a stale dvc.yaml is refused in one line naming the command to run. dvc.yaml's first stage runs the check, so `dvc repro` stops
-before anything else when config.yaml changed the DAG."""
+With --check, a stale file is refused in one line naming the command to run. dvc.yaml's first stage runs the check, so `dvc repro`
+stops before anything else when config.yaml changed the DAG. export/dvc.yaml holds the export of every fine-tuned system, which a
+plain `dvc repro` does not run (`dvc repro export/dvc.yaml`)."""
 
 from __future__ import annotations
 
@@ -9,28 +10,51 @@ import argparse
 from pathlib import Path
 
 from kdsum.io import write_text
-from kdsum.workflow.dvc import CONFIG_FILE, DvcYamlError, dag_listing, render, snakemake_jobs, stale_message
+from kdsum.workflow.dvc import (
+    CONFIG_FILE,
+    EXPORT_FILE,
+    DvcYamlError,
+    dag_listing,
+    export_targets,
+    render,
+    render_exports,
+    snakemake_jobs,
+    split_jobs,
+    stale_message,
+)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="kdsum dvc-yaml", description=__doc__)
     ap.add_argument("--configfile", default=CONFIG_FILE, help="the config file (DVC's params file)")
     ap.add_argument("--out", default="dvc.yaml")
-    ap.add_argument("--check", action="store_true", help="exit 2 if --out differs from what would be written")
+    ap.add_argument("--export-out", help=f"the exports' file (default: {EXPORT_FILE} beside --out)")
+    ap.add_argument("--check", action="store_true", help="exit 2 if a file differs from what would be written")
     ap.add_argument("--dag-out", help="with --check: write the DAG's stage list here when it is current")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    jobs = snakemake_jobs(args.configfile, root=Path.cwd())
-    text = render(jobs, args.configfile, root=Path.cwd())
-    out = Path(args.out)
-    if args.check:
+
+def check(files: dict[Path, str], configfile: str) -> None:
+    for out, text in files.items():
         current = out.read_text(encoding="utf-8") if out.is_file() else ""
-        message = stale_message(current, text, str(out), args.configfile)
-        if message:
+        if message := stale_message(current, text, str(out), configfile):
             raise DvcYamlError(message)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    root = Path.cwd()
+    targets = tuple(export_targets(args.configfile, root))
+    jobs, exports = split_jobs(snakemake_jobs(args.configfile, root, extra=targets))
+    out = Path(args.out)
+    export_out = Path(args.export_out) if args.export_out else out.parent / EXPORT_FILE
+    files = {out: render(jobs, args.configfile, root), export_out: render_exports(exports)}
+    if args.check:
+        check(files, args.configfile)
         if args.dag_out:
             write_text(args.dag_out, dag_listing(jobs))
-        print(f"{out} matches the Snakemake DAG ({len(jobs)} jobs)")
+        print(f"{out} and {export_out} match the Snakemake DAG ({len(jobs)} jobs, {len(exports)} exports)")
         return
-    write_text(out, text)
-    print(f"wrote {out}: {len(jobs) + 1} stages")
+    for path, text in files.items():
+        write_text(path, text)
+    print(f"wrote {out}: {len(jobs) + 2} stages; {export_out}: {len(exports)} stages")

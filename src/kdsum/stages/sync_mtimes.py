@@ -8,9 +8,11 @@ order (treeverse/dvc#8602), and `dvc repro` skips a stage whose inputs came out 
 outputs older than those inputs. Snakemake would then rebuild results that are already correct.
 
 What it does:
-1. `dvc status --json` must report nothing: DVC has then checked, by hash, that every output in the workspace
-   matches its stage's deps, params and command. Otherwise it refuses (exit 1) and names the stages, because
-   marking those outputs up to date would hide a real change: run `dvc repro` (or `dvc pull`) first.
+1. `dvc status dvc.yaml --json` must report nothing: DVC has then checked, by hash, that every output of the
+   pipeline in the workspace matches its stage's deps, params and command (not the exports of export/dvc.yaml:
+   they are not in Snakemake's target, and one not run yet is no change). Otherwise it refuses (exit 1) and names
+   the stages, because marking those outputs up to date would hide a real change: run `dvc repro` (or `dvc pull`)
+   first.
 2. `snakemake --touch results/summary.csv`: Snakemake marks the outputs up to date in DAG order and records its
    metadata (params, code, inputs) for them, without running anything.
 3. `snakemake --dry-run` must then plan no job (exit 1 otherwise, with its plan).
@@ -85,12 +87,12 @@ def main(argv: list[str] | None = None) -> None:
     config = args.configfile or dvc_config_file(Path(args.dvc_yaml))
 
     if not args.force:
-        status = json.loads(run([sys.executable, "-m", "dvc", "status", "--json"]).stdout or "{}")
+        status = json.loads(run([sys.executable, "-m", "dvc", "status", args.dvc_yaml, "--json"]).stdout or "{}")
         if status:
             for name, changes in status.items():
                 print(f"  {name}: {json.dumps(changes, ensure_ascii=False)}", file=sys.stderr)
             raise SyncError(
-                "`dvc status` is not clean, so the workspace is not what dvc.lock records; run "
+                f"`dvc status {args.dvc_yaml}` is not clean, so the workspace is not what dvc.lock records; run "
                 f"`dvc repro` (or `dvc pull`/`dvc checkout`) first ({len(status)} stage(s) above)"
             )
         print("dvc status: clean (every output matches dvc.lock by hash)")

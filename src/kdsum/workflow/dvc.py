@@ -9,6 +9,10 @@ as outs; outputs named ``metrics`` are DVC metrics. Two stages are DVC's own:
 * ``specs``: ``kdsum spec`` writes the spec files and the code files (kdsum.workflow.deps), as the Snakemake
   workflow does when it loads, each only when its content changed. Its params are the config keys the specs read, so ``dvc exp run -S
   models.M.train.learning_rate=...`` reruns it, and then exactly the stages whose spec file changed (model M's).
+
+The ``export`` jobs of every fine-tuned system (``results/export/M/V``, not in the default target) go to a second
+file, ``export/dvc.yaml`` (``wdir: ..``: the same commands and paths): a plain ``dvc repro`` reads only the root
+dvc.yaml, so an export runs only when that file or one of its stages is named. One Snakemake DAG gives both files.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from kdsum.config.catalog import spec_names
-from kdsum.config.resolve import load_config
+from kdsum.config.resolve import grid, load_config
 from kdsum.errors import KdsumError
 from kdsum.workflow import specs
 from kdsum.workflow.deps import PACKAGE, ROOT, SRC, code_path, stage_code, stages
@@ -31,9 +35,15 @@ from kdsum.workflow.specs import spec_params, spec_path
 TARGET = "results/summary.csv"
 DAG_FILE = "results/specs/dag.txt"
 CONFIG_FILE = "config.yaml"
+EXPORT_FILE = "export/dvc.yaml"
+EXPORT_RULE = "export"
 HEADER = (
     "# GENERATED from the Snakemake rules by `kdsum dvc-yaml` (docs/DVC.md): do not edit by hand.\n"
     "# `dvc repro` stops at its first stage, naming that command, when config.yaml changes the DAG.\n"
+)
+EXPORT_HEADER = (
+    "# GENERATED from the Snakemake rules by `kdsum dvc-yaml` (docs/DVC.md): do not edit by hand.\n"
+    "# A plain `dvc repro` does not run these: `dvc repro export/dvc.yaml` runs every export, or name one stage.\n"
 )
 _LOG_REDIRECT = re.compile(r"\s*>\s*\S+\s+2>&1\s*$")
 
@@ -50,6 +60,7 @@ class SnakemakeJob:
     outputs: dict[str, list[str]]  # output name (or "") -> paths
     params: dict[str, object] = field(default_factory=dict)
     shell: str = ""
+    in_target: bool = True  # upstream of the main target (results/summary.csv), not only of an extra one
 
     @property
     def stage(self) -> str:
@@ -67,13 +78,21 @@ def _named(namedlist) -> dict[str, list[str]]:
     return names
 
 
-def snakemake_jobs(config_file: str = CONFIG_FILE, root: Path = ROOT, target: str = TARGET) -> list[SnakemakeJob]:
-    """The jobs of ``target`` with every job forced, in dependency order, from Snakemake's own DAG."""
+def export_targets(config_file: str = CONFIG_FILE, root: Path = ROOT) -> list[str]:
+    """The export directory of every (model, variant) that ``train`` runs: zero-shot has none (``kdsum export``
+    refuses it)."""
+    return [f"results/export/{m}/{v}" for m, v in grid(load_config(root / config_file))]
+
+
+def snakemake_jobs(
+    config_file: str = CONFIG_FILE, root: Path = ROOT, target: str = TARGET, extra: tuple[str, ...] = ()
+) -> list[SnakemakeJob]:
+    """The jobs of ``target`` and the ``extra`` targets with every job forced, in dependency order, from one
+    Snakemake DAG; ``in_target`` marks the jobs ``target`` needs."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.enums import Quietness
     from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
 
-    jobs = []
     specs.GUARD["on"] = False  # reading the DAG plans nothing on the results
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         workflow_api = api.workflow(
@@ -84,25 +103,34 @@ def snakemake_jobs(config_file: str = CONFIG_FILE, root: Path = ROOT, target: st
         )
         for name in ("snakemake", "snakemake.logging"):  # its INFO lines would drown the one-line verdict
             logging.getLogger(name).setLevel(logging.WARNING)
-        workflow_api.dag(DAGSettings(targets={target}, forceall=True))
+        workflow_api.dag(DAGSettings(targets={target, *extra}, forceall=True))
         workflow = workflow_api._workflow
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
         workflow._build_dag()
-        for level in workflow.dag.toposorted():
-            for job in sorted(level, key=lambda j: (j.rule.name, str(j.wildcards_dict))):
-                if job.rule.name == "all" or not job.rule.shellcmd:
-                    continue
-                jobs.append(
-                    SnakemakeJob(
-                        rule=job.rule.name,
-                        wildcards={k: str(v) for k, v in job.wildcards_dict.items()},
-                        inputs=[str(f) for f in job.input],
-                        outputs=_named(job.output),
-                        params={k: job.params[k] for k in job.params._names},
-                        shell=job.shellcmd,
-                    )
-                )
+        return _jobs(workflow.dag, target)
+
+
+def _jobs(dag, target: str) -> list[SnakemakeJob]:
+    main = [job for job in dag.targetjobs if target in map(str, job.output) or job.rule.name == "all"]
+    needed = set(dag.bfs(dag.dependencies, *main))
+    jobs = []
+    for level in dag.toposorted():
+        for job in sorted(level, key=lambda j: (j.rule.name, str(j.wildcards_dict))):
+            if job.rule.name != "all" and job.rule.shellcmd:
+                jobs.append(_job(job, in_target=job in needed))
     return jobs
+
+
+def _job(job, in_target: bool) -> SnakemakeJob:
+    return SnakemakeJob(
+        rule=job.rule.name,
+        wildcards={k: str(v) for k, v in job.wildcards_dict.items()},
+        inputs=[str(f) for f in job.input],
+        outputs=_named(job.output),
+        params={k: job.params[k] for k in job.params._names},
+        shell=job.shellcmd,
+        in_target=in_target,
+    )
 
 
 def dvc_stage(job: SnakemakeJob) -> dict:
@@ -181,6 +209,21 @@ def render(jobs: list[SnakemakeJob], config_file: str = CONFIG_FILE, root: Path 
     stages.update({job.stage: dvc_stage(job) for job in jobs})
     doc = {"stages": stages, "plots": plots(jobs)}
     return HEADER + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120)
+
+
+def render_exports(jobs: list[SnakemakeJob]) -> str:
+    """export/dvc.yaml: one stage per export job, run from the repository root like every stage of dvc.yaml."""
+    stages = {job.stage: {"wdir": "..", **dvc_stage(job)} for job in jobs if job.rule == EXPORT_RULE}
+    return EXPORT_HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, allow_unicode=True, width=120)
+
+
+def split_jobs(jobs: list[SnakemakeJob]) -> tuple[list[SnakemakeJob], list[SnakemakeJob]]:
+    """(dvc.yaml's jobs, export/dvc.yaml's jobs); an export needing a job the main target does not is refused:
+    a plain `dvc repro` would have to run it."""
+    extra = [job.stage for job in jobs if not job.in_target and job.rule != EXPORT_RULE]
+    if extra:
+        raise DvcYamlError(f"{EXPORT_FILE}: the exports need stage(s) {', '.join(extra)} that {TARGET} does not")
+    return [j for j in jobs if j.in_target], [j for j in jobs if j.rule == EXPORT_RULE]
 
 
 def dag_listing(jobs: list[SnakemakeJob]) -> str:
