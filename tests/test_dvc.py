@@ -1,8 +1,9 @@
 """DVC as a front door of the pipeline (docs/DVC.md): dvc.yaml is derived from the Snakemake rules.
 
 Fast tests (no pipeline run, a few seconds each):
-* dvc.yaml and export/dvc.yaml are current (`kdsum dvc-yaml --check`), and a stale one is refused in one line
-  naming the command; export/dvc.yaml holds one export stage per trained (model, variant), run from the root;
+* dvc.yaml is current (`kdsum dvc-yaml --check`), and a stale dvc.yaml or export/dvc.yaml is refused in one line
+  naming the command; export/dvc.yaml (`--exports`) holds one export stage per trained (model, variant), run from
+  the root;
 * DVC and Snakemake describe the same pipeline: the outputs of `snakemake --forceall -n` and of `dvc dag --outs`,
   the shell commands (minus Snakemake's ` > log 2>&1`; the spec stages read config.yaml themselves under DVC) and
   each stage's deps (code files included) agree, for config.yaml and for the fast test config;
@@ -168,15 +169,16 @@ def planned_jobs(text: str) -> int:
 # ------------------------------------------------------------------------------------------------ fast tests
 def test_dvc_yaml_is_derived_and_current():
     proc = subprocess.run([*KDSUM, "dvc-yaml", "--check"], cwd=ROOT, capture_output=True, text=True, env=ENV)
-    assert proc.returncode == 0, proc.stderr + "\nrun `kdsum dvc-yaml` and commit dvc.yaml and export/dvc.yaml"
-    for name in ("dvc.yaml", "export/dvc.yaml"):
-        assert (ROOT / name).read_text(encoding="utf-8").startswith("# GENERATED from the Snakemake rules"), name
+    assert proc.returncode == 0, proc.stderr + "\nrun `kdsum dvc-yaml` and commit dvc.yaml"
+    assert (ROOT / "dvc.yaml").read_text(encoding="utf-8").startswith("# GENERATED from the Snakemake rules")
+    # exports are asked for (--exports): a project that never exports has no stage a bare `dvc pull` would miss
+    assert not (ROOT / "export/dvc.yaml").exists()
 
 
 def test_check_refuses_a_stale_file_in_one_line(tmp_path):
     out, exports = tmp_path / "dvc.yaml", tmp_path / "export/dvc.yaml"
     gen = [*KDSUM, "dvc-yaml", "--out", str(out)]
-    assert subprocess.run(gen, cwd=ROOT, capture_output=True, env=ENV).returncode == 0
+    assert subprocess.run([*gen, "--exports"], cwd=ROOT, capture_output=True, env=ENV).returncode == 0
     assert subprocess.run(gen + ["--check"], cwd=ROOT, capture_output=True, env=ENV).returncode == 0
     for path, stage in ((out, "summary"), (exports, "export_tiny-bart_default")):
         good = path.read_text(encoding="utf-8")
@@ -194,11 +196,14 @@ def _trained(stages: dict) -> set[tuple[str, str]]:
     return {tuple(o.split("/")[2:4]) for o in outs if re.fullmatch(r"results/train/[^/]+/[^/]+/model", o)}
 
 
-def test_export_file_has_one_stage_per_trained_system():
-    """export/dvc.yaml: the export of each (model, variant) that dvc.yaml trains, run from the repository root;
-    none in dvc.yaml, so a plain `dvc repro` never runs one."""
+def test_export_file_has_one_stage_per_trained_system(tmp_path):
+    """export/dvc.yaml (`kdsum dvc-yaml --exports`): the export of each (model, variant) that dvc.yaml trains, run
+    from the repository root; none in dvc.yaml, so a plain `dvc repro` never runs one."""
+    out = tmp_path / "dvc.yaml"
+    sh([*KDSUM, "dvc-yaml", "--out", str(out), "--exports"], ROOT)
     stages = load_yaml(ROOT / "dvc.yaml")["stages"]
-    exports = load_yaml(ROOT / "export/dvc.yaml")["stages"]
+    assert load_yaml(out)["stages"] == stages
+    exports = load_yaml(tmp_path / "export/dvc.yaml")["stages"]
     trained = _trained(stages)
     assert len(trained) >= 2 and not [n for n in stages if n.startswith("export")]
     assert len(exports) == len(trained)
@@ -559,7 +564,7 @@ def test_push_pull_round_trip_restores_data_and_models(dvc_repo, tmp_path):
     raw.unlink()
     assert pipeline_status(dvc_repo) != {}
     start = time.perf_counter()
-    dvc(dvc_repo, "pull", "--allow-missing")  # the exports of export/dvc.yaml never ran: nothing to pull for them
+    dvc(dvc_repo, "pull")
     FIGURES["dvc pull after deleting results/ and the cache, s"] = round(time.perf_counter() - start, 1)
     assert {p: tree_md5(dvc_repo / p) for p in before} == before
     assert {p: md5(dvc_repo / p) for p in before_files} == before_files
@@ -637,10 +642,13 @@ def test_export_runs_only_when_named_and_is_cached(dvc_fast_pipeline, tmp_path):
     nothing upstream, caches it (and `dvc push` carries it), and the directory loads as a plain HF model."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    exports = load_yaml(dvc_fast_pipeline / "export/dvc.yaml")["stages"]
     first = (dvc_fast_pipeline.parent / f"{dvc_fast_pipeline.name}.repro.log").read_text(encoding="utf-8")
-    assert len(exports) == 2 and not [s for s in ran_stages(first) if "export" in s]
+    assert not [s for s in ran_stages(first) if "export" in s]
     work = copy_built(dvc_fast_pipeline, tmp_path / "kdsum")
+    sh([*KDSUM, "dvc-yaml", "--exports"], work)  # asked for: the exports' file, beside an unchanged dvc.yaml
+    assert (work / "dvc.yaml").read_bytes() == (dvc_fast_pipeline / "dvc.yaml").read_bytes()
+    exports = load_yaml(work / "export/dvc.yaml")["stages"]
+    assert len(exports) == 2
     never_run = {f"export/dvc.yaml:{name}" for name in exports}
     assert set(json.loads(dvc(work, "status", "--json").stdout)) == never_run  # repo-wide: only the exports
     stage, out = "export/dvc.yaml:export_tiny-bart_default", "results/export/tiny-bart/default"

@@ -229,8 +229,8 @@ def test_after_dvc_pull_into_a_fresh_clone_the_same(dvc_made, lr_expected, tmp_p
     git(dvc_made, "commit", "-q", "-am", "a local remote")
     clone = tmp_path / "clone"
     sh(["git", "clone", "-q", str(dvc_made), str(clone)], tmp_path)
-    dvc(clone, "pull", "--allow-missing")  # the exports of export/dvc.yaml never ran: nothing to pull for them
-    assert json.loads(dvc(clone, "status", "dvc.yaml", "--json").stdout) == {}
+    dvc(clone, "pull")
+    assert json.loads(dvc(clone, "status", "--json").stdout) == {}
     assert_stops_naming_sync(lr_change_plan(clone))
     assert_stops_naming_sync(dry_run(clone))
     sh([*KDSUM, "sync-mtimes"], clone)
@@ -246,7 +246,7 @@ def smk_made(default_pipeline, tmp_path_factory) -> Path:
     git_commit_all(work, "a snakemake run")  # results/ is ignored: the code and config only
     assert nothing_planned(work)
     dvc(work, "repro", "--single-item", "check_dag")  # DVC's own stage, nothing Snakemake runs
-    dvc(work, "commit", "--force", "dvc.yaml")  # the pipeline's stages; no export was made
+    dvc(work, "commit", "--force")
     git(work, "add", "dvc.lock")
     git(work, "commit", "-q", "-m", "snakemake run, recorded by dvc commit")
     return work
@@ -254,7 +254,7 @@ def smk_made(default_pipeline, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_no_change_plans_nothing_under_either_engine(smk_made):
-    assert json.loads(dvc(smk_made, "status", "dvc.yaml", "--json").stdout) == {}
+    assert json.loads(dvc(smk_made, "status", "--json").stdout) == {}
     proc = dvc(smk_made, "repro")
     assert ran_stages(proc.stdout) == [] and "Data and pipelines are up to date." in proc.stdout
     sh([*KDSUM, "sync-mtimes"], smk_made)  # dvc.lock was written after Snakemake's run
@@ -338,7 +338,7 @@ def test_after_a_snakemake_run_dvc_exp_run_reruns_exactly_that_models_stages(smk
     ]
     assert [x["params"]["config.yaml"]["data"]["models"]["tiny-llama"]["train"]["learning_rate"] for x in exps] == [LR]
     assert "results/scores/tiny-llama/default/dev_metrics.json" in exps[0]["metrics"]
-    assert json.loads(dvc(smk_made, "status", "dvc.yaml", "--json").stdout) == {}
+    assert json.loads(dvc(smk_made, "status", "--json").stdout) == {}
     # Snakemake follows: its params record is refreshed by the documented step, then nothing to do
     sh([*KDSUM, "sync-mtimes"], smk_made)
     assert nothing_planned(smk_made)
