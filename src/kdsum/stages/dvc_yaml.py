@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         check(files, args.configfile)
         if args.dag_out:
             write_text(args.dag_out, dag_listing(jobs))
-        print(f"{' and '.join(map(str, files))} match the Snakemake DAG ({len(jobs)} jobs, {len(exports)} exports)")
+        verb = "match" if len(files) > 1 else "matches"
+        print(f"{' and '.join(map(str, files))} {verb} the Snakemake DAG ({len(jobs)} jobs, {len(exports)} exports)")
         return
     for path, text in files.items():
         write_text(path, text)
