@@ -184,6 +184,15 @@ def base_dir(wildcards):
     return [source] if source.startswith(REPLICAS) else []
 
 
+def replica_tokenizer(wildcards):
+    """The real tokenizer a replica copies (none for KoBART's, which is trained): an input, so a replica is rebuilt
+    when `replicas.tokenizers` points elsewhere."""
+    from kdsum.models.replicas import SEEDS  # only when a replica is in the DAG
+
+    family = SEEDS[wildcards.seed].tokenizer
+    return [os.path.join(CFG["replicas"]["tokenizers"], family)] if family else []
+
+
 def base_args(wildcards):
     return ["--base-dir", *base_dir(wildcards)] if built(wildcards.model) else []
 

@@ -4,6 +4,7 @@ rule replica:
     Not part of `all`: a model entry whose source is a replica makes it an input of that model's jobs."""
     input:
         train="results/data/train.jsonl",
+        tokenizer=replica_tokenizer,
         code=code("replica"),
     output:
         directory("results/replicas/{seed}-{size}"),

@@ -97,3 +97,23 @@ def test_no_template_text_in_any_summary(replica_run):
             )["summary"]
             leaked = [s for s in summaries if any(t in s for t in TEMPLATE_TEXT)]
             assert not leaked, (system, name, leaked[:3])
+
+
+def test_replicas_follow_their_tokenizers(replica_run, tmp_path):
+    """The real tokenizer is a replica's input: pointing replicas.tokenizers elsewhere plans both replicas again
+    (and what reads them); the same setting plans nothing."""
+
+    def plan(tokenizers: Path) -> str:
+        cmd = [sys.executable, "-m", "snakemake", "-n", "results/summary.csv", "--configfile", str(OVERLAY)]
+        proc = subprocess.run(
+            [*cmd, "--config", f"replicas__tokenizers={tokenizers}"], cwd=replica_run, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    assert "Nothing to be done" in plan(TOKENIZERS)
+    moved = tmp_path / "tokenizers"
+    moved.symlink_to(TOKENIZERS, target_is_directory=True)
+    planned = plan(moved)
+    for seed in ("llama-3.2-3b-cpu", "qwen3-4b-cpu"):
+        assert f"output: results/replicas/{seed}" in planned, planned[-3000:]

@@ -2,7 +2,7 @@
 
 Run after `dvc pull`, `dvc checkout`, `dvc exp apply` or `dvc repro`, before the next `snakemake`.
 
-Why: Snakemake decides what to rerun from file modification times (and its own records of params and code);
+Why: Snakemake decides what to rerun from file modification times (and its own records of code and inputs);
 DVC decides from content hashes. `dvc pull`/`dvc checkout` restore files with fresh mtimes in no particular
 order (treeverse/dvc#8602), and `dvc repro` skips a stage whose inputs came out byte-identical, leaving its
 outputs older than those inputs. Snakemake would then rebuild results that are already correct.
@@ -13,8 +13,10 @@ What it does:
    they are not in Snakemake's target, and one not run yet is no change). Otherwise it refuses (exit 1) and names
    the stages, because marking those outputs up to date would hide a real change: run `dvc repro` (or `dvc pull`)
    first.
-2. `snakemake --touch results/summary.csv`: Snakemake marks the outputs up to date in DAG order and records its
-   metadata (params, code, inputs) for them, without running anything.
+2. `snakemake --touch --forceall results/summary.csv`: Snakemake marks every output up to date in DAG order and
+   records its metadata (code, inputs) for them, without running anything. Every output, not only the ones it
+   would rerun: an output older than an input it does not rerun (same checksum) still costs each later plan a
+   checksum of that input.
 3. `snakemake --dry-run` must then plan no job (exit 1 otherwise, with its plan).
 Until it succeeds, the workflow refuses to plan on results DVC changed (kdsum.workflow.specs.unsynced).
 
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     smk = [sys.executable, "-m", "snakemake", args.target, "--cores", "1"]
     stamp(True)  # before Snakemake loads the workflow, whose guard would stop it
     try:
-        touched = run(smk + ["--touch", "--configfile", config])
+        touched = run(smk + ["--touch", "--forceall", "--configfile", config])
     except SyncError:
         stamp(False)
         raise
