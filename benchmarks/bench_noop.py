@@ -1,7 +1,7 @@
 """Benchmark: the no-op runs, `snakemake -n` and `dvc repro` with nothing to do, on a finished pipeline.
 
 WORKDIR is a checkout whose default pipeline has run to the end under both engines (`dvc repro` then
-`kdsum sync-mtimes`, or a Snakemake run then `dvc commit -f` and `kdsum sync-mtimes`). Each command runs once to
+`kdsum sync-mtimes`, or a Snakemake run then `dvc repro --single-item check_dag`, `dvc commit -f` and `kdsum sync-mtimes`). Each command runs once to
 warm the file cache, then N times; the JSON holds every wall time and CPU time (user + sys: less sensitive to a busy machine), their medians, and
 the machine's load average.
 A run that does not report "nothing to do" fails the benchmark (it would time a real run).

@@ -27,7 +27,8 @@ from kdsum.workflow.specs import is_preview, spec_path, unsynced, write_specs
 # config.yaml, then --configfile overlays, then --config key=value overrides (dotted keys reach nested settings);
 # validated against schemas/config.schema.yaml, every error naming the key.
 CONFIG_FILES = list(dict.fromkeys(["config.yaml", *(os.path.relpath(f) for f in workflow.overwrite_configfiles)]))
-CFG = load_config(CONFIG_FILES, workflow.config_settings.config)
+# the last config validated here is kept: the same one again skips the schema check (kdsum.config.resolve)
+CFG = load_config(CONFIG_FILES, workflow.config_settings.config, cache=".snakemake/kdsum-config.json")
 MODELS = CFG["run"]["models"]
 # not an output: content-keyed morphemes shared by the scoring jobs (kdsum.scoring.token_cache)
 TOKEN_CACHE = "results/cache/morphemes"

@@ -51,6 +51,33 @@ def test_shipped_config_is_valid(repo_root):
     assert config["evaluation"]["aggregate"] == "mean"
 
 
+def test_a_validated_config_is_cached_and_any_change_is_checked_again(cfg, tmp_path):
+    cache = tmp_path / "accepted.json"
+    first = validate_config(copy.deepcopy(cfg), cache=cache)
+    assert first == validate_config(copy.deepcopy(cfg))  # the same defaults as without a cache
+    entry = json.loads(cache.read_text(encoding="utf-8"))
+    entry["config"]["evaluation"]["aggregate"] = "from-the-cache"  # marks what a hit returns
+    cache.write_text(json.dumps(entry), encoding="utf-8")
+    assert validate_config(copy.deepcopy(cfg), cache=cache)["evaluation"]["aggregate"] == "from-the-cache"
+    changed = copy.deepcopy(cfg)
+    changed["models"]["tiny-llama"]["train"]["epochs"] = 3
+    with pytest.raises(ConfigError, match="'epochs'"):
+        validate_config(changed, cache=cache)
+    cache.write_text("{not json", encoding="utf-8")
+    assert validate_config(copy.deepcopy(cfg), cache=cache) == first
+
+
+def test_a_cached_config_still_has_its_local_paths_checked(cfg, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}", encoding="utf-8")
+    cfg["models"]["kobart-base"]["source"] = str(model)
+    validate_config(copy.deepcopy(cfg), cache=tmp_path / "accepted.json")
+    (model / "config.json").unlink()
+    with pytest.raises(ConfigError, match="without config.json"):
+        validate_config(copy.deepcopy(cfg), cache=tmp_path / "accepted.json")
+
+
 def test_unknown_key_is_named_with_a_suggestion(cfg):
     cfg["models"]["tiny-llama"]["train"]["epochs"] = 3
     msg = refused(cfg)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-
-import jsonschema
 
 from kdsum.config.files import ConfigError, deep_merge, merged_config, refuse_non_finite, safe_load
 from kdsum.config.schema import SCHEMA_PATH, SECTION_TYPES
@@ -34,6 +34,7 @@ from kdsum.config.spec import (
     SystemRow,
     per_rank_accumulation,
 )
+from kdsum.io import write_text
 
 DEFAULT_CONFIG = "config.yaml"
 SLUG_PATTERN = "^[a-z0-9]+(-[a-z0-9]+)*$"
@@ -60,6 +61,8 @@ def _key_path(path) -> str:
 
 def _validator_with_defaults(schema: dict):
     """A Draft 2020-12 validator that also fills in ``default:`` values (as Snakemake's validate does)."""
+    import jsonschema  # here: a config the cache vouches for needs none (most of a workflow load's own time)
+
     base = jsonschema.Draft202012Validator
     validate_properties = base.VALIDATORS["properties"]
 
@@ -108,11 +111,58 @@ def _message(err) -> str:
     return err.message
 
 
-def validate_config(config: Any, source: str = "config") -> dict:
-    """Validate ``config`` in place against the schema (filling defaults) and check cross-references."""
+def validate_config(config: Any, source: str = "config", cache: str | os.PathLike | None = None) -> dict:
+    """Validate ``config`` in place against the schema (filling defaults) and check cross-references.
+
+    ``cache``: a file holding the last config this schema and this code accepted, defaults filled in; the same
+    config again skips the schema check (the cross-references, which look at the disk, are always checked)."""
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(config).__name__}")
     refuse_non_finite(config, source)
+    key = _validation_key(config) if cache else None
+    accepted = _read_accepted(cache, key) if key else None
+    if accepted is None:
+        _check_schema(config, source)
+        if key:
+            _write_accepted(cache, key, config)
+    else:
+        config.clear()
+        config.update(accepted)
+    _check_references(config, source)
+    return config
+
+
+def _validation_key(config: dict) -> str | None:
+    """The config's content with the schema and the code that checks it; None for a config JSON cannot hold."""
+    try:
+        text = json.dumps(config, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    digest = hashlib.sha256(text.encode())
+    for path in (__file__, Path(__file__).with_name("schema.py"), SCHEMA_PATH):
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def _read_accepted(cache: str | os.PathLike, key: str) -> dict | None:
+    try:
+        entry = json.loads(Path(cache).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return entry.get("config") if isinstance(entry, dict) and entry.get("key") == key else None
+
+
+def _write_accepted(cache: str | os.PathLike, key: str, config: dict) -> None:
+    text = json.dumps({"key": key, "config": config}, ensure_ascii=False)
+    if json.loads(text)["config"] != config:
+        return  # JSON would change it (a non-string key): not cached
+    try:
+        write_text(cache, text)
+    except OSError:
+        pass  # a cache: a read-only or full disk only costs the next load the schema check
+
+
+def _check_schema(config: dict, source: str) -> None:
     errors = sorted(
         _validator_with_defaults(load_schema()).iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path)))
     )
@@ -122,8 +172,6 @@ def validate_config(config: Any, source: str = "config") -> dict:
         if err.validator == "required":
             key = _key_path([*err.path, err.message.split("'")[1]])
         raise ConfigError(f"{source}: invalid value at key '{key}': {_message(err)}")
-    _check_references(config, source)
-    return config
 
 
 def _check_references(config: dict, source: str) -> None:
@@ -215,12 +263,15 @@ def _source_problem(value: str) -> str | None:
 
 
 def load_config(
-    files: str | os.PathLike | Iterable[str | os.PathLike] = DEFAULT_CONFIG, overrides: Mapping[str, Any] | None = None
+    files: str | os.PathLike | Iterable[str | os.PathLike] = DEFAULT_CONFIG,
+    overrides: Mapping[str, Any] | None = None,
+    cache: str | os.PathLike | None = None,
 ) -> dict:
-    """Read, merge and validate config files (+ overrides); errors name the file and key."""
+    """Read, merge and validate config files (+ overrides); errors name the file and key (``cache``:
+    validate_config)."""
     files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
     source = " + ".join(map(str, files)) + (" + overrides" if overrides else "")
-    return validate_config(merged_config(files, overrides), source=source)
+    return validate_config(merged_config(files, overrides), source=source, cache=cache)
 
 
 # ------------------------------------------------------------------------------------------------ resolution
