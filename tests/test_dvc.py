@@ -129,7 +129,9 @@ def md5(path: Path) -> str:
 
 
 def tree_md5(path: Path) -> dict[str, str]:
-    return {p.relative_to(path).as_posix(): md5(p) for p in sorted(path.rglob("*")) if p.is_file()}
+    """The directory's files by content; Snakemake's `.snakemake_timestamp` marker aside (.dvcignore lists it)."""
+    files = (p for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".snakemake_timestamp")
+    return {p.relative_to(path).as_posix(): md5(p) for p in files}
 
 
 def lock_hashes(lock: dict) -> dict[str, dict]:
